@@ -1,0 +1,32 @@
+"""stackelberg: bilevel optimization and Stackelberg (leader/follower) games in PyTorch.
+
+The public API::
+
+    import stackelberg as sg
+
+    class MyGame(sg.Game):
+        def leader_loss(self, leader, follower, batch): ...
+        def follower_loss(self, leader, follower, batch): ...
+
+    solver = sg.solvers.BOME(game, leader_optimizer, follower_optimizer, inner_steps=10)
+    history = sg.solve(game, solver, data, steps=1000)
+"""
+
+from stackelberg import games, solvers
+from stackelberg.game import Game, Variable
+from stackelberg.solve import solve
+from stackelberg.solvers import BOME, GDA, BackGradient, TotalGradient
+
+__all__ = [
+    "BOME",
+    "GDA",
+    "BackGradient",
+    "Game",
+    "TotalGradient",
+    "Variable",
+    "games",
+    "solve",
+    "solvers",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,178 @@
+"""The game API: a leader and a follower, each minimizing its own loss.
+
+A Stackelberg game (bilevel problem) with leader parameters ``w`` and follower parameters
+``θ`` reads
+
+    min_w  l(w, θ*(w))   subject to   θ*(w) ∈ argmin_θ h(w, θ),
+
+where ``l`` is :meth:`Game.leader_loss` and ``h`` is :meth:`Game.follower_loss`. The players
+are ordinary :class:`torch.nn.Module` objects; a solver may evaluate the losses at parameter
+values other than the modules' own by handing the losses *functional views* of the modules
+(:func:`functional_view`, built on :func:`torch.func.functional_call`), so the losses must be
+pure functions of the callables and the batch they are given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Game", "Variable", "checked_loss", "functional_view", "trainable_parameters"]
+
+
+class Variable(nn.Module):
+    """A player whose strategy is a plain tensor.
+
+    ``Variable(t)`` holds one parameter, ``value``, initialised with a copy of ``t``; calling the
+    module returns it. Use it for games whose players are vectors rather than networks::
+
+        leader = sg.Variable(torch.zeros(2))
+        leader.value      # the parameter
+        leader()          # the same tensor, as the losses see it
+    """
+
+    def __init__(self, value: Tensor | Sequence[float] | float) -> None:
+        super().__init__()
+        tensor = torch.as_tensor(value)
+        if not tensor.is_floating_point():
+            tensor = tensor.to(torch.get_default_dtype())
+        self.value = nn.Parameter(tensor.detach().clone())
+
+    def forward(self) -> Tensor:
+        return self.value
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.value.shape)}, dtype={self.value.dtype}"
+
+
+class Game(nn.Module):
+    """Base class of a two-player leader/follower game.
+
+    Subclasses define :meth:`leader_loss` ``l(w, θ)`` and :meth:`follower_loss` ``h(w, θ)``;
+    each player minimizes its own. ``leader`` and ``follower`` are registered as submodules, so
+    ``game.to(device, dtype)`` moves both players and any constants the game registers as
+    buffers (``self.register_buffer("A", A)``).
+
+    An optional :meth:`project` hook runs after every parameter update (for example to clamp a
+    strategy to a box); it is a no-op by default.
+
+    Raises:
+        TypeError: a player is not an ``nn.Module``.
+        ValueError: a player has no parameter that requires grad, the two players share a
+            parameter, or their parameters sit on different devices.
+    """
+
+    leader: nn.Module
+    follower: nn.Module
+
+    def __init__(self, leader: nn.Module, follower: nn.Module) -> None:
+        super().__init__()
+        for role, module in (("leader", leader), ("follower", follower)):
+            if not isinstance(module, nn.Module):
+                raise TypeError(
+                    f"the {role} must be a torch.nn.Module (wrap a tensor in "
+                    f"stackelberg.Variable), got {type(module).__name__}"
+                )
+        self.leader = leader
+        self.follower = follower
+        self.check_players()
+
+    def leader_loss(
+        self, leader: Callable[..., Any], follower: Callable[..., Any], batch: Any
+    ) -> Tensor:
+        """The leader's loss ``l(w, θ)`` on ``batch``: a scalar tensor the leader minimizes."""
+        raise NotImplementedError(f"{type(self).__name__} must define leader_loss")
+
+    def follower_loss(
+        self, leader: Callable[..., Any], follower: Callable[..., Any], batch: Any
+    ) -> Tensor:
+        """The follower's loss ``h(w, θ)`` on ``batch``: a scalar tensor the follower minimizes."""
+        raise NotImplementedError(f"{type(self).__name__} must define follower_loss")
+
+    def project(self) -> None:
+        """Map the players back onto their feasible sets; called without grad after each update."""
+
+    def check_players(self) -> None:
+        """Check that both players have trainable parameters, share none, and sit on one device.
+
+        Solvers call this when they are built, so a game moved with ``.to()`` after construction
+        is checked again.
+        """
+        leader_params = [p for p in self.leader.parameters() if p.requires_grad]
+        follower_params = [p for p in self.follower.parameters() if p.requires_grad]
+        for role, params in (("leader", leader_params), ("follower", follower_params)):
+            if not params:
+                raise ValueError(f"the {role} has no parameters that require grad")
+            for p in params:
+                if not p.is_floating_point():
+                    raise TypeError(
+                        f"the {role}'s parameters must be floating point, got {p.dtype}"
+                    )
+        if {id(p) for p in leader_params} & {id(p) for p in follower_params}:
+            raise ValueError("the leader and the follower share a parameter; give each its own")
+        devices = {("leader", p.device) for p in leader_params}
+        devices |= {("follower", p.device) for p in follower_params}
+        if len({device for _, device in devices}) > 1:
+            found = ", ".join(sorted(f"{role} on {device}" for role, device in devices))
+            raise ValueError(
+                f"the players' parameters are on different devices ({found}); "
+                "move the game with game.to(device)"
+            )
+
+
+def functional_view(module: nn.Module, params: Sequence[Tensor]) -> Callable[..., Any]:
+    """A callable with ``module``'s forward signature that uses ``params`` as its parameters.
+
+    ``params`` are in ``module.parameters()`` order (trainable ones only, see
+    :func:`trainable_parameters`); buffers and frozen parameters are the module's own. The view
+    is differentiable with respect to ``params``.
+    """
+    names = [name for name, p in module.named_parameters() if p.requires_grad]
+    if len(names) != len(params):
+        raise ValueError(
+            f"{type(module).__name__} has {len(names)} trainable parameters, got {len(params)}"
+        )
+    mapping = dict(zip(names, params, strict=True))
+
+    def view(*args: Any, **kwargs: Any) -> Any:
+        return torch.func.functional_call(module, mapping, args, kwargs)
+
+    return view
+
+
+def trainable_parameters(module: nn.Module) -> tuple[Tensor, ...]:
+    """The parameters of ``module`` that require grad, in ``module.parameters()`` order."""
+    return tuple(p for p in module.parameters() if p.requires_grad)
+
+
+def checked_loss(value: Any, name: str, where: str, *, requires_grad: bool = True) -> Tensor:
+    """Return ``value`` as a 0-d tensor, or raise an error that names the loss and the step.
+
+    Args:
+        value: what a game's loss method returned.
+        name: ``"leader_loss"`` or ``"follower_loss"``.
+        where: the solver and step it was evaluated at, e.g. ``"BOME inner step 3"``.
+        requires_grad: whether the loss must depend on a parameter (it was evaluated under
+            autograd with respect to the players).
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must return a tensor, got {type(value).__name__} ({where})")
+    if value.numel() != 1:
+        raise ValueError(
+            f"{name} must return a scalar tensor, got shape {tuple(value.shape)} ({where}); "
+            "reduce it, e.g. with .mean()"
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must return a floating-point tensor, got {value.dtype} ({where})")
+    number = float(value.detach())
+    if not math.isfinite(number):
+        raise ValueError(f"{name} is not finite ({number}) at {where}")
+    if requires_grad and not value.requires_grad:
+        raise ValueError(
+            f"{name} does not depend on any parameter ({where}); did it call .detach() or .item()?"
+        )
+    return value.reshape(())

@@ -1,0 +1,267 @@
+"""The interface every solver shares, and helpers on tuples of tensors.
+
+A solver is built as ``Solver(game, leader_optimizer, follower_optimizer, **options)`` and
+advanced by :meth:`Solver.step`. It computes update directions for the players, writes them
+into the parameters' ``.grad`` and lets the given :mod:`torch.optim` optimizers apply them, so
+momentum, Adam, weight decay and learning-rate schedulers behave as usual; the game's
+:meth:`~stackelberg.Game.project` hook runs after every update.
+
+Parameters travel between the helpers as tuples of tensors in ``module.parameters()`` order
+(trainable parameters only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from stackelberg.game import Game, checked_loss, functional_view, trainable_parameters
+
+__all__ = [
+    "Solver",
+    "StepInfo",
+    "TensorTuple",
+    "check_choice",
+    "check_int",
+    "check_positive",
+    "gradients",
+    "preserved_buffers",
+    "tree_add",
+    "tree_dot",
+    "tree_norm",
+    "tree_scale",
+]
+
+TensorTuple = tuple[Tensor, ...]
+StepInfo = dict[str, float]
+
+
+def tree_dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """``Σᵢ ⟨aᵢ, bᵢ⟩``: the inner product of two parameter tuples, as a 0-d tensor."""
+    if not a:
+        raise ValueError("cannot take the inner product of empty parameter tuples")
+    return sum((torch.sum(x * y) for x, y in zip(a, b, strict=True)), start=a[0].new_zeros(()))
+
+
+def tree_norm(a: Sequence[Tensor]) -> Tensor:
+    """The Euclidean norm of a parameter tuple seen as one flat vector."""
+    return torch.sqrt(tree_dot(a, a))
+
+
+def tree_add(a: Sequence[Tensor], b: Sequence[Tensor], alpha: float | Tensor = 1.0) -> TensorTuple:
+    """``a + alpha·b``, elementwise over the tuple."""
+    return tuple(x + alpha * y for x, y in zip(a, b, strict=True))
+
+
+def tree_scale(a: Sequence[Tensor], alpha: float | Tensor) -> TensorTuple:
+    """``alpha·a``, elementwise over the tuple."""
+    return tuple(alpha * x for x in a)
+
+
+def gradients(
+    output: Tensor | Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    grad_outputs: Sequence[Tensor] | None = None,
+    *,
+    create_graph: bool = False,
+    retain_graph: bool | None = None,
+) -> TensorTuple:
+    """:func:`torch.autograd.grad` where an input the output does not depend on gets zeros.
+
+    Also accepts outputs that do not require grad at all (for example a gradient that is
+    constant in the inputs, whose own derivative is then zero).
+    """
+    outputs = [output] if isinstance(output, Tensor) else list(output)
+    if grad_outputs is not None:
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
+        outputs = [o for o, _ in pairs]
+        grad_outputs = [g for _, g in pairs]
+    else:
+        outputs = [o for o in outputs if o.requires_grad]
+    if not outputs:
+        return tuple(torch.zeros_like(x) for x in inputs)
+    grads = torch.autograd.grad(
+        outputs,
+        list(inputs),
+        grad_outputs=grad_outputs,
+        create_graph=create_graph,
+        retain_graph=retain_graph,
+        allow_unused=True,
+    )
+    return tuple(
+        torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)
+    )
+
+
+@contextlib.contextmanager
+def preserved_buffers(game: Game) -> Iterator[None]:
+    """Restore every buffer of ``game`` (e.g. BatchNorm statistics) on exit."""
+    saved = [(b, b.detach().clone()) for b in game.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, copy in saved:
+                buffer.copy_(copy)
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` if it is an integer ``>= minimum``; otherwise a clear error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """``value`` as a float if it is positive (or zero where allowed) and finite."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value != value or value == float("inf"):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``; otherwise an error that lists them."""
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {listed}; got {value!r}")
+    return value
+
+
+class Solver:
+    """Base class of the solvers: holds the game and the two optimizers, applies updates.
+
+    Subclasses implement :meth:`step`. Helpers evaluate the players' losses at arbitrary
+    parameter tuples (through functional views) with checks that name the loss and the step.
+
+    Args:
+        game: the game to solve.
+        leader_optimizer: a :class:`torch.optim.Optimizer` over (some of) the leader's
+            parameters; it applies the leader's update direction.
+        follower_optimizer: the same for the follower.
+    """
+
+    def __init__(
+        self,
+        game: Game,
+        leader_optimizer: torch.optim.Optimizer,
+        follower_optimizer: torch.optim.Optimizer,
+    ) -> None:
+        if not isinstance(game, Game):
+            raise TypeError(f"game must be a stackelberg.Game, got {type(game).__name__}")
+        game.check_players()
+        self.game = game
+        self.leader_optimizer = self._checked_optimizer("leader", leader_optimizer)
+        self.follower_optimizer = self._checked_optimizer("follower", follower_optimizer)
+        self.steps_taken = 0
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def _checked_optimizer(self, role: str, optimizer: Any) -> torch.optim.Optimizer:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"{role}_optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        own = {id(p) for p in getattr(self.game, role).parameters()}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in own:
+                    raise ValueError(
+                        f"{role}_optimizer holds a parameter of shape {tuple(p.shape)} that is "
+                        f"not one of the {role}'s parameters"
+                    )
+        return optimizer
+
+    # -- parameters and losses -----------------------------------------------------------
+
+    def leader_params(self) -> TensorTuple:
+        """The leader's trainable parameters (the module's own tensors)."""
+        return trainable_parameters(self.game.leader)
+
+    def follower_params(self) -> TensorTuple:
+        """The follower's trainable parameters (the module's own tensors)."""
+        return trainable_parameters(self.game.follower)
+
+    def leader_loss(
+        self,
+        w: Sequence[Tensor],
+        theta: Sequence[Tensor],
+        batch: Any,
+        where: str,
+        *,
+        requires_grad: bool = True,
+    ) -> Tensor:
+        """``l(w, θ)`` on ``batch``, checked to be a finite scalar."""
+        value = self.game.leader_loss(
+            functional_view(self.game.leader, w), functional_view(self.game.follower, theta), batch
+        )
+        return checked_loss(
+            value, "leader_loss", f"{self.name} {where}", requires_grad=requires_grad
+        )
+
+    def follower_loss(
+        self,
+        w: Sequence[Tensor],
+        theta: Sequence[Tensor],
+        batch: Any,
+        where: str,
+        *,
+        requires_grad: bool = True,
+    ) -> Tensor:
+        """``h(w, θ)`` on ``batch``, checked to be a finite scalar."""
+        value = self.game.follower_loss(
+            functional_view(self.game.leader, w), functional_view(self.game.follower, theta), batch
+        )
+        return checked_loss(
+            value, "follower_loss", f"{self.name} {where}", requires_grad=requires_grad
+        )
+
+    def follower_gradient_steps(self, batch: Any, steps: int) -> StepInfo:
+        """Take ``steps`` follower-optimizer steps on ``∇_θ h`` at the leader's current point.
+
+        Returns the follower's loss and gradient norm at the last step (before its update).
+        """
+        w = tuple(p.detach() for p in self.leader_params())
+        info: StepInfo = {}
+        for i in range(steps):
+            theta = self.follower_params()
+            loss = self.follower_loss(w, theta, batch, f"step {self.steps_taken} follower step {i}")
+            grad = gradients(loss, theta)
+            self.apply_update(self.follower_optimizer, theta, grad)
+            info = {
+                "follower_loss": float(loss.detach()),
+                "follower_grad_norm": float(tree_norm(grad)),
+            }
+        return info
+
+    # -- updates -------------------------------------------------------------------------
+
+    def apply_update(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: Sequence[Tensor],
+        direction: Sequence[Tensor],
+    ) -> None:
+        """Write ``direction`` into ``params``' ``.grad``, step ``optimizer``, then project."""
+        optimizer.zero_grad(set_to_none=True)
+        for p, d in zip(params, direction, strict=True):
+            p.grad = d.detach().to(dtype=p.dtype)
+        optimizer.step()
+        with torch.no_grad():
+            self.game.project()
+
+    def step(self, batch: Any = None) -> StepInfo:
+        """One outer iteration on ``batch``; returns float diagnostics."""
+        raise NotImplementedError

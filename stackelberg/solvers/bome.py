@@ -1,0 +1,136 @@
+"""BOME: bilevel optimization made easy (Liu, Ye, Wright, Stone, Liu, NeurIPS 2022).
+
+BOME rewrites the bilevel problem through the value function,
+
+    min_{w,θ} l(w, θ)   s.t.   q(w, θ) = h(w, θ) − min_θ' h(w, θ') ≤ 0,
+
+and estimates the value function by ``T`` steps of an inner optimizer started from the current
+follower (warm start): ``θ̂⁰ = θ``, ``θ̂ᵗ⁺¹ = θ̂ᵗ − α·step(∇_θ h(w, θ̂ᵗ))``, ``θ^T`` detached, so
+
+    q̂(w, θ) = h(w, θ) − h(w, θ^T).                                   (paper, eq. 4)
+
+Both players then move along one joint direction over ``v = (w, θ)`` given by the dynamic
+barrier (paper, eq. 5–6):
+
+    d = ∇l + λ ∇q̂,    λ = max( (φ − ⟨∇l, ∇q̂⟩) / (‖∇q̂‖² + δ), 0 ),
+
+with ``φ = η‖∇q̂‖²`` (``phi="grad_norm"``, the paper's default) or ``φ = η·q̂``
+(``phi="value"``). The rule guarantees ⟨d, ∇q̂⟩ ≥ φ, so q̂ decreases whenever it is not yet
+optimal, and otherwise follows ∇l projected away from ∇q̂. The cost is ``T + 3`` first-order
+gradients per step and O(P) memory: no second-order derivative is ever taken.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from stackelberg.game import Game
+from stackelberg.solvers.base import (
+    Solver,
+    StepInfo,
+    TensorTuple,
+    check_choice,
+    check_int,
+    check_positive,
+    gradients,
+    tree_add,
+    tree_dot,
+)
+
+__all__ = ["BOME"]
+
+_INNER_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+
+
+class BOME(Solver):
+    """The BOME value-function method with the dynamic barrier.
+
+    Args:
+        game, leader_optimizer, follower_optimizer: see :class:`~stackelberg.solvers.Solver`.
+            Both optimizers apply the joint direction ``d`` (its ``w`` and ``θ`` parts).
+        inner_steps: ``T``, the inner optimizer's steps that estimate ``min_θ h(w, θ)``.
+        inner_lr: the inner optimizer's learning rate ``α``.
+        inner_optimizer: ``"sgd"`` (plain gradient descent, as in the paper's analysis) or
+            ``"adam"`` (as in the GUE paper's code); a fresh one is made every step.
+        eta: ``η`` of the control barrier ``φ``.
+        phi: ``"grad_norm"`` for ``φ = η‖∇q̂‖²`` or ``"value"`` for ``φ = η·q̂``.
+        delta: ``δ``, guards the division when ``∇q̂`` vanishes.
+
+    Diagnostics: ``q`` (= q̂ at the current point), ``lambda``, ``grad_dot`` (⟨∇l, ∇q̂⟩),
+    ``grad_q_norm`` (‖∇q̂‖), ``phi``, ``leader_loss`` (l), ``follower_loss`` (h).
+    """
+
+    def __init__(
+        self,
+        game: Game,
+        leader_optimizer: torch.optim.Optimizer,
+        follower_optimizer: torch.optim.Optimizer,
+        *,
+        inner_steps: int = 10,
+        inner_lr: float = 0.01,
+        inner_optimizer: str = "sgd",
+        eta: float = 0.5,
+        phi: str = "grad_norm",
+        delta: float = 1e-12,
+    ) -> None:
+        super().__init__(game, leader_optimizer, follower_optimizer)
+        self.inner_steps = check_int("inner_steps", inner_steps, 1)
+        self.inner_lr = check_positive("inner_lr", inner_lr)
+        self.inner_optimizer = check_choice("inner_optimizer", inner_optimizer, ("sgd", "adam"))
+        self.eta = check_positive("eta", eta, allow_zero=True)
+        self.phi = check_choice("phi", phi, ("grad_norm", "value"))
+        self.delta = check_positive("delta", delta)
+
+    def inner_solution(self, batch: Any) -> TensorTuple:
+        """``θ^T``: ``T`` inner-optimizer steps on ``h(w, ·)`` from the current θ, detached."""
+        w = tuple(p.detach() for p in self.leader_params())
+        theta = [p.detach().clone().requires_grad_(True) for p in self.follower_params()]
+        optimizer = _INNER_OPTIMIZERS[self.inner_optimizer](theta, lr=self.inner_lr)
+        for t in range(self.inner_steps):
+            loss = self.follower_loss(w, theta, batch, f"step {self.steps_taken} inner step {t}")
+            for p, g in zip(theta, gradients(loss, theta), strict=True):
+                p.grad = g
+            optimizer.step()
+        return tuple(p.detach() for p in theta)
+
+    def direction(self, batch: Any) -> tuple[TensorTuple, TensorTuple, StepInfo]:
+        """The joint direction ``d = ∇l + λ∇q̂``, split into its leader and follower parts."""
+        theta_T = self.inner_solution(batch)
+        w, theta = self.leader_params(), self.follower_params()
+        where = f"step {self.steps_taken}"
+        n_w = len(w)
+
+        leader_loss = self.leader_loss(w, theta, batch, where)
+        grad_l = gradients(leader_loss, w + theta)
+        h = self.follower_loss(w, theta, batch, where)
+        grad_h = gradients(h, w + theta)
+        h_T = self.follower_loss(w, theta_T, batch, f"{where} at the inner solution")
+        grad_h_T = gradients(h_T, w)
+        # ∇q̂ = (∇_w h(w, θ) − ∇_w h(w, θ^T), ∇_θ h(w, θ)); θ^T is a constant.
+        grad_q = tree_add(grad_h[:n_w], grad_h_T, alpha=-1.0) + grad_h[n_w:]
+        q = (h - h_T).detach()
+
+        grad_dot = tree_dot(grad_l, grad_q)
+        grad_q_sq = tree_dot(grad_q, grad_q)
+        phi = self.eta * grad_q_sq if self.phi == "grad_norm" else self.eta * q
+        lam = torch.clamp((phi - grad_dot) / (grad_q_sq + self.delta), min=0.0)
+        d = tree_add(grad_l, grad_q, alpha=lam)
+        info = {
+            "q": float(q),
+            "lambda": float(lam),
+            "grad_dot": float(grad_dot),
+            "grad_q_norm": float(torch.sqrt(grad_q_sq)),
+            "phi": float(phi),
+            "leader_loss": float(leader_loss.detach()),
+            "follower_loss": float(h.detach()),
+        }
+        return d[:n_w], d[n_w:], info
+
+    def step(self, batch: Any = None) -> StepInfo:
+        leader_d, follower_d, info = self.direction(batch)
+        self.apply_update(self.leader_optimizer, self.leader_params(), leader_d)
+        self.apply_update(self.follower_optimizer, self.follower_params(), follower_d)
+        self.steps_taken += 1
+        return info

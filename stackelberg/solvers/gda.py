@@ -1,0 +1,78 @@
+"""Gradient descent(-ascent): each player follows its own partial gradient.
+
+Simultaneous GDA updates both players from the same point,
+
+    w ← w − α ∇_w l(w, θ),    θ ← θ − β ∇_θ h(w, θ),
+
+alternating GDA first moves the follower (``follower_steps`` times) and then the leader at the
+follower's new position. Neither accounts for the follower's response to the leader, so the
+fixed points are Nash equilibria (∇_w l = 0 and ∇_θ h = 0), not Stackelberg ones: on toy T2
+GDA ends at (1, β) while the leader's optimum is ((1 + 2β)/(1 + β²), β·w*). It is the naive
+baseline every other solver must beat.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from stackelberg.game import Game
+from stackelberg.solvers.base import Solver, StepInfo, check_int, gradients, tree_norm
+
+__all__ = ["GDA"]
+
+
+class GDA(Solver):
+    """Simultaneous or alternating gradient descent on each player's own loss.
+
+    Args:
+        game, leader_optimizer, follower_optimizer: see :class:`~stackelberg.solvers.Solver`.
+        alternating: if ``True``, the follower moves first and the leader then takes its step at
+            the follower's new parameters; if ``False`` (default), both step from the same point.
+        follower_steps: follower steps per leader step (``>= 1``); in simultaneous mode the
+            steps after the first follow the leader's update.
+
+    Diagnostics: ``leader_loss``, ``follower_loss``, ``leader_grad_norm``,
+    ``follower_grad_norm`` (each at the point where that player's last gradient was taken).
+    """
+
+    def __init__(
+        self,
+        game: Game,
+        leader_optimizer: torch.optim.Optimizer,
+        follower_optimizer: torch.optim.Optimizer,
+        *,
+        alternating: bool = False,
+        follower_steps: int = 1,
+    ) -> None:
+        super().__init__(game, leader_optimizer, follower_optimizer)
+        if not isinstance(alternating, bool):
+            raise TypeError(f"alternating must be True or False, got {alternating!r}")
+        self.alternating = alternating
+        self.follower_steps = check_int("follower_steps", follower_steps, 1)
+
+    def step(self, batch: Any = None) -> StepInfo:
+        where = f"step {self.steps_taken}"
+        if self.alternating:
+            follower = self.follower_gradient_steps(batch, self.follower_steps)
+        w, theta = self.leader_params(), self.follower_params()
+        leader_loss = self.leader_loss(w, theta, batch, where)
+        leader_grad = gradients(leader_loss, w)
+        if not self.alternating:
+            h = self.follower_loss(w, theta, batch, where)
+            follower_grad = gradients(h, theta)
+            self.apply_update(self.follower_optimizer, theta, follower_grad)
+            follower = {
+                "follower_loss": float(h.detach()),
+                "follower_grad_norm": float(tree_norm(follower_grad)),
+            }
+        self.apply_update(self.leader_optimizer, w, leader_grad)
+        if not self.alternating and self.follower_steps > 1:
+            follower = self.follower_gradient_steps(batch, self.follower_steps - 1)
+        self.steps_taken += 1
+        return {
+            "leader_loss": float(leader_loss.detach()),
+            "leader_grad_norm": float(tree_norm(leader_grad)),
+            **follower,
+        }

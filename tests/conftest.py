@@ -1,0 +1,35 @@
+"""Shared helpers: build any solver on a game with plain SGD optimizers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import stackelberg as sg
+
+SOLVERS = {
+    "GDA": sg.GDA,
+    "BOME": sg.BOME,
+    "BackGradient": sg.BackGradient,
+    "TotalGradient": sg.TotalGradient,
+}
+
+
+def make_solver(
+    name: str, game: sg.Game, leader_lr: float = 0.1, follower_lr: float = 0.1, **options: Any
+) -> sg.solvers.Solver:
+    leader_opt = torch.optim.SGD(game.leader.parameters(), lr=leader_lr)
+    follower_opt = torch.optim.SGD(game.follower.parameters(), lr=follower_lr)
+    return SOLVERS[name](game, leader_opt, follower_opt, **options)
+
+
+def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
+    x, reference = torch.as_tensor(x).detach(), torch.as_tensor(reference).detach()
+    return float(torch.linalg.norm(x - reference) / torch.linalg.norm(reference))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
