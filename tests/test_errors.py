@@ -173,3 +173,42 @@ def test_toy_games_validate_their_constants() -> None:
         toys.HyperparameterGame(u=[1.0, 3.0], v=[1.0, 1.0])
     with pytest.raises(ValueError, match="epsilon must be > 0"):
         toys.BoxPoisoningGame(torch.zeros(3, 2), torch.zeros(2), epsilon=0.0)
+
+
+def test_diverging_reverse_mode_names_the_unrolled_step() -> None:
+    """Undoing 2000 steps that contract by 0.9 amplifies rounding errors past overflow."""
+
+    class Scalar(sg.Game):
+        def leader_loss(self, leader, follower, batch):
+            return (follower() - 1.0) ** 2 + torch.cos(follower()) * leader()
+
+        def follower_loss(self, leader, follower, batch):
+            return 0.5 * follower() ** 2 - leader() * torch.sin(follower())
+
+    game = Scalar(sg.Variable(0.1), sg.Variable(5.0)).double()
+    solver = make_solver("BackGradient", game, inner_steps=2000, inner_lr=1.9, mode="reverse")
+    before = [p.detach().clone() for p in game.parameters()]
+    with pytest.raises(
+        ValueError,
+        match=r"follower_loss is not finite \(inf\) at BackGradient step 0 unrolled step",
+    ):
+        solver.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, game.parameters(), strict=True))
+
+
+def test_non_finite_update_is_refused_and_nothing_moves() -> None:
+    class Cusp(sg.Game):
+        def leader_loss(self, leader, follower, batch):
+            return torch.sqrt(torch.abs(leader())) + follower() ** 2
+
+        def follower_loss(self, leader, follower, batch):
+            return (follower() - leader()) ** 2
+
+    game = Cusp(sg.Variable(0.0), sg.Variable(1.0))
+    solver = make_solver("GDA", game)
+    with pytest.raises(
+        ValueError, match=r"GDA computed a non-finite update for the leader at step 0; no parameter"
+    ):
+        solver.step()
+    assert float(game.leader.value.detach()) == 0.0
+    assert float(game.follower.value.detach()) == 1.0

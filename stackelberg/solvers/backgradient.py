@@ -97,6 +97,16 @@ class BackGradient(Solver):
         self.inversion_steps = check_int("inversion_steps", inversion_steps, 1)
         self._initial_theta = tuple(p.detach().clone() for p in self.follower_params())
 
+    @property
+    def divergence_hint(self) -> str:
+        if self.mode == "reverse":
+            return (
+                "Undoing many contracting steps amplifies rounding errors (see the "
+                "reconstruction_error diagnostic): use mode='checkpoint', fewer inner_steps, "
+                "a smaller inner_lr or float64."
+            )
+        return "Try a smaller inner_lr or fewer inner_steps."
+
     # -- the inner recursion -------------------------------------------------------------
 
     def _where(self, t: int) -> str:
@@ -203,7 +213,7 @@ class BackGradient(Solver):
 
     def step(self, batch: Any = None) -> StepInfo:
         hypergrad, info = self._hypergradient(batch)
-        self.apply_update(self.leader_optimizer, self.leader_params(), hypergrad)
+        self.apply_updates((self.leader_optimizer, self.leader_params(), hypergrad))
         if self.follower_steps:
             after = self.follower_gradient_steps(batch, self.follower_steps)
             info["follower_grad_norm"] = after["follower_grad_norm"]

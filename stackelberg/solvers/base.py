@@ -239,7 +239,7 @@ class Solver:
             theta = self.follower_params()
             loss = self.follower_loss(w, theta, batch, f"step {self.steps_taken} follower step {i}")
             grad = gradients(loss, theta)
-            self.apply_update(self.follower_optimizer, theta, grad)
+            self.apply_updates((self.follower_optimizer, theta, grad))
             info = {
                 "follower_loss": float(loss.detach()),
                 "follower_grad_norm": float(tree_norm(grad)),
@@ -248,19 +248,37 @@ class Solver:
 
     # -- updates -------------------------------------------------------------------------
 
-    def apply_update(
-        self,
-        optimizer: torch.optim.Optimizer,
-        params: Sequence[Tensor],
-        direction: Sequence[Tensor],
+    def apply_updates(
+        self, *updates: tuple[torch.optim.Optimizer, Sequence[Tensor], Sequence[Tensor]]
     ) -> None:
-        """Write ``direction`` into ``params``' ``.grad``, step ``optimizer``, then project."""
-        optimizer.zero_grad(set_to_none=True)
-        for p, d in zip(params, direction, strict=True):
-            p.grad = d.detach().to(dtype=p.dtype)
-        optimizer.step()
-        with torch.no_grad():
-            self.game.project()
+        """Apply ``(optimizer, params, direction)`` updates: write each direction into its
+        parameters' ``.grad``, step the optimizer, then project the game.
+
+        Every direction is checked before any is applied, so a failure changes nothing.
+
+        Raises:
+            ValueError: a direction is not finite.
+        """
+        for optimizer, _, direction in updates:
+            finite = torch.stack([torch.isfinite(d).all() for d in direction]).all()
+            if not bool(finite):
+                role = "leader" if optimizer is self.leader_optimizer else "follower"
+                raise ValueError(
+                    f"{self.name} computed a non-finite update for the {role} at step "
+                    f"{self.steps_taken}; no parameter was changed. {self.divergence_hint}"
+                )
+        for optimizer, params, direction in updates:
+            optimizer.zero_grad(set_to_none=True)
+            for p, d in zip(params, direction, strict=True):
+                p.grad = d.detach().to(dtype=p.dtype)
+            optimizer.step()
+            with torch.no_grad():
+                self.game.project()
+
+    @property
+    def divergence_hint(self) -> str:
+        """What to try when the update direction is not finite (shown in the error)."""
+        return "Try smaller learning rates."
 
     def step(self, batch: Any = None) -> StepInfo:
         """One outer iteration on ``batch``; returns float diagnostics."""

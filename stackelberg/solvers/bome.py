@@ -130,7 +130,9 @@ class BOME(Solver):
 
     def step(self, batch: Any = None) -> StepInfo:
         leader_d, follower_d, info = self.direction(batch)
-        self.apply_update(self.leader_optimizer, self.leader_params(), leader_d)
-        self.apply_update(self.follower_optimizer, self.follower_params(), follower_d)
+        self.apply_updates(
+            (self.leader_optimizer, self.leader_params(), leader_d),
+            (self.follower_optimizer, self.follower_params(), follower_d),
+        )
         self.steps_taken += 1
         return info

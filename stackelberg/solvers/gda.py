@@ -59,17 +59,21 @@ class GDA(Solver):
         w, theta = self.leader_params(), self.follower_params()
         leader_loss = self.leader_loss(w, theta, batch, where)
         leader_grad = gradients(leader_loss, w)
-        if not self.alternating:
+        if self.alternating:
+            self.apply_updates((self.leader_optimizer, w, leader_grad))
+        else:
             h = self.follower_loss(w, theta, batch, where)
             follower_grad = gradients(h, theta)
-            self.apply_update(self.follower_optimizer, theta, follower_grad)
+            self.apply_updates(
+                (self.leader_optimizer, w, leader_grad),
+                (self.follower_optimizer, theta, follower_grad),
+            )
             follower = {
                 "follower_loss": float(h.detach()),
                 "follower_grad_norm": float(tree_norm(follower_grad)),
             }
-        self.apply_update(self.leader_optimizer, w, leader_grad)
-        if not self.alternating and self.follower_steps > 1:
-            follower = self.follower_gradient_steps(batch, self.follower_steps - 1)
+            if self.follower_steps > 1:
+                follower = self.follower_gradient_steps(batch, self.follower_steps - 1)
         self.steps_taken += 1
         return {
             "leader_loss": float(leader_loss.detach()),

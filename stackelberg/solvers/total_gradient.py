@@ -79,6 +79,14 @@ class TotalGradient(Solver):
         self.tol = check_positive("tol", tol, allow_zero=True)
         self.neumann_step = check_positive("neumann_step", neumann_step)
 
+    @property
+    def divergence_hint(self) -> str:
+        return (
+            "The linear solve may have failed (see the residual diagnostic): add damping for a "
+            "singular Hessian, use linear_solver='normal_cg' for an indefinite one, or lower "
+            "neumann_step."
+        )
+
     def _hypergradient(self, batch: Any) -> tuple[TensorTuple, StepInfo]:
         w, theta = self.leader_params(), self.follower_params()
         where = f"step {self.steps_taken}"
@@ -118,7 +126,7 @@ class TotalGradient(Solver):
 
     def step(self, batch: Any = None) -> StepInfo:
         hypergrad, info = self._hypergradient(batch)
-        self.apply_update(self.leader_optimizer, self.leader_params(), hypergrad)
+        self.apply_updates((self.leader_optimizer, self.leader_params(), hypergrad))
         if self.follower_steps:
             info.update(self.follower_gradient_steps(batch, self.follower_steps))
         self.steps_taken += 1
