@@ -12,7 +12,7 @@ The public API::
     history = sg.solve(game, solver, data, steps=1000)
 """
 
-from stackelberg import games, solvers
+from stackelberg import data, games, models, solvers, utils
 from stackelberg.game import Game, Variable
 from stackelberg.solve import solve
 from stackelberg.solvers import BOME, GDA, BackGradient, TotalGradient
@@ -24,9 +24,12 @@ __all__ = [
     "Game",
     "TotalGradient",
     "Variable",
+    "data",
     "games",
+    "models",
     "solve",
     "solvers",
+    "utils",
 ]
 
 __version__ = "0.1.0"

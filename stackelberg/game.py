@@ -15,13 +15,20 @@ pure functions of the callables and the batch they are given.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Game", "Variable", "checked_loss", "functional_view", "trainable_parameters"]
+__all__ = [
+    "FunctionalView",
+    "Game",
+    "Variable",
+    "checked_loss",
+    "functional_view",
+    "trainable_parameters",
+]
 
 
 class Variable(nn.Module):
@@ -124,24 +131,41 @@ class Game(nn.Module):
             )
 
 
-def functional_view(module: nn.Module, params: Sequence[Tensor]) -> Callable[..., Any]:
+class FunctionalView:
+    """A module called with other parameter values: ``view(*args)`` runs ``module``'s forward
+    with ``params`` in place of its trainable parameters (:func:`torch.func.functional_call`).
+
+    ``view.parameters()`` returns those tensors, so a loss can regularize the parameters it is
+    evaluated at (``sum(p.pow(2).sum() for p in follower.parameters())``) whether it receives
+    the module itself or a view.
+    """
+
+    def __init__(self, module: nn.Module, params: Sequence[Tensor]) -> None:
+        names = [name for name, p in module.named_parameters() if p.requires_grad]
+        if len(names) != len(params):
+            raise ValueError(
+                f"{type(module).__name__} has {len(names)} trainable parameters, got {len(params)}"
+            )
+        self.module = module
+        self._params = tuple(params)
+        self._mapping = dict(zip(names, self._params, strict=True))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return torch.func.functional_call(self.module, self._mapping, args, kwargs)
+
+    def parameters(self) -> Iterator[Tensor]:
+        """The tensors used as the module's trainable parameters, in its order."""
+        return iter(self._params)
+
+
+def functional_view(module: nn.Module, params: Sequence[Tensor]) -> FunctionalView:
     """A callable with ``module``'s forward signature that uses ``params`` as its parameters.
 
     ``params`` are in ``module.parameters()`` order (trainable ones only, see
     :func:`trainable_parameters`); buffers and frozen parameters are the module's own. The view
     is differentiable with respect to ``params``.
     """
-    names = [name for name, p in module.named_parameters() if p.requires_grad]
-    if len(names) != len(params):
-        raise ValueError(
-            f"{type(module).__name__} has {len(names)} trainable parameters, got {len(params)}"
-        )
-    mapping = dict(zip(names, params, strict=True))
-
-    def view(*args: Any, **kwargs: Any) -> Any:
-        return torch.func.functional_call(module, mapping, args, kwargs)
-
-    return view
+    return FunctionalView(module, params)
 
 
 def trainable_parameters(module: nn.Module) -> tuple[Tensor, ...]:

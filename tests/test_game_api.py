@@ -141,3 +141,11 @@ def test_progress_bar_shows_losses(capsys: pytest.CaptureFixture[str]) -> None:
     sg.solve(game, make_solver("BOME", game), None, 3, progress=True)
     err = capsys.readouterr().err
     assert "BOME" in err and "leader_loss" in err
+
+
+def test_functional_view_exposes_its_parameters_for_regularizers() -> None:
+    linear = torch.nn.Linear(2, 1)
+    weight, bias = torch.ones(1, 2), torch.zeros(1)
+    view = functional_view(linear, (weight, bias))
+    assert [t is s for t, s in zip(view.parameters(), (weight, bias), strict=True)] == [True, True]
+    assert sum(float(p.pow(2).sum()) for p in view.parameters()) == 2.0

@@ -1,5 +1,5 @@
-"""Games: the toy games with closed-form answers (``stackelberg.games.toys``), and more."""
+"""Games: toys with closed-form answers, data poisoning, adversarial training."""
 
-from stackelberg.games import toys
+from stackelberg.games import poisoning, toys
 
-__all__ = ["toys"]
+__all__ = ["poisoning", "toys"]

@@ -1,0 +1,5 @@
+"""Datasets: image folders (extracted or archived) and scikit-learn's bundled sets."""
+
+from stackelberg.data.folders import ImageDataset, load_image_folder
+
+__all__ = ["ImageDataset", "load_image_folder"]

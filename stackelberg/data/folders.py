@@ -1,0 +1,141 @@
+"""Image folders laid out ``split/class/image``, extracted or inside a ``.tar.gz`` archive.
+
+This is the layout of ``../shared/data`` (``mnist-png/train/7/123.png``,
+``cifar10-jpeg/test/cat/0001.jpg``) and of most photo collections, so the same loader serves
+both. An archive is read in place, without extracting it; a top-level folder in front of the
+split (``mnist-png/``) is found automatically.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+__all__ = ["ImageDataset", "load_image_folder"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images in memory: ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)``."""
+
+    images: Tensor
+    labels: Tensor
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def float_images(self) -> Tensor:
+        """The images as float32 in ``[0, 1]``."""
+        return self.images.to(torch.float32) / 255.0
+
+
+def _split_pattern(split: str) -> re.Pattern[str]:
+    # [prefix/]split/class/file.ext
+    return re.compile(rf"^(?:.*/)?{re.escape(split)}/([^/]+)/([^/]+)$")
+
+
+def _archive_members(path: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
+    pattern = _split_pattern(split)
+    with tarfile.open(path, "r:*") as archive:
+        for member in archive:
+            if not member.isfile() or not member.name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            match = pattern.match(member.name)
+            if match:
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    yield match.group(1), member.name, handle.read()
+
+
+def _directory_members(path: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
+    candidates = [
+        path / split,
+        *(child / split for child in sorted(path.iterdir()) if child.is_dir()),
+    ]
+    split_dir = next((c for c in candidates if c.is_dir()), None)
+    if split_dir is None:
+        found = sorted(child.name for child in path.iterdir() if child.is_dir())
+        raise FileNotFoundError(
+            f"no '{split}' folder in {path} (nor one level below); found folders {found}"
+        )
+    for class_dir in sorted(c for c in split_dir.iterdir() if c.is_dir()):
+        for file in sorted(class_dir.iterdir()):
+            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                yield class_dir.name, str(file), file.read_bytes()
+
+
+def load_image_folder(
+    root: str | Path,
+    split: str,
+    *,
+    classes: Sequence[str] | None = None,
+    mode: str | None = None,
+) -> ImageDataset:
+    """Load every image of ``root/split/<class>/`` into memory.
+
+    Args:
+        root: an extracted folder, or a ``.tar``/``.tar.gz`` archive holding one.
+        split: ``"train"``, ``"test"``, ….
+        classes: keep only these class folders, labelled in the order given; by default all
+            class folders, labelled in sorted order (``"0"``…``"9"`` for MNIST).
+        mode: a Pillow mode to convert every image to (``"L"`` grayscale, ``"RGB"``); by default
+            the first image's mode.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist, or holds no such split.
+        ValueError: an image cannot be decoded (the file is named), images differ in size, or a
+            requested class has no images.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(
+            f"no image folder or archive at {root}: expected {root}/{split}/<class>/<image> or "
+            "a .tar.gz archive with that layout"
+        )
+    members = _archive_members(root, split) if root.is_file() else _directory_members(root, split)
+    wanted = None if classes is None else list(classes)
+    arrays: list[np.ndarray] = []
+    names: list[str] = []
+    for class_name, name, payload in members:
+        if wanted is not None and class_name not in wanted:
+            continue
+        try:
+            with Image.open(io.BytesIO(payload)) as image:
+                mode = mode or image.mode
+                array = np.asarray(image.convert(mode))
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"cannot decode image {name}: {error}") from error
+        if arrays and array.shape != arrays[0].shape:
+            raise ValueError(
+                f"image {name} has shape {array.shape}, the first one {arrays[0].shape}; "
+                "resize the images to one size first"
+            )
+        arrays.append(array)
+        names.append(class_name)
+    if not arrays:
+        raise FileNotFoundError(f"no images under {root} for split '{split}'")
+    class_names = tuple(wanted) if wanted is not None else tuple(sorted(set(names)))
+    missing = set(class_names) - set(names)
+    if missing:
+        raise ValueError(f"no images for classes {sorted(missing)} in split '{split}' of {root}")
+    index = {name: i for i, name in enumerate(class_names)}
+    stacked = np.stack(arrays)
+    # (N, H, W) grayscale or (N, H, W, C) colour → (N, C, H, W)
+    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+    return ImageDataset(
+        images=torch.from_numpy(np.ascontiguousarray(stacked)),
+        labels=torch.tensor([index[n] for n in names], dtype=torch.int64),
+        classes=class_names,
+    )

@@ -1,0 +1,64 @@
+"""Small classifiers for CPU-scale experiments. All take inputs in ``[0, 1]``."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["MLP", "LogisticRegression", "SmallCNN"]
+
+
+class LogisticRegression(nn.Module):
+    """Multinomial logistic regression on flattened inputs: ``logits = W·vec(x) + b``."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        if in_features < 1 or num_classes < 2:
+            raise ValueError(
+                f"need in_features >= 1 and num_classes >= 2, got {in_features}, {num_classes}"
+            )
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x.flatten(1))
+
+
+class MLP(nn.Module):
+    """One hidden layer with tanh (smooth, so Hessian-vector products are informative)."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 32) -> None:
+        super().__init__()
+        if in_features < 1 or num_classes < 2 or hidden < 1:
+            raise ValueError(
+                f"need in_features, hidden >= 1 and num_classes >= 2, got {in_features}, "
+                f"{hidden}, {num_classes}"
+            )
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+class SmallCNN(nn.Module):
+    """Two 3×3 conv blocks (32, 64 channels, ReLU, 2×2 max-pool) and two linear layers."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> None:
+        super().__init__()
+        if image_size % 4:
+            raise ValueError(f"image_size must be divisible by 4, got {image_size}")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        side = image_size // 4
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * side * side, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))

@@ -1,0 +1,5 @@
+"""Utilities: peak-memory measurement."""
+
+from stackelberg.utils.memory import peak_memory
+
+__all__ = ["peak_memory"]
