@@ -1,0 +1,73 @@
+"""The image-folder loader on folders and archives that the tests write themselves."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stackelberg.data import load_image_folder
+
+
+def write_folder(root: Path, split: str = "train", size: int = 6, mode: str = "L") -> dict:
+    """Two classes, three images each, with known pixel values."""
+    expected = {}
+    for label, name in enumerate(("cat", "dog")):
+        (root / split / name).mkdir(parents=True)
+        for i in range(3):
+            value = 40 * label + 10 * i
+            shape = (size, size) if mode == "L" else (size, size, 3)
+            array = np.full(shape, value, dtype=np.uint8)
+            Image.fromarray(array, mode=mode).save(root / split / name / f"{i}.png")
+            expected[(name, i)] = value
+    return expected
+
+
+def test_folder_and_archive_give_the_same_images(tmp_path: Path) -> None:
+    write_folder(tmp_path / "toy")
+    archive = tmp_path / "toy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "toy", arcname="toy")
+    from_folder = load_image_folder(tmp_path / "toy", "train")
+    from_prefix = load_image_folder(tmp_path, "train")  # the split one level below
+    from_archive = load_image_folder(archive, "train")
+    for data in (from_folder, from_prefix, from_archive):
+        assert data.classes == ("cat", "dog")
+        assert data.images.shape == (6, 1, 6, 6) and data.images.dtype == torch.uint8
+        assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+        assert sorted(int(v) for v in data.images[:, 0, 0, 0]) == [0, 10, 20, 40, 50, 60]
+    assert torch.equal(from_folder.images, from_archive.images)
+    assert torch.allclose(from_folder.float_images().max(), torch.tensor(60 / 255))
+
+
+def test_class_selection_and_colour(tmp_path: Path) -> None:
+    write_folder(tmp_path, mode="RGB")
+    data = load_image_folder(tmp_path, "train", classes=["dog"])
+    assert data.images.shape == (3, 3, 6, 6)
+    assert data.labels.tolist() == [0, 0, 0] and data.classes == ("dog",)
+    gray = load_image_folder(tmp_path, "train", mode="L")
+    assert gray.images.shape[1] == 1
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no image folder or archive at"):
+        load_image_folder(tmp_path / "missing", "train")
+    write_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no 'test' folder"):
+        load_image_folder(tmp_path, "test")
+    with pytest.raises(ValueError, match=r"no images for classes \['bird'\]"):
+        load_image_folder(tmp_path, "train", classes=["cat", "bird"])
+    (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot decode image .*broken\.png"):
+        load_image_folder(tmp_path, "train")
+
+
+def test_images_of_different_sizes_are_refused(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    Image.fromarray(np.zeros((7, 7), dtype=np.uint8)).save(tmp_path / "train" / "dog" / "z.png")
+    with pytest.raises(ValueError, match="resize the images to one size"):
+        load_image_folder(tmp_path, "train")
