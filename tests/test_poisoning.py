@@ -57,10 +57,11 @@ def test_losses_are_the_union_training_loss_and_minus_the_validation_loss() -> N
     x = torch.cat([game.train_x, game.leader.features])
     y = torch.cat([game.train_y, game.leader.labels])
     penalty = sum(float(p.detach().pow(2).sum()) for p in victim.parameters())
-    expected = float(F.cross_entropy(victim(x), y)) + 0.5 * 1e-2 * penalty
-    assert float(game.follower_loss(game.leader, victim)) == pytest.approx(expected, rel=1e-12)
-    validation = float(F.cross_entropy(victim(game.val_x), game.val_y))
-    assert float(game.leader_loss(game.leader, victim)) == pytest.approx(-validation, rel=1e-12)
+    expected = float(F.cross_entropy(victim(x), y).detach()) + 0.5 * 1e-2 * penalty
+    loss = game.follower_loss(game.leader, victim).detach()
+    assert float(loss) == pytest.approx(expected, rel=1e-12)
+    validation = float(F.cross_entropy(victim(game.val_x), game.val_y).detach())
+    assert float(game.leader_loss(game.leader, victim).detach()) == pytest.approx(-validation)
 
 
 def test_hypergradient_matches_finite_differences() -> None:

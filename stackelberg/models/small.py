@@ -41,23 +41,31 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Two 3×3 conv blocks (32, 64 channels, ReLU, 2×2 max-pool) and two linear layers."""
+    """Two 3×3 conv blocks (``width`` and ``2·width`` channels, ReLU, 2×2 max-pool) and two
+    linear layers (``4·width`` hidden units)."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> None:
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: int = 32
+    ) -> None:
         super().__init__()
         if image_size % 4:
             raise ValueError(f"image_size must be divisible by 4, got {image_size}")
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.Conv2d(in_channels, width, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
         side = image_size // 4
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * side * side, 128), nn.ReLU(), nn.Linear(128, num_classes)
+            nn.Flatten(),
+            nn.Linear(2 * width * side * side, 4 * width),
+            nn.ReLU(),
+            nn.Linear(4 * width, num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:
