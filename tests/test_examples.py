@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +29,77 @@ def test_define_a_game_finds_the_stackelberg_point(tmp_path: Path) -> None:
         assert results["solvers"][name]["q2"] == pytest.approx(2.25, rel=1e-2)
     assert results["solvers"]["GDA"]["q1"] == pytest.approx(3.0, rel=1e-4)
     assert results["closed form"]["q1"] == 4.5
+
+
+def test_poisoning_example_smoke(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "poisoning_attack.py"),
+            "--datasets", "breast_cancer",
+            "--victims", "logreg",
+            "--fractions", "0", "0.1",
+            "--splits", "1",
+            "--outer-steps", "3",
+            "--train-steps", "20",
+            "--memory-steps", "5",
+            "--output-dir", str(tmp_path),
+        ],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    results = json.loads((tmp_path / "results.json").read_text())
+    cell = results["cells"]["breast_cancer/logreg"]
+    assert set(cell["fractions"]) == {"0.0", "0.1"}
+    for row in cell["fractions"].values():
+        for key in ("label_flip", "reverse", "checkpoint"):
+            assert 0.0 <= row[key]["mean"] <= 1.0
+    assert len(cell["hypergradient_relative_error"]) == 1
+    assert set(results["memory_mib"]) == {"store", "checkpoint", "reverse"}
+    assert (tmp_path / "test_error.png").stat().st_size > 0
+    assert "label flip" in (tmp_path / "results.md").read_text()
+
+
+def fake_mnist(root: Path, per_class: int = 3) -> Path:
+    """A tiny MNIST-shaped image folder: 28×28 grayscale PNGs, ten digit classes."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for digit in range(10):
+            folder = root / "mnist-png" / split / str(digit)
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                array = (torch.rand(28, 28, generator=generator) * 255).to(torch.uint8).numpy()
+                Image.fromarray(array).save(folder / f"{i}.png")
+    return root / "mnist-png"
+
+
+def test_adversarial_example_smoke_and_resume(tmp_path: Path) -> None:
+    data = fake_mnist(tmp_path / "data")
+    command = [
+        sys.executable,
+        str(ROOT / "examples" / "adversarial_training.py"),
+        "--data-dir", str(data),
+        "--output-dir", str(tmp_path / "out"),
+        "--train-size", "20", "--eval-size", "10", "--final-eval-size", "10",
+        "--batch-size", "10", "--steps", "2", "--warmup-epochs", "1", "--width", "2",
+    ]  # fmt: skip
+    subprocess.run(
+        [*command, "--epochs", "2"], capture_output=True, text=True, check=True, timeout=300
+    )
+    first = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [row["epoch"] for row in first["history"]["beta"]] == [0, 1]
+    resumed = subprocess.run(
+        [*command, "--epochs", "3", "--resume"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert "resumed after epoch 1" in resumed.stdout
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]["pgd"]] == [0, 1, 2]
+    assert metrics["history"]["pgd"][:2] == first["history"]["pgd"]
+    final = metrics["final"]["beta"]
+    assert 0 <= final["beta"] <= 1 and 0 <= final["clean"] <= 1
+    assert (tmp_path / "out" / "robust_accuracy.png").stat().st_size > 0
