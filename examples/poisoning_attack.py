@@ -94,7 +94,7 @@ def make_victim(kind: str, features: int, classes: int, seed: int) -> torch.nn.M
     return LogisticRegression(features, classes) if kind == "logreg" else MLP(features, classes)
 
 
-def poison(
+def attack_solver(
     mode: str,
     victim: str,
     data: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -102,11 +102,11 @@ def poison(
     classes: int,
     config: Config,
     seed: int,
-) -> tuple[torch.Tensor, list[float]]:
-    """Optimize the poisons' features; return the ones with the highest validation loss."""
-    features = data["train"][0].shape[1]
+    inner_steps: int | None = None,
+) -> tuple[PoisoningGame, sg.BackGradient]:
+    """The poisoning game on one split and the back-gradient solver that attacks it."""
     game = PoisoningGame(
-        make_victim(victim, features, classes, seed),
+        make_victim(victim, data["train"][0].shape[1], classes, seed),
         data["train"],
         data["validation"],
         poisons,
@@ -117,12 +117,26 @@ def poison(
         game,
         torch.optim.Adam(game.leader.parameters(), lr=config.outer_lr),
         torch.optim.SGD(game.follower.parameters(), lr=LEARNING_RATE[victim]),
-        inner_steps=config.train_steps,
+        inner_steps=inner_steps or config.train_steps,
         inner_lr=LEARNING_RATE[victim],
         mode=mode,
         warm_start=False,  # every outer step unrolls training from the same initialization
         follower_steps=0,
     )
+    return game, solver
+
+
+def poison(
+    mode: str,
+    victim: str,
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    poisons: tuple[torch.Tensor, torch.Tensor],
+    classes: int,
+    config: Config,
+    seed: int,
+) -> tuple[torch.Tensor, list[float]]:
+    """Optimize the poisons' features; return the ones with the highest validation loss."""
+    game, solver = attack_solver(mode, victim, data, poisons, classes, config, seed)
     best, best_loss, history = poisons[0].clone(), -math.inf, []
     for _ in range(config.outer_steps):
         before = game.leader.features.detach().clone()
@@ -139,23 +153,7 @@ def hypergradient_agreement(
     """‖g_reverse − g_exact‖ / ‖g_exact‖ at the initial poisons."""
     grads = {}
     for mode in ("reverse", "checkpoint"):
-        game = PoisoningGame(
-            make_victim(victim, data["train"][0].shape[1], classes, seed),
-            data["train"],
-            data["validation"],
-            poisons,
-            classes,
-            config.weight_decay,
-        )
-        solver = sg.BackGradient(
-            game,
-            torch.optim.SGD(game.leader.parameters(), lr=0.1),
-            torch.optim.SGD(game.follower.parameters(), lr=0.1),
-            inner_steps=config.train_steps,
-            inner_lr=LEARNING_RATE[victim],
-            mode=mode,
-            warm_start=False,
-        )
+        _, solver = attack_solver(mode, victim, data, poisons, classes, config, seed)
         (grads[mode],) = solver.hypergradient()
     exact = grads["checkpoint"]
     return float(torch.linalg.norm(grads["reverse"] - exact) / torch.linalg.norm(exact))
@@ -240,23 +238,7 @@ def measure_memory(x: torch.Tensor, y: torch.Tensor, classes: int, config: Confi
     for mode in ("store", "checkpoint", "reverse"):
         out[mode] = {}
         for steps in config.memory_steps:
-            game = PoisoningGame(
-                make_victim("mlp", x.shape[1], classes, 0),
-                data["train"],
-                data["validation"],
-                poisons,
-                classes,
-                config.weight_decay,
-            )
-            solver = sg.BackGradient(
-                game,
-                torch.optim.SGD(game.leader.parameters(), lr=0.1),
-                torch.optim.SGD(game.follower.parameters(), lr=0.1),
-                inner_steps=steps,
-                inner_lr=LEARNING_RATE["mlp"],
-                mode=mode,
-                warm_start=False,
-            )
+            _, solver = attack_solver(mode, "mlp", data, poisons, classes, config, 0, steps)
             _, extra = sg.utils.peak_memory(solver.hypergradient)
             out[mode][str(steps)] = extra / 2**20
     return out

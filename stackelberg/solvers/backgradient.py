@@ -32,14 +32,13 @@ import torch
 
 from stackelberg.game import Game
 from stackelberg.solvers.base import (
-    Solver,
+    HypergradientSolver,
     StepInfo,
     TensorTuple,
     check_choice,
     check_int,
     check_positive,
     gradients,
-    preserved_buffers,
     tree_add,
     tree_norm,
 )
@@ -53,7 +52,7 @@ def _leaves(tensors: TensorTuple) -> TensorTuple:
     return tuple(t.detach().requires_grad_(True) for t in tensors)
 
 
-class BackGradient(Solver):
+class BackGradient(HypergradientSolver):
     """Unrolled-differentiation hypergradient for the leader.
 
     Args:
@@ -68,9 +67,9 @@ class BackGradient(Solver):
             with ``warm_start`` they carry the follower toward its best response between steps.
         inversion_steps: fixed-point iterations per undone step in ``"reverse"`` mode.
 
-    Diagnostics: ``leader_loss`` (``l(w, θ_T)``), ``follower_loss`` (``h(w, θ_T)``),
-    ``hypergrad_norm``, ``reconstruction_error`` (``"reverse"`` only), and the follower's
-    ``follower_loss``/``follower_grad_norm`` after its own steps when ``follower_steps > 0``.
+    Diagnostics: ``leader_loss`` (``l(w, θ_T)``), ``follower_loss`` (``h(w, θ_T)``, or with
+    ``follower_steps > 0`` the follower's loss at its last own step, beside
+    ``follower_grad_norm``), ``hypergrad_norm``, ``reconstruction_error`` (``"reverse"`` only).
     """
 
     def __init__(
@@ -205,17 +204,3 @@ class BackGradient(Solver):
             )
         info["hypergrad_norm"] = float(tree_norm(hypergrad))
         return tuple(g.detach() for g in hypergrad), info
-
-    def hypergradient(self, batch: Any = None) -> TensorTuple:
-        """``∇_w l(w, θ_T(w))``, one tensor per leader parameter; changes no state."""
-        with preserved_buffers(self.game):
-            return self._hypergradient(batch)[0]
-
-    def step(self, batch: Any = None) -> StepInfo:
-        hypergrad, info = self._hypergradient(batch)
-        self.apply_updates((self.leader_optimizer, self.leader_params(), hypergrad))
-        if self.follower_steps:
-            after = self.follower_gradient_steps(batch, self.follower_steps)
-            info["follower_grad_norm"] = after["follower_grad_norm"]
-        self.steps_taken += 1
-        return info

@@ -22,6 +22,7 @@ from torch import Tensor
 from stackelberg.game import Game, checked_loss, functional_view, trainable_parameters
 
 __all__ = [
+    "HypergradientSolver",
     "Solver",
     "StepInfo",
     "TensorTuple",
@@ -194,6 +195,19 @@ class Solver:
         """The follower's trainable parameters (the module's own tensors)."""
         return trainable_parameters(self.game.follower)
 
+    def _loss(
+        self,
+        name: str,
+        w: Sequence[Tensor],
+        theta: Sequence[Tensor],
+        batch: Any,
+        where: str,
+        requires_grad: bool,
+    ) -> Tensor:
+        views = functional_view(self.game.leader, w), functional_view(self.game.follower, theta)
+        value = getattr(self.game, name)(*views, batch)
+        return checked_loss(value, name, f"{self.name} {where}", requires_grad=requires_grad)
+
     def leader_loss(
         self,
         w: Sequence[Tensor],
@@ -204,12 +218,7 @@ class Solver:
         requires_grad: bool = True,
     ) -> Tensor:
         """``l(w, θ)`` on ``batch``, checked to be a finite scalar."""
-        value = self.game.leader_loss(
-            functional_view(self.game.leader, w), functional_view(self.game.follower, theta), batch
-        )
-        return checked_loss(
-            value, "leader_loss", f"{self.name} {where}", requires_grad=requires_grad
-        )
+        return self._loss("leader_loss", w, theta, batch, where, requires_grad)
 
     def follower_loss(
         self,
@@ -221,12 +230,7 @@ class Solver:
         requires_grad: bool = True,
     ) -> Tensor:
         """``h(w, θ)`` on ``batch``, checked to be a finite scalar."""
-        value = self.game.follower_loss(
-            functional_view(self.game.leader, w), functional_view(self.game.follower, theta), batch
-        )
-        return checked_loss(
-            value, "follower_loss", f"{self.name} {where}", requires_grad=requires_grad
-        )
+        return self._loss("follower_loss", w, theta, batch, where, requires_grad)
 
     def follower_gradient_steps(self, batch: Any, steps: int) -> StepInfo:
         """Take ``steps`` follower-optimizer steps on ``∇_θ h`` at the leader's current point.
@@ -283,3 +287,31 @@ class Solver:
     def step(self, batch: Any = None) -> StepInfo:
         """One outer iteration on ``batch``; returns float diagnostics."""
         raise NotImplementedError
+
+
+class HypergradientSolver(Solver):
+    """A solver whose leader descends a hypergradient and whose follower then takes
+    ``follower_steps`` gradient steps on ``h`` with its own optimizer.
+
+    Subclasses implement :meth:`_hypergradient`, returning the hypergradient (one tensor per
+    leader parameter) and diagnostics, and set ``self.follower_steps``.
+    """
+
+    follower_steps: int
+
+    def _hypergradient(self, batch: Any) -> tuple[TensorTuple, StepInfo]:
+        raise NotImplementedError
+
+    def hypergradient(self, batch: Any = None) -> TensorTuple:
+        """The leader's hypergradient at the current point, one tensor per leader parameter
+        in ``leader.parameters()`` order; changes no parameter, gradient, optimizer or buffer."""
+        with preserved_buffers(self.game):
+            return self._hypergradient(batch)[0]
+
+    def step(self, batch: Any = None) -> StepInfo:
+        hypergrad, info = self._hypergradient(batch)
+        self.apply_updates((self.leader_optimizer, self.leader_params(), hypergrad))
+        if self.follower_steps:
+            info.update(self.follower_gradient_steps(batch, self.follower_steps))
+        self.steps_taken += 1
+        return info

@@ -24,14 +24,13 @@ import torch
 
 from stackelberg.game import Game
 from stackelberg.solvers.base import (
-    Solver,
+    HypergradientSolver,
     StepInfo,
     TensorTuple,
     check_choice,
     check_int,
     check_positive,
     gradients,
-    preserved_buffers,
     tree_add,
     tree_norm,
 )
@@ -40,7 +39,7 @@ from stackelberg.solvers.linsolve import LINEAR_SOLVERS, solve_linear
 __all__ = ["TotalGradient"]
 
 
-class TotalGradient(Solver):
+class TotalGradient(HypergradientSolver):
     """Implicit-function hypergradient for the leader, gradient steps for the follower.
 
     Args:
@@ -53,9 +52,10 @@ class TotalGradient(Solver):
         tol: relative residual at which CG stops early.
         neumann_step: ``α`` of the Neumann series; it must satisfy ``α < 2/λ_max(∇²_θθ h)``.
 
-    Diagnostics: ``leader_loss``, ``follower_loss`` (at the point the hypergradient was taken),
-    ``residual`` (relative residual of (1)), ``solver_iterations`` (used),
-    ``hypergrad_norm``, and ``follower_grad_norm`` after the follower's steps.
+    Diagnostics: ``leader_loss`` (where the hypergradient was taken), ``follower_loss`` (there,
+    or with ``follower_steps > 0`` at the follower's last own step, beside
+    ``follower_grad_norm``), ``residual`` (relative residual of (1)), ``solver_iterations``
+    (used), ``hypergrad_norm``.
     """
 
     def __init__(
@@ -118,16 +118,3 @@ class TotalGradient(Solver):
             "hypergrad_norm": float(tree_norm(hypergrad)),
         }
         return tuple(g.detach() for g in hypergrad), info
-
-    def hypergradient(self, batch: Any = None) -> TensorTuple:
-        """Eq. (1) at the current point, one tensor per leader parameter; changes no state."""
-        with preserved_buffers(self.game):
-            return self._hypergradient(batch)[0]
-
-    def step(self, batch: Any = None) -> StepInfo:
-        hypergrad, info = self._hypergradient(batch)
-        self.apply_updates((self.leader_optimizer, self.leader_params(), hypergrad))
-        if self.follower_steps:
-            info.update(self.follower_gradient_steps(batch, self.follower_steps))
-        self.steps_taken += 1
-        return info
