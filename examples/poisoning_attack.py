@@ -46,6 +46,13 @@ from stackelberg.games.poisoning import (
 from stackelberg.models import MLP, LogisticRegression
 
 DATASETS = ("mnist17", "mnist10", "breast_cancer")
+MODES = {
+    "reverse": "back-gradient, reverse",
+    "checkpoint": "back-gradient, exact",
+    "store": "back-gradient, store",
+    "total_gradient": "total gradient",
+}
+TOTAL_GRADIENT_FOLLOWER_STEPS = 20
 VICTIMS = ("logreg", "mlp")
 
 
@@ -103,8 +110,13 @@ def attack_solver(
     config: Config,
     seed: int,
     inner_steps: int | None = None,
-) -> tuple[PoisoningGame, sg.BackGradient]:
-    """The poisoning game on one split and the back-gradient solver that attacks it."""
+) -> tuple[PoisoningGame, sg.solvers.Solver]:
+    """The poisoning game on one split and the solver that attacks it.
+
+    ``mode`` is a :class:`~stackelberg.BackGradient` mode, or ``"total_gradient"``: the
+    implicit-function hypergradient at a victim first trained on ``D_tr ∪ D_c``, which then
+    keeps training (warm) for ``TOTAL_GRADIENT_FOLLOWER_STEPS`` steps after each leader step.
+    """
     game = PoisoningGame(
         make_victim(victim, data["train"][0].shape[1], classes, seed),
         data["train"],
@@ -113,10 +125,29 @@ def attack_solver(
         classes,
         config.weight_decay,
     )
+    leader_optimizer = torch.optim.Adam(game.leader.parameters(), lr=config.outer_lr)
+    follower_optimizer = torch.optim.SGD(game.follower.parameters(), lr=LEARNING_RATE[victim])
+    if mode == "total_gradient":
+        train_victim(
+            game.follower,
+            torch.cat([data["train"][0], poisons[0]]),
+            torch.cat([data["train"][1], poisons[1]]),
+            steps=config.train_steps,
+            lr=LEARNING_RATE[victim],
+            weight_decay=config.weight_decay,
+        )
+        return game, sg.TotalGradient(
+            game,
+            leader_optimizer,
+            follower_optimizer,
+            solver_iterations=50,
+            damping=1e-3,
+            follower_steps=TOTAL_GRADIENT_FOLLOWER_STEPS,
+        )
     solver = sg.BackGradient(
         game,
-        torch.optim.Adam(game.leader.parameters(), lr=config.outer_lr),
-        torch.optim.SGD(game.follower.parameters(), lr=LEARNING_RATE[victim]),
+        leader_optimizer,
+        follower_optimizer,
         inner_steps=inner_steps or config.train_steps,
         inner_lr=LEARNING_RATE[victim],
         mode=mode,
@@ -258,7 +289,7 @@ def markdown(results: dict[str, Any], config: Config) -> str:
     ]
     header = (
         "| dataset | victim | poisons | label flip | "
-        + " | ".join(f"back-gradient ({m})" for m in config.modes)
+        + " | ".join(MODES[m] for m in config.modes)
         + " | reverse vs exact hypergradient |"
     )
     lines += [header, "|" + "---|" * (4 + len(config.modes) + 1)]
@@ -309,7 +340,7 @@ def plot(results: dict[str, Any], config: Config, path: Path) -> None:
                 yerr=stds,
                 marker="o",
                 capsize=3,
-                label=label.replace("_", " "),
+                label=MODES.get(label, "label flip"),
             )
         ax.set_title(key)
         ax.set_xlabel("poisoning points (% of training set)")
@@ -329,6 +360,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=defaults.datasets)
     parser.add_argument("--victims", nargs="+", choices=VICTIMS, default=defaults.victims)
     parser.add_argument("--fractions", nargs="+", type=float, default=defaults.fractions)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=defaults.modes)
     parser.add_argument("--splits", type=int, default=defaults.splits)
     parser.add_argument("--train-steps", type=int, default=defaults.train_steps)
     parser.add_argument("--outer-steps", type=int, default=defaults.outer_steps)
@@ -351,6 +383,7 @@ def main() -> None:
         datasets=args.datasets,
         victims=args.victims,
         fractions=sorted(args.fractions),
+        modes=args.modes,
         splits=args.splits,
         train_steps=args.train_steps,
         outer_steps=args.outer_steps,
