@@ -328,8 +328,12 @@ def plot(results: dict[str, Any], config: Config, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cells = results["cells"]
-    fig, axes = plt.subplots(1, len(cells), figsize=(4 * len(cells), 3.4), squeeze=False)
-    for ax, (key, cell) in zip(axes[0], cells.items(), strict=True):
+    columns = min(3, len(cells))
+    rows = -(-len(cells) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(cells) :]:
+        ax.set_visible(False)
+    for ax, (key, cell) in zip(axes.flat[: len(cells)], cells.items(), strict=True):
         fractions = [float(f) for f in cell["fractions"]]
         for label in ("label_flip", *config.modes):
             means = [100 * cell["fractions"][f][label]["mean"] for f in cell["fractions"]]
@@ -373,7 +377,19 @@ def main() -> None:
         help="T values for the memory comparison (none to skip it)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite results.md and test_error.png from OUTPUT_DIR/results.json, run nothing",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        results = json.loads((args.output_dir / "results.json").read_text())
+        config = Config(**results["config"])
+        write_atomically(args.output_dir / "results.md", markdown(results, config))
+        plot(results, config, args.output_dir / "test_error.png")
+        print(markdown(results, config))
+        return
     for fraction in args.fractions:
         if not 0 <= fraction < 1:
             parser.error(f"fractions must lie in [0, 1), got {fraction}")
