@@ -78,7 +78,7 @@ def test_hypergradient_matches_finite_differences() -> None:
         x = torch.cat([game.train_x, features])
         y = torch.cat([game.train_y, game.leader.labels])
         train_victim(victim, x, y, steps=15, lr=0.5, weight_decay=1e-2)
-        return float(F.cross_entropy(victim(game.val_x), game.val_y))
+        return float(F.cross_entropy(victim(game.val_x), game.val_y).detach())
 
     features = game.leader.features.detach()
     h = 1e-6
