@@ -94,7 +94,10 @@ class BackGradient(HypergradientSolver):
         self.warm_start = warm_start
         self.follower_steps = check_int("follower_steps", follower_steps, 0)
         self.inversion_steps = check_int("inversion_steps", inversion_steps, 1)
-        self._initial_theta = tuple(p.detach().clone() for p in self.follower_params())
+        # θ_0 of every unroll when not warm-starting (a copy: the follower may still move).
+        self._initial_theta: TensorTuple | None = (
+            None if warm_start else tuple(p.detach().clone() for p in self.follower_params())
+        )
 
     @property
     def divergence_hint(self) -> str:
@@ -168,11 +171,7 @@ class BackGradient(HypergradientSolver):
 
     def _hypergradient(self, batch: Any) -> tuple[TensorTuple, StepInfo]:
         w = self.leader_params()
-        theta_0 = (
-            tuple(p.detach().clone() for p in self.follower_params())
-            if self.warm_start
-            else self._initial_theta
-        )
+        theta_0 = self._initial_theta or tuple(p.detach().clone() for p in self.follower_params())
         info: StepInfo = {}
         if self.mode == "store":
             theta = _leaves(theta_0)
