@@ -90,6 +90,34 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
+def _signed_ascent(
+    model: nn.Module,
+    x: Tensor,
+    objective: Callable[[Tensor], Tensor],
+    epsilon: float,
+    steps: int,
+    step_size: float,
+    random_start: bool,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``steps`` projected ℓ∞ steepest-ascent steps ``δ ← Π(δ + α·sign ∇_δ objective(f(x + δ)))``
+    from a random start in the feasible set (or zero); returns ``δ``."""
+    delta = _random_start(x, epsilon, generator) if random_start else torch.zeros_like(x)
+    with _EvalMode(model):
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            (grad,) = torch.autograd.grad(objective(model(x + delta)), delta)
+            delta = _project(delta.detach() + step_size * grad.sign(), x, epsilon)
+    return delta
+
+
+def _best_targets(margins: Tensor, y: Tensor) -> Tensor:
+    """For ``(K, B)`` margins of copy ``j`` toward class ``j``, the best wrong class per input."""
+    margins = margins.clone()
+    margins[y, torch.arange(y.shape[0], device=y.device)] = -torch.inf  # j = y is no target
+    return margins.argmax(dim=0)
+
+
 def pgd_attack(
     model: nn.Module,
     x: Tensor,
@@ -109,13 +137,16 @@ def pgd_attack(
     epsilon = _check_epsilon(epsilon)
     _check_batch(x, y)
     step_size = 2.5 * epsilon / steps if step_size is None else step_size
-    delta = _random_start(x, epsilon, generator) if random_start else torch.zeros_like(x)
-    with _EvalMode(model):
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            loss = F.cross_entropy(model(x + delta), y)
-            (grad,) = torch.autograd.grad(loss, delta)
-            delta = _project(delta.detach() + step_size * grad.sign(), x, epsilon)
+    delta = _signed_ascent(
+        model,
+        x,
+        lambda logits: F.cross_entropy(logits, y),
+        epsilon,
+        steps,
+        step_size,
+        random_start,
+        generator,
+    )
     return (x + delta).detach()
 
 
@@ -145,23 +176,19 @@ def beta_attack(
     repeated_x = x.repeat(k, *([1] * (x.dim() - 1)))  # class-major: copy j is rows j·B … (j+1)·B
     repeated_y = y.repeat(k)
     targets = torch.arange(k, device=x.device).repeat_interleave(x.shape[0])
-    delta = (
-        _random_start(repeated_x, epsilon, generator)
-        if random_start
-        else torch.zeros_like(repeated_x)
+    delta = _signed_ascent(
+        model,
+        repeated_x,
+        lambda logits: class_margins(logits, repeated_y).gather(1, targets[:, None]).sum(),
+        epsilon,
+        steps,
+        step_size,
+        random_start,
+        generator,
     )
-    with _EvalMode(model):
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            margins = class_margins(model(repeated_x + delta), repeated_y)
-            objective = margins.gather(1, targets[:, None]).sum()
-            (grad,) = torch.autograd.grad(objective, delta)
-            delta = _project(delta.detach() + step_size * grad.sign(), repeated_x, epsilon)
-        with torch.no_grad():
-            final = class_margins(model(repeated_x + delta), repeated_y)
-            final = final.gather(1, targets[:, None]).view(k, x.shape[0])
-            final[y, torch.arange(x.shape[0], device=x.device)] = -torch.inf  # j = y is no target
-            best = final.argmax(dim=0)
+    with _EvalMode(model), torch.no_grad():
+        final = class_margins(model(repeated_x + delta), repeated_y)
+        best = _best_targets(final.gather(1, targets[:, None]).view(k, x.shape[0]), y)
     chosen = delta.view(k, *x.shape)[best, torch.arange(x.shape[0], device=x.device)]
     return (x + chosen).detach()
 
@@ -280,9 +307,7 @@ class AdversarialTrainingGame(Game):
                 margins = class_margins(
                     self._logits(leader, follower, batch), y.repeat(self.copies)
                 )
-                margins = margins.gather(1, targets[:, None]).view(self.copies, n)
-                margins[y, torch.arange(n, device=y.device)] = -torch.inf
-                best = margins.argmax(dim=0)
+                best = _best_targets(margins.gather(1, targets[:, None]).view(self.copies, n), y)
             eta = eta.view(self.copies, n, *eta.shape[1:])[best, torch.arange(n, device=y.device)]
         inputs = self.follower.inputs[:n]
         return F.cross_entropy(leader(inputs + eta), y)
