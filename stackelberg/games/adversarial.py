@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stackelberg.game import Game
+from stackelberg.games._checks import check_labels, check_unit_interval
 from stackelberg.solvers.gda import GDA
 
 __all__ = [
@@ -56,10 +57,27 @@ def _check_epsilon(epsilon: float) -> float:
 def _check_batch(x: Tensor, y: Tensor, num_classes: int | None = None) -> None:
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{x.shape[0]} inputs but {y.shape[0]} labels")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError("inputs must lie in [0, 1]")
-    if num_classes is not None and y.numel() and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}]")
+    check_unit_interval(x, "inputs")
+    if num_classes is not None:
+        check_labels(y, num_classes, "labels")
+
+
+def _step_size(epsilon: float, steps: int, step_size: float | None) -> float:
+    """The given step, or Madry et al.'s default ``2.5ε/steps``."""
+    return 2.5 * epsilon / steps if step_size is None else step_size
+
+
+def _class_copies(t: Tensor, copies: int) -> Tensor:
+    """``copies`` stacked copies of a batch, class-major: copy ``j`` is rows ``j·B … (j+1)·B``."""
+    return t.repeat(copies, *([1] * (t.dim() - 1)))
+
+
+def _targeted_margins(logits: Tensor, y: Tensor, copies: int) -> Tensor:
+    """``(copies, B)``: the margin ``f_j − f_y`` of copy ``j`` toward its own class ``j``."""
+    batch = y.shape[0]
+    targets = torch.arange(copies, device=y.device).repeat_interleave(batch)
+    margins = class_margins(logits, _class_copies(y, copies)).gather(1, targets[:, None])
+    return margins.view(copies, batch)
 
 
 def class_margins(logits: Tensor, y: Tensor) -> Tensor:
@@ -136,14 +154,13 @@ def pgd_attack(
     """
     epsilon = _check_epsilon(epsilon)
     _check_batch(x, y)
-    step_size = 2.5 * epsilon / steps if step_size is None else step_size
     delta = _signed_ascent(
         model,
         x,
         lambda logits: F.cross_entropy(logits, y),
         epsilon,
         steps,
-        step_size,
+        _step_size(epsilon, steps, step_size),
         random_start,
         generator,
     )
@@ -170,25 +187,21 @@ def beta_attack(
     """
     epsilon = _check_epsilon(epsilon)
     _check_batch(x, y, num_classes)
-    step_size = 2.5 * epsilon / steps if step_size is None else step_size
     with _EvalMode(model), torch.no_grad():
         k = model(x[:1]).shape[1] if num_classes is None else num_classes
-    repeated_x = x.repeat(k, *([1] * (x.dim() - 1)))  # class-major: copy j is rows j·B … (j+1)·B
-    repeated_y = y.repeat(k)
-    targets = torch.arange(k, device=x.device).repeat_interleave(x.shape[0])
+    repeated_x = _class_copies(x, k)
     delta = _signed_ascent(
         model,
         repeated_x,
-        lambda logits: class_margins(logits, repeated_y).gather(1, targets[:, None]).sum(),
+        lambda logits: _targeted_margins(logits, y, k).sum(),
         epsilon,
         steps,
-        step_size,
+        _step_size(epsilon, steps, step_size),
         random_start,
         generator,
     )
     with _EvalMode(model), torch.no_grad():
-        final = class_margins(model(repeated_x + delta), repeated_y)
-        best = _best_targets(final.gather(1, targets[:, None]).view(k, x.shape[0]), y)
+        best = _best_targets(_targeted_margins(model(repeated_x + delta), y, k), y)
     chosen = delta.view(k, *x.shape)[best, torch.arange(x.shape[0], device=x.device)]
     return (x + chosen).detach()
 
@@ -275,9 +288,8 @@ class AdversarialTrainingGame(Game):
 
     def reset(self, x: Tensor, generator: torch.Generator | None = None) -> None:
         """A new batch: a fresh perturbation parameter, uniform in the feasible set."""
-        if x.numel() and (x.min() < 0 or x.max() > 1):
-            raise ValueError("inputs must lie in [0, 1]")
-        repeated = x.repeat(self.copies, *([1] * (x.dim() - 1))).detach()
+        check_unit_interval(x, "inputs")
+        repeated = _class_copies(x, self.copies).detach()
         start = _random_start(repeated, self.epsilon, generator)
         self.follower.value = nn.Parameter(start)
         self.follower.inputs = repeated
@@ -288,13 +300,10 @@ class AdversarialTrainingGame(Game):
     def follower_loss(self, leader: Any, follower: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
         """``−Σ_j margin_j`` (BETA) or ``−CE`` (PGD), averaged over the batch."""
         _, y = batch
-        repeated_y = y.repeat(self.copies)
         logits = self._logits(leader, follower, batch)
         if self.attack == "pgd":
-            return -F.cross_entropy(logits, repeated_y)
-        targets = torch.arange(self.copies, device=y.device).repeat_interleave(y.shape[0])
-        margins = class_margins(logits, repeated_y).gather(1, targets[:, None])
-        return -margins.sum() / y.shape[0]
+            return -F.cross_entropy(logits, y)
+        return -_targeted_margins(logits, y, self.copies).sum() / y.shape[0]
 
     def leader_loss(self, leader: Any, follower: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
         """``CE(f_θ(x + η*), y)`` with η* the best (largest-margin) perturbation per input."""
@@ -303,11 +312,8 @@ class AdversarialTrainingGame(Game):
         eta = follower()
         if self.attack == "beta":
             with torch.no_grad():
-                targets = torch.arange(self.copies, device=y.device).repeat_interleave(n)
-                margins = class_margins(
-                    self._logits(leader, follower, batch), y.repeat(self.copies)
-                )
-                best = _best_targets(margins.gather(1, targets[:, None]).view(self.copies, n), y)
+                margins = _targeted_margins(self._logits(leader, follower, batch), y, self.copies)
+                best = _best_targets(margins, y)
             eta = eta.view(self.copies, n, *eta.shape[1:])[best, torch.arange(n, device=y.device)]
         inputs = self.follower.inputs[:n]
         return F.cross_entropy(leader(inputs + eta), y)
@@ -335,7 +341,7 @@ def adversarial_training(
     Returns the epoch's mean training loss (CE on the perturbed inputs) and its example count.
     """
     game = AdversarialTrainingGame(classifier, epsilon, num_classes, attack)
-    step_size = 2.5 * epsilon / steps if step_size is None else step_size
+    step_size = _step_size(epsilon, steps, step_size)
     total_loss = total = 0.0
     classifier.train()
     for x, y in batches:

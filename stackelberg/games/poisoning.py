@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stackelberg.game import Game
+from stackelberg.games._checks import check_labels, check_unit_interval
 
 __all__ = [
     "PoisonPoints",
@@ -36,25 +37,6 @@ __all__ = [
 ]
 
 
-def _check_labels(labels: Tensor, num_classes: int, name: str) -> None:
-    if labels.dtype != torch.int64 or labels.ndim != 1:
-        raise TypeError(
-            f"{name} must be a 1-d int64 tensor, got {labels.dtype} {tuple(labels.shape)}"
-        )
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"{name} must lie in [0, {num_classes - 1}], got values in "
-            f"[{int(labels.min())}, {int(labels.max())}]"
-        )
-
-
-def _check_features(features: Tensor, name: str) -> None:
-    if not features.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {features.dtype}")
-    if features.numel() and (features.min() < 0 or features.max() > 1):
-        raise ValueError(f"{name} must lie in [0, 1]")
-
-
 class PoisonPoints(nn.Module):
     """The attacker's points: features (a parameter, kept in ``[0, 1]``) and fixed labels."""
 
@@ -64,8 +46,8 @@ class PoisonPoints(nn.Module):
             raise ValueError("the poison set is empty: give at least one poisoning point")
         if features.shape[0] != labels.shape[0]:
             raise ValueError(f"{features.shape[0]} poison features but {labels.shape[0]} labels")
-        _check_features(features, "poison features")
-        _check_labels(labels, num_classes, "poison labels")
+        check_unit_interval(features, "poison features")
+        check_labels(labels, num_classes, "poison labels")
         self.features = nn.Parameter(features.detach().clone())
         self.register_buffer("labels", labels.clone())
 
@@ -101,8 +83,8 @@ class PoisoningGame(Game):
         for name, (x, y) in (("train", train), ("validation", validation)):
             if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
                 raise ValueError(f"{name} needs as many labels as points, and at least one point")
-            _check_features(x, f"{name} features")
-            _check_labels(y, num_classes, f"{name} labels")
+            check_unit_interval(x, f"{name} features")
+            check_labels(y, num_classes, f"{name} labels")
             if x.shape[1:] != poisons[0].shape[1:]:
                 raise ValueError(
                     f"{name} points have shape {tuple(x.shape[1:])}, poisons "
