@@ -115,8 +115,8 @@ def main() -> None:
     checkpoint_path = args.output_dir / "checkpoint.pt"
 
     torch.manual_seed(config.seed)
-    train = sg.data.load_image_folder(args.data_dir, "train")
-    test = sg.data.load_image_folder(args.data_dir, "test")
+    splits = sg.data.load_image_splits(args.data_dir, ("train", "test"))
+    train, test = splits["train"], splits["test"]
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
     train_x = train.float_images()[order[: config.train_size]]
     train_y = train.labels[order[: config.train_size]]

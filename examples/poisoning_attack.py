@@ -90,7 +90,7 @@ def load_dataset(name: str, data_dir: Path | None) -> tuple[torch.Tensor, torch.
     if data_dir is None:
         raise SystemExit(f"--data-dir is required for {name}: the mnist-png folder or archive")
     classes = ["1", "7"] if name == "mnist17" else None
-    parts = [sg.data.load_image_folder(data_dir, s, classes=classes) for s in ("train", "test")]
+    parts = list(sg.data.load_image_splits(data_dir, ("train", "test"), classes=classes).values())
     x = torch.cat([p.float_images().flatten(1) for p in parts])
     y = torch.cat([p.labels for p in parts])
     return x, y, len(parts[0].classes)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stackelberg.data import load_image_folder
+from stackelberg.data import load_image_folder, load_image_splits
 
 
 def write_folder(root: Path, split: str = "train", size: int = 6, mode: str = "L") -> dict:
@@ -71,3 +71,18 @@ def test_images_of_different_sizes_are_refused(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((7, 7), dtype=np.uint8)).save(tmp_path / "train" / "dog" / "z.png")
     with pytest.raises(ValueError, match="resize the images to one size"):
         load_image_folder(tmp_path, "train")
+
+
+def test_several_splits_in_one_pass_share_their_labels(tmp_path: Path) -> None:
+    write_folder(tmp_path / "toy", "train")
+    write_folder(tmp_path / "toy", "test")
+    archive = tmp_path / "toy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "toy", arcname="toy")
+    for root in (tmp_path / "toy", archive):
+        both = load_image_splits(root, ("train", "test"))
+        for split in ("train", "test"):
+            alone = load_image_folder(root, split)
+            assert torch.equal(both[split].images, alone.images)
+            assert torch.equal(both[split].labels, alone.labels)
+            assert both[split].classes == ("cat", "dog")

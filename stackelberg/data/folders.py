@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-__all__ = ["ImageDataset", "load_image_folder"]
+__all__ = ["ImageDataset", "load_image_folder", "load_image_splits"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -41,13 +41,12 @@ class ImageDataset:
         return self.images.to(torch.float32) / 255.0
 
 
-def _split_pattern(split: str) -> re.Pattern[str]:
-    # [prefix/]split/class/file.ext
-    return re.compile(rf"^(?:.*/)?{re.escape(split)}/([^/]+)/([^/]+)$")
-
-
-def _archive_members(path: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
-    pattern = _split_pattern(split)
+def _archive_members(path: Path, splits: Sequence[str]) -> Iterator[tuple[str, str, str, bytes]]:
+    """``(split, class, name, bytes)`` for every image of ``splits``, in one pass over the file."""
+    alternatives = "|".join(re.escape(split) for split in splits)
+    pattern = re.compile(
+        rf"^(?:.*/)?({alternatives})/([^/]+)/([^/]+)$"
+    )  # [prefix/]split/class/file
     with tarfile.open(path, "r:*") as archive:
         for member in archive:
             if not member.isfile() or not member.name.lower().endswith(IMAGE_SUFFIXES):
@@ -56,24 +55,25 @@ def _archive_members(path: Path, split: str) -> Iterator[tuple[str, str, bytes]]
             if match:
                 handle = archive.extractfile(member)
                 if handle is not None:
-                    yield match.group(1), member.name, handle.read()
+                    yield match.group(1), match.group(2), member.name, handle.read()
 
 
-def _directory_members(path: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
-    candidates = [
-        path / split,
-        *(child / split for child in sorted(path.iterdir()) if child.is_dir()),
-    ]
-    split_dir = next((c for c in candidates if c.is_dir()), None)
-    if split_dir is None:
-        found = sorted(child.name for child in path.iterdir() if child.is_dir())
-        raise FileNotFoundError(
-            f"no '{split}' folder in {path} (nor one level below); found folders {found}"
-        )
-    for class_dir in sorted(c for c in split_dir.iterdir() if c.is_dir()):
-        for file in sorted(class_dir.iterdir()):
-            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
-                yield class_dir.name, str(file), file.read_bytes()
+def _directory_members(path: Path, splits: Sequence[str]) -> Iterator[tuple[str, str, str, bytes]]:
+    for split in splits:
+        candidates = [
+            path / split,
+            *(child / split for child in sorted(path.iterdir()) if child.is_dir()),
+        ]
+        split_dir = next((c for c in candidates if c.is_dir()), None)
+        if split_dir is None:
+            found = sorted(child.name for child in path.iterdir() if child.is_dir())
+            raise FileNotFoundError(
+                f"no '{split}' folder in {path} (nor one level below); found folders {found}"
+            )
+        for class_dir in sorted(c for c in split_dir.iterdir() if c.is_dir()):
+            for file in sorted(class_dir.iterdir()):
+                if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                    yield split, class_dir.name, str(file), file.read_bytes()
 
 
 def load_image_folder(
@@ -98,17 +98,33 @@ def load_image_folder(
         ValueError: an image cannot be decoded (the file is named), images differ in size, or a
             requested class has no images.
     """
+    return load_image_splits(root, (split,), classes=classes, mode=mode)[split]
+
+
+def load_image_splits(
+    root: str | Path,
+    splits: Sequence[str],
+    *,
+    classes: Sequence[str] | None = None,
+    mode: str | None = None,
+) -> dict[str, ImageDataset]:
+    """:func:`load_image_folder` for several splits, reading an archive only once.
+
+    Labels are shared across the splits: by default the sorted class folders of all of them.
+    """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(
-            f"no image folder or archive at {root}: expected {root}/{split}/<class>/<image> or "
+            f"no image folder or archive at {root}: expected {root}/<split>/<class>/<image> or "
             "a .tar.gz archive with that layout"
         )
-    members = _archive_members(root, split) if root.is_file() else _directory_members(root, split)
+    read = _archive_members if root.is_file() else _directory_members
+    members = read(root, splits)
     wanted = None if classes is None else list(classes)
-    arrays: list[np.ndarray] = []
-    names: list[str] = []
-    for class_name, name, payload in members:
+    arrays: dict[str, list[np.ndarray]] = {split: [] for split in splits}
+    names: dict[str, list[str]] = {split: [] for split in splits}
+    first_shape = None
+    for split, class_name, name, payload in members:
         if wanted is not None and class_name not in wanted:
             continue
         try:
@@ -117,25 +133,33 @@ def load_image_folder(
                 array = np.asarray(image.convert(mode))
         except (UnidentifiedImageError, OSError) as error:
             raise ValueError(f"cannot decode image {name}: {error}") from error
-        if arrays and array.shape != arrays[0].shape:
+        first_shape = array.shape if first_shape is None else first_shape
+        if array.shape != first_shape:
             raise ValueError(
-                f"image {name} has shape {array.shape}, the first one {arrays[0].shape}; "
+                f"image {name} has shape {array.shape}, the first one {first_shape}; "
                 "resize the images to one size first"
             )
-        arrays.append(array)
-        names.append(class_name)
-    if not arrays:
-        raise FileNotFoundError(f"no images under {root} for split '{split}'")
-    class_names = tuple(wanted) if wanted is not None else tuple(sorted(set(names)))
-    missing = set(class_names) - set(names)
-    if missing:
-        raise ValueError(f"no images for classes {sorted(missing)} in split '{split}' of {root}")
+        arrays[split].append(array)
+        names[split].append(class_name)
+    for split in splits:
+        if not arrays[split]:
+            raise FileNotFoundError(f"no images under {root} for split '{split}'")
+    found = {name for split in splits for name in names[split]}
+    class_names = tuple(wanted) if wanted is not None else tuple(sorted(found))
     index = {name: i for i, name in enumerate(class_names)}
-    stacked = np.stack(arrays)
-    # (N, H, W) grayscale or (N, H, W, C) colour → (N, C, H, W)
-    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
-    return ImageDataset(
-        images=torch.from_numpy(np.ascontiguousarray(stacked)),
-        labels=torch.tensor([index[n] for n in names], dtype=torch.int64),
-        classes=class_names,
-    )
+    datasets = {}
+    for split in splits:
+        missing = set(class_names) - set(names[split])
+        if missing:
+            raise ValueError(
+                f"no images for classes {sorted(missing)} in split '{split}' of {root}"
+            )
+        stacked = np.stack(arrays[split])
+        # (N, H, W) grayscale or (N, H, W, C) colour → (N, C, H, W)
+        stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+        datasets[split] = ImageDataset(
+            images=torch.from_numpy(np.ascontiguousarray(stacked)),
+            labels=torch.tensor([index[n] for n in names[split]], dtype=torch.int64),
+            classes=class_names,
+        )
+    return datasets
