@@ -1,5 +1,19 @@
-"""Datasets: image folders (extracted or archived) and scikit-learn's bundled sets."""
+"""Datasets: CIFAR-10/100 (official python archives), image folders (extracted or archived),
+scikit-learn's bundled digits; poisoned-dataset export."""
 
+from stackelberg.data.cifar import CIFAR_SOURCES, download_cifar, load_cifar
+from stackelberg.data.datasets import DATASETS, load_dataset, load_digits, subset
 from stackelberg.data.folders import ImageDataset, load_image_folder, load_image_splits
 
-__all__ = ["ImageDataset", "load_image_folder", "load_image_splits"]
+__all__ = [
+    "CIFAR_SOURCES",
+    "DATASETS",
+    "ImageDataset",
+    "download_cifar",
+    "load_cifar",
+    "load_dataset",
+    "load_digits",
+    "load_image_folder",
+    "load_image_splits",
+    "subset",
+]

@@ -1,5 +1,13 @@
-"""Utilities: peak-memory measurement."""
+"""Utilities: peak-memory measurement, atomic file writes."""
 
+from stackelberg.utils.io import atomic_directory, atomic_path, write_json, write_text, write_torch
 from stackelberg.utils.memory import peak_memory
 
-__all__ = ["peak_memory"]
+__all__ = [
+    "atomic_directory",
+    "atomic_path",
+    "peak_memory",
+    "write_json",
+    "write_text",
+    "write_torch",
+]
