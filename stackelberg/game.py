@@ -100,6 +100,18 @@ class Game(nn.Module):
         """The follower's loss ``h(w, θ)`` on ``batch``: a scalar tensor the follower minimizes."""
         raise NotImplementedError(f"{type(self).__name__} must define follower_loss")
 
+    def follower_batch(self, leader: Callable[..., Any], batch: Any) -> Any:
+        """The batch the follower's loss is given while the leader is held fixed.
+
+        Solvers that take several follower steps at one leader point (BOME's inner loop,
+        follower-only steps) call this once, without grad, and pass its result to
+        :meth:`follower_loss` in place of ``batch``. A game whose follower loss runs the leader
+        on the data (a perturbation generator) returns the leader's output here, so that the
+        leader runs once per batch instead of once per follower step; ``follower_loss`` must
+        then accept both forms. The default returns ``batch`` unchanged.
+        """
+        return batch
+
     def project(self) -> None:
         """Map the players back onto their feasible sets; called without grad after each update."""
 

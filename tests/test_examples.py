@@ -103,3 +103,87 @@ def test_adversarial_example_smoke_and_resume(tmp_path: Path) -> None:
     final = metrics["final"]["beta"]
     assert 0 <= final["beta"] <= 1 and 0 <= final["clean"] <= 1
     assert (tmp_path / "out" / "robust_accuracy.png").stat().st_size > 0
+
+
+def _run_unlearnable(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "unlearnable_cifar.py"),
+            "--preset",
+            "smoke",
+            "--no-progress",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_unlearnable_example_smoke_on_a_cifar_archive(tmp_path: Path) -> None:
+    """End to end on a tiny archive in the official CIFAR-10 format: metrics, export, plots,
+    and the refusal to overwrite a run without --resume."""
+    import numpy as np
+    from test_cifar import write_cifar10
+
+    archive, _ = write_cifar10(tmp_path, per_batch=80)
+    out = tmp_path / "run"
+    completed = _run_unlearnable(
+        "--dataset", "cifar10", "--data-dir", str(archive), "--output-dir", str(out), "--seed", "3"
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "seed 3" in completed.stdout and '"preset"' in completed.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("clean_victim_accuracy", "poisoned_victim_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["epsilon"] == pytest.approx(8 / 255) and metrics["seed"] == 3
+    assert metrics["config"]["preset"]["name"] == "smoke"
+    assert (
+        len(metrics["poisoned_victim_curve"])
+        == metrics["config"]["preset"]["victim_schedule"]["epochs"]
+    )
+    data = np.load(out / "poisoned_train.npz")
+    assert data["x"].dtype == np.uint8 and data["x"].shape[1:] == (32, 32, 3)
+    assert len(data["x"]) == len(data["y"]) == len(data["indices"]) == 256
+    assert metrics["measured_linf_levels"] <= 8
+    for name in ("victim_accuracy.png", "examples.png", "generator.pt", "poisoned_train.json"):
+        assert (out / name).is_file()
+    torch.load(out / "generator.pt", weights_only=True)
+
+    again = _run_unlearnable(
+        "--dataset", "cifar10", "--data-dir", str(archive), "--output-dir", str(out)
+    )
+    assert again.returncode != 0 and "--resume" in again.stderr
+    resumed = _run_unlearnable(
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(archive),
+        "--output-dir",
+        str(out),
+        "--seed",
+        "3",
+        "--resume",
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+
+
+def test_unlearnable_example_on_digits_and_a_missing_archive(tmp_path: Path) -> None:
+    completed = _run_unlearnable(
+        "--dataset", "digits", "--output-dir", str(tmp_path / "d"), "--solver", "backgradient"
+    )
+    assert completed.returncode == 0, completed.stderr
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert metrics["config"]["preset"]["training"]["solver"] == "backgradient"
+    missing = _run_unlearnable(
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(tmp_path / "none"),
+        "--output-dir",
+        str(tmp_path / "m"),
+    )
+    assert missing.returncode != 0
+    assert "cifar-10-python.tar.gz" in missing.stderr and "Traceback" not in missing.stderr

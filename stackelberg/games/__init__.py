@@ -1,5 +1,5 @@
 """Games: toys with closed-form answers, data poisoning, adversarial training."""
 
-from stackelberg.games import adversarial, poisoning, toys
+from stackelberg.games import adversarial, poisoning, toys, unlearnable
 
-__all__ = ["adversarial", "poisoning", "toys"]
+__all__ = ["adversarial", "poisoning", "toys", "unlearnable"]

@@ -98,7 +98,8 @@ def _random_start(x: Tensor, epsilon: float, generator: torch.Generator | None) 
 class _EvalMode:
     """Put a model in eval mode for an attack and restore its mode afterwards."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
+        model = getattr(model, "module", model)  # a FunctionalView switches its module
         self.model, self.was_training = model, model.training
 
     def __enter__(self) -> None:

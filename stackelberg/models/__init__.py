@@ -1,5 +1,21 @@
-"""Models: small victims for CPU work (logistic regression, MLP, small CNN)."""
+"""Models: victims (logistic regression, MLP, small CNNs, CIFAR ResNet-18) and perturbation
+generators (U-Net, encoder-decoder). All take images in ``[0, 1]``."""
 
-from stackelberg.models.small import MLP, LogisticRegression, SmallCNN
+from stackelberg.models.generators import (
+    EncoderDecoderGenerator,
+    LabelConditionedGenerator,
+    UNetGenerator,
+)
+from stackelberg.models.resnet import ResNet18
+from stackelberg.models.small import MLP, ConvNet, LogisticRegression, SmallCNN
 
-__all__ = ["MLP", "LogisticRegression", "SmallCNN"]
+__all__ = [
+    "MLP",
+    "ConvNet",
+    "EncoderDecoderGenerator",
+    "LabelConditionedGenerator",
+    "LogisticRegression",
+    "ResNet18",
+    "SmallCNN",
+    "UNetGenerator",
+]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
-__all__ = ["MLP", "LogisticRegression", "SmallCNN"]
+__all__ = ["MLP", "ConvNet", "LogisticRegression", "SmallCNN"]
 
 
 class LogisticRegression(nn.Module):
@@ -70,3 +72,43 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+class ConvNet(nn.Module):
+    """A VGG-style CNN with BatchNorm for CPU-scale image work.
+
+    One stage per entry of ``widths``: ``convs_per_stage`` blocks of 3×3 conv, BatchNorm,
+    ReLU, then 2×2 max-pool; global average pooling and one linear layer. Any input size at
+    least ``2**len(widths)`` wide works.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        widths: Sequence[int] = (32, 64, 128),
+        convs_per_stage: int = 1,
+    ) -> None:
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if not widths or min(widths) < 1 or convs_per_stage < 1 or num_classes < 2:
+            raise ValueError(
+                f"need positive widths, convs_per_stage >= 1 and num_classes >= 2; got "
+                f"{widths}, {convs_per_stage}, {num_classes}"
+            )
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for width in widths:
+            for _ in range(convs_per_stage):
+                layers += [
+                    nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                ]
+                channels = width
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).mean(dim=(2, 3)))

@@ -232,12 +232,19 @@ class Solver:
         """``h(w, θ)`` on ``batch``, checked to be a finite scalar."""
         return self._loss("follower_loss", w, theta, batch, where, requires_grad)
 
+    def fixed_leader_batch(self, w: Sequence[Tensor], batch: Any) -> Any:
+        """The game's :meth:`~stackelberg.Game.follower_batch` at leader parameters ``w``,
+        computed without grad (the leader is a constant for the follower's steps)."""
+        with torch.no_grad():
+            return self.game.follower_batch(functional_view(self.game.leader, w), batch)
+
     def follower_gradient_steps(self, batch: Any, steps: int) -> StepInfo:
         """Take ``steps`` follower-optimizer steps on ``∇_θ h`` at the leader's current point.
 
         Returns the follower's loss and gradient norm at the last step (before its update).
         """
         w = tuple(p.detach() for p in self.leader_params())
+        batch = self.fixed_leader_batch(w, batch)
         info: StepInfo = {}
         for i in range(steps):
             theta = self.follower_params()

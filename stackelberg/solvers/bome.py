@@ -84,12 +84,19 @@ class BOME(Solver):
         self.delta = check_positive("delta", delta)
 
     def inner_solution(self, batch: Any) -> TensorTuple:
-        """``θ^T``: ``T`` inner-optimizer steps on ``h(w, ·)`` from the current θ, detached."""
+        """``θ^T``: ``T`` inner-optimizer steps on ``h(w, ·)`` from the current θ, detached.
+
+        The leader is fixed during these steps, so the loss is evaluated on the game's
+        :meth:`~stackelberg.Game.follower_batch` (for a generator game: the poisoned batch,
+        computed once).
+        """
         w = tuple(p.detach() for p in self.leader_params())
         theta = [p.detach().clone().requires_grad_(True) for p in self.follower_params()]
         optimizer = _INNER_OPTIMIZERS[self.inner_optimizer](theta, lr=self.inner_lr)
+        inner_batch = self.fixed_leader_batch(w, batch)
         for t in range(self.inner_steps):
-            loss = self.follower_loss(w, theta, batch, f"step {self.steps_taken} inner step {t}")
+            where = f"step {self.steps_taken} inner step {t}"
+            loss = self.follower_loss(w, theta, inner_batch, where)
             for p, g in zip(theta, gradients(loss, theta), strict=True):
                 p.grad = g
             optimizer.step()
@@ -105,11 +112,10 @@ class BOME(Solver):
         leader_loss = self.leader_loss(w, theta, batch, where)
         grad_l = gradients(leader_loss, w + theta)
         h = self.follower_loss(w, theta, batch, where)
-        grad_h = gradients(h, w + theta)
         h_T = self.follower_loss(w, theta_T, batch, f"{where} at the inner solution")
-        grad_h_T = gradients(h_T, w)
-        # ∇q̂ = (∇_w h(w, θ) − ∇_w h(w, θ^T), ∇_θ h(w, θ)); θ^T is a constant.
-        grad_q = tree_add(grad_h[:n_w], grad_h_T, alpha=-1.0) + grad_h[n_w:]
+        # θ^T is a constant, so one backward pass of q̂ = h − h_T gives
+        # ∇q̂ = (∇_w h(w, θ) − ∇_w h(w, θ^T), ∇_θ h(w, θ)).
+        grad_q = gradients(h - h_T, w + theta)
         q = (h - h_T).detach()
 
         grad_dot = tree_dot(grad_l, grad_q)

@@ -1,0 +1,323 @@
+"""Game Unlearnable Examples end to end: train a poison generator, poison the training set,
+and train victims on clean and on poisoned data.
+
+    python examples/unlearnable_cifar.py --preset cpu --dataset folder \\
+        --data-dir ../shared/data/cifar10-jpeg.tar.gz --output-dir results/gue-cpu
+
+Steps: (1) the GUE game (generator leads, classifier follows) is solved by the chosen solver
+(BOME by default), with a checkpoint every epoch and a quick victim test on a held-out part of
+the training set; (2) the best generator poisons the training set, exported losslessly as
+``poisoned_train.npz`` (uint8 NHWC ``x``, ``y``, ``indices`` into the source training split)
+with a JSON manifest; (3) one victim trains on the clean and one on the poisoned images with
+the preset's schedule, and both are scored on the clean test split every epoch.
+
+Writes into ``--output-dir``: ``config.json``, ``checkpoint.pt`` (resume with ``--resume``),
+``training.json``, ``generator.pt`` (+ ``generator.json``), ``poisoned_train.npz`` (+ ``.json``),
+``metrics.json`` (``clean_victim_accuracy``, ``poisoned_victim_accuracy``, ``epsilon``, ``seed``,
+``config``, per-epoch curves, timings), ``victim_accuracy.png`` and ``examples.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stackelberg.data import DATASETS, ImageDataset, load_dataset, subset
+from stackelberg.games.unlearnable import UnlearnableGame
+from stackelberg.games.unlearnable.export import export_npz, poison_images, quantize_poison
+from stackelberg.games.unlearnable.presets import (
+    PRESETS,
+    Preset,
+    build_classifier,
+    build_generator,
+)
+from stackelberg.games.unlearnable.training import SOLVER_DEFAULTS, GeneratorTraining
+from stackelberg.games.unlearnable.victim import train_victim
+from stackelberg.utils.io import write_json, write_torch
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--dataset", choices=DATASETS, default="cifar10")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="an official CIFAR archive or extracted copy (cifar10/cifar100), or an image "
+        "folder / .tar.gz laid out split/class/image (folder)",
+    )
+    parser.add_argument("--download", action="store_true", help="download CIFAR if missing")
+    parser.add_argument("--output-dir", type=Path, default=Path("results/gue"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--solver", choices=sorted(SOLVER_DEFAULTS), default=None)
+    parser.add_argument("--epsilon", type=float, default=None, help="ℓ∞ budget (default 8/255)")
+    parser.add_argument("--epochs", type=int, default=None, help="generator training epochs")
+    parser.add_argument("--victim-epochs", type=int, default=None)
+    parser.add_argument("--train-size", type=int, default=None, help="training subset size")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def resolve_preset(args: argparse.Namespace) -> Preset:
+    preset = PRESETS[args.preset]
+    training = preset.training
+    if args.solver is not None and args.solver != training.solver:
+        training = type(training)(
+            **{**training.to_dict(), "solver": args.solver, "solver_options": {}}
+        )
+    if args.epochs is not None:
+        training = type(training)(**{**training.to_dict(), "epochs": args.epochs})
+    training = type(training)(**{**training.to_dict(), "seed": args.seed})
+    changes: dict[str, Any] = {"training": training}
+    if args.epsilon is not None:
+        changes["epsilon"] = args.epsilon
+    if args.train_size is not None:
+        changes["train_size"] = args.train_size
+    if args.victim_epochs is not None:
+        schedule = preset.victim_schedule
+        changes["victim_schedule"] = type(schedule).scaled(
+            args.victim_epochs, lr=schedule.lr, batch_size=schedule.batch_size
+        )
+    return preset.with_changes(**changes)
+
+
+def split_data(
+    splits: dict[str, ImageDataset], preset: Preset, seed: int
+) -> tuple[ImageDataset, torch.Tensor, ImageDataset, ImageDataset]:
+    """The training subset (and its indices into the source split), a clean validation
+    subset of the remaining training images for the quick tests, and the test split."""
+    full = splits["train"]
+    train, indices = subset(full, preset.train_size, seed)
+    rest = torch.ones(len(full), dtype=torch.bool)
+    rest[indices] = False
+    remaining = torch.nonzero(rest).squeeze(1)
+    if len(remaining) == 0:  # the whole split trains: hold out part of it instead
+        holdout = min(preset.validation_size, len(full) // 5)
+        train, indices = subset(full, len(full) - holdout, seed)
+        rest = torch.ones(len(full), dtype=torch.bool)
+        rest[indices] = False
+        remaining = torch.nonzero(rest).squeeze(1)
+    pool = ImageDataset(full.images[remaining], full.labels[remaining], full.classes)
+    validation, _ = subset(pool, preset.validation_size, seed + 1)
+    return train, indices, validation, splits["test"]
+
+
+def plot_curves(path: Path, clean: list[float], poisoned: list[float], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    epochs = range(1, len(clean) + 1)
+    ax.plot(epochs, [100 * a for a in clean], marker="o", label="trained on clean data")
+    ax.plot(epochs, [100 * a for a in poisoned], marker="s", label="trained on GUE poisons")
+    ax.set_xlabel("victim epoch")
+    ax.set_ylabel("clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_examples(
+    path: Path,
+    clean: torch.Tensor,
+    poisoned: torch.Tensor,
+    labels: torch.Tensor,
+    classes: tuple[str, ...],
+    epsilon: float,
+) -> None:
+    """One row per class: clean image, perturbation (scaled from [−ε, ε] to [0, 1]), poison."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [int(torch.nonzero(labels == c)[0]) for c in range(len(classes)) if (labels == c).any()]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(4.2, 1.4 * len(rows)), squeeze=False)
+    for r, i in enumerate(rows):
+        x = clean[i].float() / 255
+        p = poisoned[i].float() / 255
+        delta = ((p - x) / (2 * epsilon) + 0.5).clamp(0, 1)
+        for c, image in enumerate((x, delta, p)):
+            ax = axes[r][c]
+            array = image.permute(1, 2, 0).numpy()
+            ax.imshow(
+                array[..., 0] if array.shape[-1] == 1 else array,
+                cmap="gray" if array.shape[-1] == 1 else None,
+                vmin=0,
+                vmax=1,
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(classes[labels[i]], fontsize=7)
+    for c, name in enumerate(("clean", "perturbation (scaled)", "poisoned")):
+        axes[0][c].set_title(name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    preset = resolve_preset(args)
+    torch.manual_seed(args.seed)
+    out: Path = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "preset": preset.to_dict(),
+        "dataset": args.dataset,
+        "data_dir": None if args.data_dir is None else str(args.data_dir),
+        "seed": args.seed,
+        "device": args.device,
+        "torch": torch.__version__,
+    }
+    print(f"seed {args.seed}; config:\n{json.dumps(config, indent=2)}", flush=True)
+    write_json(out / "config.json", config)
+    progress = not args.no_progress
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    try:
+        splits = load_dataset(args.dataset, args.data_dir, download=args.download)
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as error:
+        sys.exit(f"error: {error}")
+    train, train_indices, validation, test = split_data(splits, preset, args.seed)
+    timings["load_data_s"] = time.perf_counter() - start
+    channels, num_classes = train.images.shape[1], len(train.classes)
+    print(
+        f"data: {len(train)} training, {len(validation)} validation, {len(test)} test images, "
+        f"{num_classes} classes, {tuple(train.images.shape[1:])}",
+        flush=True,
+    )
+
+    device = torch.device(args.device)
+    generator = build_generator(
+        preset.generator,
+        preset.epsilon,
+        channels,
+        num_classes=num_classes if preset.label_conditioned else None,
+    )
+    classifier = build_classifier(preset.classifier, channels, num_classes)
+    game = UnlearnableGame(
+        generator, classifier, preset.epsilon, preset.variant, **preset.game_options
+    ).to(device)
+    training = GeneratorTraining(
+        game,
+        preset.training,
+        train,
+        validation=validation,
+        victim_factory=lambda: build_classifier(preset.victim, channels, num_classes),
+        run_dir=out,
+    )
+    if args.resume and training.resume():
+        print(f"resumed from {out / 'checkpoint.pt'} at epoch {training.epoch}", flush=True)
+    elif (out / "checkpoint.pt").exists() and not args.resume:
+        sys.exit(
+            f"{out / 'checkpoint.pt'} exists: pass --resume to continue it, or choose "
+            "another --output-dir"
+        )
+    start = time.perf_counter()
+    training.run(progress=progress)
+    timings["train_generator_s"] = time.perf_counter() - start
+    best_epoch = training.use_best_generator()
+    generator_path = out / "generator.pt"
+    write_torch(generator_path, game.leader.state_dict())
+    write_json(
+        out / "generator.json",
+        {
+            "architecture": preset.generator,
+            "epsilon": preset.epsilon,
+            "in_channels": channels,
+            "epoch": best_epoch,
+            "solver": preset.training.solver,
+            "dataset": args.dataset,
+            "training_images": len(train),
+            "seed": args.seed,
+        },
+    )
+
+    start = time.perf_counter()
+    poisoned = quantize_poison(
+        train.images,
+        poison_images(game.leader, train.images, train.labels, progress=progress),
+        preset.epsilon,
+    )
+    timings["poison_s"] = time.perf_counter() - start
+    manifest = export_npz(
+        out / "poisoned_train.npz",
+        poisoned,
+        train.images,
+        train.labels,
+        preset.epsilon,
+        indices=train_indices,
+        generator_checkpoint=generator_path,
+        source={"dataset": args.dataset, "data_dir": config["data_dir"], "split": "train"},
+    )
+    print(
+        f"exported {manifest['images']} poisoned images, ‖δ‖∞ = "
+        f"{manifest['measured_linf_levels']}/255",
+        flush=True,
+    )
+
+    victims: dict[str, list[float]] = {}
+    for name, images in (("clean", train.images), ("poisoned", poisoned)):
+        start = time.perf_counter()
+        torch.manual_seed(args.seed + 1)  # both victims start from the same weights
+        model = build_classifier(preset.victim, channels, num_classes).to(device)
+        result = train_victim(
+            model,
+            images,
+            train.labels,
+            test.images,
+            test.labels,
+            preset.victim_schedule,
+            seed=args.seed,
+            progress=progress,
+            description=f"{name} victim",
+        )
+        victims[name] = result.test_accuracy
+        timings[f"{name}_victim_s"] = time.perf_counter() - start
+        print(f"victim trained on {name} data: clean test accuracy {result.final:.4f}", flush=True)
+
+    metrics = {
+        "clean_victim_accuracy": victims["clean"][-1],
+        "poisoned_victim_accuracy": victims["poisoned"][-1],
+        "epsilon": preset.epsilon,
+        "seed": args.seed,
+        "config": config,
+        "generator_epoch": best_epoch,
+        "quick_tests": training.quick_tests,
+        "clean_victim_curve": victims["clean"],
+        "poisoned_victim_curve": victims["poisoned"],
+        "measured_linf_levels": manifest["measured_linf_levels"],
+        "timings_s": timings,
+    }
+    write_json(out / "metrics.json", metrics)
+    title = f"{preset.name} preset, ε = {round(255 * preset.epsilon)}/255"
+    plot_curves(out / "victim_accuracy.png", victims["clean"], victims["poisoned"], title)
+    plot_examples(
+        out / "examples.png", train.images, poisoned, train.labels, train.classes, preset.epsilon
+    )
+    print(
+        f"clean victim {metrics['clean_victim_accuracy']:.4f}, poisoned victim "
+        f"{metrics['poisoned_victim_accuracy']:.4f}; wrote {out}/metrics.json",
+        flush=True,
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Apply a trained generator to a dataset and export the poisoned set losslessly.
+
+Images leave as uint8, the format people publish. Each poisoned pixel is rounded to the
+nearest level, not truncated, and its change from the clean uint8 pixel is clipped to
+``⌊255·ε⌋`` levels, so the exported perturbation stays within the budget: for ε = 8/255 the
+rounding alone already keeps it (``round(k + t) = k + round(t)`` for an integer ``k``).
+Files are written atomically, with a JSON manifest (ε, the generator checkpoint's SHA-256, the
+source dataset, counts, the measured ‖δ‖∞ in levels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from stackelberg.games.unlearnable.game import apply_perturbation
+from stackelberg.utils.io import atomic_directory, atomic_path, write_json
+
+__all__ = [
+    "export_npz",
+    "export_png_folder",
+    "file_sha256",
+    "poison_images",
+    "quantize_poison",
+]
+
+
+@torch.no_grad()
+def poison_images(
+    generator: nn.Module,
+    images: Tensor,
+    labels: Tensor | None = None,
+    *,
+    batch_size: int = 500,
+    progress: bool = False,
+) -> Tensor:
+    """``clamp(x + g(x), 0, 1)`` for uint8 (or float in [0, 1]) images ``(N, C, H, W)``, in
+    batches, with the generator in eval mode and no grad; float32 on the images' device.
+    A label-conditioned generator needs ``labels``."""
+    conditional = bool(getattr(generator, "conditional", False))
+    if conditional and labels is None:
+        raise ValueError("this generator is label-conditioned: pass the labels")
+    was_training = generator.training
+    generator.eval()
+    device = next(generator.parameters()).device
+    out = []
+    try:
+        for i in tqdm(range(0, len(images), batch_size), desc="poison", disable=not progress):
+            chunk = images[i : i + batch_size].to(device)
+            x = chunk.float() / 255.0 if chunk.dtype == torch.uint8 else chunk.float()
+            if conditional:
+                assert labels is not None
+                delta = generator(x, labels[i : i + batch_size].to(device))
+            else:
+                delta = generator(x)
+            out.append(apply_perturbation(x, delta).to(images.device))
+    finally:
+        generator.train(was_training)
+    return torch.cat(out) if out else images.float()
+
+
+def quantize_poison(clean: Tensor, poisoned: Tensor, epsilon: float) -> Tensor:
+    """The poisoned images as uint8: ``round(255·x̃)``, with the change from the clean uint8
+    images clipped to ``⌊255·ε⌋`` levels (a no-op when 255·ε is an integer)."""
+    if clean.dtype != torch.uint8:
+        raise TypeError(f"clean images must be uint8, got {clean.dtype}")
+    if clean.shape != poisoned.shape:
+        raise ValueError(
+            f"shapes differ: clean {tuple(clean.shape)}, poisoned {tuple(poisoned.shape)}"
+        )
+    levels = math.floor(255 * epsilon + 1e-6)
+    rounded = torch.round(poisoned.float() * 255).clamp(0, 255)
+    base = clean.to(rounded.device, torch.float32)
+    delta = (rounded - base).clamp(-levels, levels)
+    return (base + delta).to(torch.uint8)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manifest(
+    poisoned: Tensor,
+    clean: Tensor,
+    labels: Tensor,
+    epsilon: float,
+    source: Mapping[str, Any],
+    generator_checkpoint: str | Path | None,
+    fmt: str,
+) -> dict[str, Any]:
+    linf = int((poisoned.int() - clean.int()).abs().amax()) if len(labels) else 0
+    counts = Counter(labels.tolist())
+    return {
+        "format": fmt,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "epsilon": epsilon,
+        "epsilon_levels": math.floor(255 * epsilon + 1e-6),
+        "measured_linf_levels": linf,
+        "images": len(labels),
+        "per_class": {str(k): counts[k] for k in sorted(counts)},
+        "shape": list(poisoned.shape[1:]),
+        "source": dict(source),
+        "generator_checkpoint": None if generator_checkpoint is None else str(generator_checkpoint),
+        "generator_sha256": None
+        if generator_checkpoint is None
+        else file_sha256(generator_checkpoint),
+    }
+
+
+def export_npz(
+    path: str | Path,
+    poisoned: Tensor,
+    clean: Tensor,
+    labels: Tensor,
+    epsilon: float,
+    *,
+    indices: Tensor | None = None,
+    source: Mapping[str, Any] | None = None,
+    generator_checkpoint: str | Path | None = None,
+) -> dict[str, Any]:
+    """Write ``x`` (uint8 NHWC), ``y`` and ``indices`` (into the source dataset) to ``path``
+    (``.npz``) and the manifest to ``path`` with suffix ``.json``; both atomically.
+
+    ``poisoned`` is float in [0, 1] (quantized here) or uint8; ``clean`` is the uint8 source.
+    Returns the manifest.
+    """
+    path = Path(path)
+    quantized = (
+        poisoned if poisoned.dtype == torch.uint8 else quantize_poison(clean, poisoned, epsilon)
+    )
+    indices = torch.arange(len(labels)) if indices is None else indices
+    if not (len(quantized) == len(labels) == len(indices)):
+        raise ValueError("poisoned images, labels and indices must have the same length")
+    x = quantized.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(
+            handle, x=x, y=labels.cpu().numpy().astype(np.int64), indices=indices.cpu().numpy()
+        )
+    manifest = _manifest(
+        quantized.cpu(),
+        clean.cpu(),
+        labels.cpu(),
+        epsilon,
+        source or {},
+        generator_checkpoint,
+        "npz",
+    )
+    manifest["file"] = path.name
+    manifest["sha256"] = file_sha256(path)
+    write_json(path.with_suffix(".json"), manifest)
+    return manifest
+
+
+def export_png_folder(
+    root: str | Path,
+    poisoned: Tensor,
+    clean: Tensor,
+    labels: Tensor,
+    classes: Sequence[str],
+    epsilon: float,
+    *,
+    source: Mapping[str, Any] | None = None,
+    generator_checkpoint: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the poisoned images as lossless PNGs ``root/<class>/<index>.png`` (index into the
+    source dataset, zero-padded) plus ``root/manifest.json``; the folder appears atomically.
+
+    Raises:
+        FileExistsError: ``root`` exists and ``overwrite`` is off.
+    """
+    quantized = (
+        poisoned if poisoned.dtype == torch.uint8 else quantize_poison(clean, poisoned, epsilon)
+    )
+    width = max(len(str(len(labels) - 1)), 1)
+    with atomic_directory(root, overwrite=overwrite) as tmp:
+        for class_name in classes:
+            (tmp / class_name).mkdir()
+        array = quantized.permute(0, 2, 3, 1).cpu().numpy()
+        for i, (image, label) in enumerate(zip(array, labels.tolist(), strict=True)):
+            picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+            (tmp / classes[label] / f"{i:0{width}d}.png").write_bytes(buffer.getvalue())
+        manifest = _manifest(
+            quantized.cpu(),
+            clean.cpu(),
+            labels.cpu(),
+            epsilon,
+            source or {},
+            generator_checkpoint,
+            "png",
+        )
+        manifest["classes"] = list(classes)
+        write_json(tmp / "manifest.json", manifest)
+    return manifest

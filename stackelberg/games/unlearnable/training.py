@@ -1,0 +1,316 @@
+"""Training the poison generator: the GUE game solved by any solver, with checkpoints.
+
+Every epoch ends with a checkpoint (generator, classifier, both optimizers, the solver's step
+count, the RNG state, the history, the best generator so far), written atomically and loaded with
+``weights_only=True``; :meth:`GeneratorTraining.resume` continues an interrupted run exactly
+where it stopped (the data order of epoch ``e`` is drawn from ``seed`` and ``e`` alone). Every
+``quick_test_every`` epochs a fresh victim trains briefly on the poisoned training set and is
+scored on a clean held-out split; the generator that leaves the victim least accurate is kept
+(GUE, Section 5: "a quick test ... keeps the best generator").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from stackelberg.data.folders import ImageDataset
+from stackelberg.games.unlearnable.export import poison_images
+from stackelberg.games.unlearnable.game import UnlearnableGame
+from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
+from stackelberg.solvers import BOME, GDA, BackGradient, TotalGradient
+from stackelberg.solvers.base import Solver
+from stackelberg.utils.io import write_json, write_torch
+
+__all__ = [
+    "SOLVER_DEFAULTS",
+    "GeneratorTraining",
+    "TrainingConfig",
+    "make_solver",
+]
+
+#: Each solver's options for the GUE game. BOME's are the paper's (T = 10 inner Adam steps,
+#: η = 1.5, φ = η‖∇q‖²); inner lr 1e-3 as in the paper's text (its code uses 1e-4).
+SOLVER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bome": {"inner_steps": 10, "inner_lr": 1e-3, "inner_optimizer": "adam", "eta": 1.5},
+    "backgradient": {"inner_steps": 5, "inner_lr": 0.01, "mode": "store", "follower_steps": 1},
+    "total_gradient": {"linear_solver": "cg", "solver_iterations": 10, "damping": 1.0},
+    "gda": {"alternating": True},
+}
+_SOLVER_CLASSES: dict[str, type[Solver]] = {
+    "bome": BOME,
+    "backgradient": BackGradient,
+    "total_gradient": TotalGradient,
+    "gda": GDA,
+}
+
+
+def make_solver(
+    name: str,
+    game: UnlearnableGame,
+    generator_optimizer: torch.optim.Optimizer,
+    classifier_optimizer: torch.optim.Optimizer,
+    **options: Any,
+) -> Solver:
+    """The solver ``name`` (``bome``, ``backgradient``, ``total_gradient``, ``gda``) for
+    ``game``, with :data:`SOLVER_DEFAULTS` updated by ``options``."""
+    if name not in _SOLVER_CLASSES:
+        raise ValueError(f"solver must be one of {', '.join(_SOLVER_CLASSES)}; got {name!r}")
+    merged = {**SOLVER_DEFAULTS[name], **options}
+    return _SOLVER_CLASSES[name](game, generator_optimizer, classifier_optimizer, **merged)
+
+
+@dataclass
+class TrainingConfig:
+    """How the generator trains. Defaults are the GUE paper's CIFAR-10 settings."""
+
+    epochs: int = 50
+    batch_size: int = 256
+    solver: str = "bome"
+    solver_options: dict[str, Any] = field(default_factory=dict)
+    generator_optimizer: str = "sgd"
+    generator_lr: float = 0.1
+    classifier_lr: float = 0.01
+    quick_test_every: int = 0
+    quick_test: VictimSchedule = field(default_factory=lambda: VictimSchedule.scaled(10, lr=0.05))
+    log_every: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:
+            raise ValueError("epochs, batch_size and log_every must be >= 1")
+        if self.generator_optimizer not in ("sgd", "adam"):
+            raise ValueError(
+                f"generator_optimizer must be 'sgd' or 'adam'; got {self.generator_optimizer!r}"
+            )
+        if self.generator_lr <= 0 or self.classifier_lr <= 0:
+            raise ValueError("learning rates must be > 0")
+        if self.quick_test_every < 0:
+            raise ValueError("quick_test_every must be >= 0 (0: never)")
+        if isinstance(self.quick_test, dict):
+            self.quick_test = VictimSchedule(**self.quick_test)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GeneratorTraining:
+    """Train ``game``'s generator on ``train`` (uint8 images) with checkpoints and quick tests.
+
+    Args:
+        game: the unlearnable-example game (generator and classifier on one device).
+        config: the training settings.
+        train: the training images the generator learns to poison.
+        validation: clean held-out images for the quick test (never the test split).
+        victim_factory: builds a fresh victim for the quick test.
+        run_dir: where ``checkpoint.pt`` and ``training.json`` go (``None``: nowhere).
+    """
+
+    def __init__(
+        self,
+        game: UnlearnableGame,
+        config: TrainingConfig,
+        train: ImageDataset,
+        *,
+        validation: ImageDataset | None = None,
+        victim_factory: Callable[[], nn.Module] | None = None,
+        run_dir: str | Path | None = None,
+    ) -> None:
+        if config.quick_test_every and (validation is None or victim_factory is None):
+            raise ValueError("quick tests need a validation split and a victim_factory")
+        if len(train) < config.batch_size:
+            raise ValueError(
+                f"the training set has {len(train)} images, fewer than one batch "
+                f"({config.batch_size})"
+            )
+        self.game, self.config = game, config
+        self.train, self.validation = train, validation
+        self.victim_factory = victim_factory
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.device = next(game.parameters()).device
+        generator, classifier = game.leader, game.follower
+        if config.generator_optimizer == "sgd":
+            self.generator_optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                generator.parameters(), lr=config.generator_lr
+            )
+        else:
+            self.generator_optimizer = torch.optim.Adam(
+                generator.parameters(), lr=config.generator_lr
+            )
+        self.classifier_optimizer = torch.optim.SGD(
+            classifier.parameters(), lr=config.classifier_lr
+        )
+        self.solver = make_solver(
+            config.solver,
+            game,
+            self.generator_optimizer,
+            self.classifier_optimizer,
+            **config.solver_options,
+        )
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.quick_tests: list[dict[str, float]] = []
+        self.best_score = float("inf")
+        self.best_epoch = -1
+        self.best_generator: dict[str, torch.Tensor] | None = None
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoint.pt"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: tensors, numbers and strings only."""
+        return {
+            "format": 1,
+            "epoch": self.epoch,
+            "solver_steps": self.solver.steps_taken,
+            "generator": self.game.leader.state_dict(),
+            "classifier": self.game.follower.state_dict(),
+            "generator_optimizer": self.generator_optimizer.state_dict(),
+            "classifier_optimizer": self.classifier_optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "history": self.history,
+            "quick_tests": self.quick_tests,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_generator": self.best_generator,
+            "epsilon": self.game.epsilon,
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != 1:
+            raise ValueError("not a stackelberg generator-training checkpoint (format 1)")
+        self.game.leader.load_state_dict(state["generator"])
+        self.game.follower.load_state_dict(state["classifier"])
+        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+        self.classifier_optimizer.load_state_dict(state["classifier_optimizer"])
+        self.solver.steps_taken = int(state["solver_steps"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.quick_tests = list(state["quick_tests"])
+        self.best_score = float(state["best_score"])
+        self.best_epoch = int(state["best_epoch"])
+        self.best_generator = state["best_generator"]
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+    def save(self) -> None:
+        if self.checkpoint_path is not None:
+            write_torch(self.checkpoint_path, self.state_dict())
+            write_json(
+                self.run_dir / "training.json",  # type: ignore[operator]
+                {
+                    "epoch": self.epoch,
+                    "history": self.history,
+                    "quick_tests": self.quick_tests,
+                    "best_epoch": self.best_epoch,
+                    "config": self.config.to_dict(),
+                },
+            )
+
+    def resume(self) -> bool:
+        """Load ``run_dir/checkpoint.pt`` if it exists (``weights_only=True``); True if loaded."""
+        path = self.checkpoint_path
+        if path is None or not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        saved, current = state.get("config"), self.config.to_dict()
+        if saved is not None and _comparable(saved) != _comparable(current):
+            raise ValueError(
+                f"{path} was written with another configuration; use a new run folder or the "
+                f"same settings (saved: {saved})"
+            )
+        self.load_state_dict(state)
+        return True
+
+    # -- training ----------------------------------------------------------------------------
+
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train), generator=generator)
+        size = self.config.batch_size
+        return [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
+
+    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.train.images[index].to(self.device).float() / 255.0
+        return x, self.train.labels[index].to(self.device)
+
+    def quick_test(self) -> float:
+        """Clean validation accuracy of a fresh victim briefly trained on the poisoned set."""
+        assert self.validation is not None and self.victim_factory is not None
+        poisoned = poison_images(self.game.leader, self.train.images, self.train.labels)
+        victim = self.victim_factory().to(self.device)
+        result = train_victim(
+            victim,
+            poisoned,
+            self.train.labels,
+            self.validation.images,
+            self.validation.labels,
+            self.config.quick_test,
+            seed=self.config.seed,
+            progress=False,
+        )
+        return result.final
+
+    def run(self, progress: bool = True) -> list[dict[str, float]]:
+        """Train until ``config.epochs`` epochs are done (from wherever a resumed run stands)."""
+        config = self.config
+        while self.epoch < config.epochs:
+            self.game.train()
+            batches = self._batches(self.epoch)
+            bar = tqdm(
+                batches,
+                desc=f"generator epoch {self.epoch + 1}/{config.epochs}",
+                disable=not progress,
+                leave=False,
+            )
+            for index in bar:
+                batch = self._batch(index)
+                info = self.solver.step(batch)
+                if self.solver.steps_taken % config.log_every == 0:
+                    info.update(self.game.diagnostics(batch))
+                    info["step"] = self.solver.steps_taken
+                    info["epoch"] = self.epoch
+                    self.history.append(info)
+                    gap = info["poisoned_accuracy"] - info["clean_accuracy"]
+                    bar.set_postfix(gap=f"{gap:+.2f}", clean=f"{info['clean_accuracy']:.2f}")
+            self.epoch += 1
+            if config.quick_test_every and self.epoch % config.quick_test_every == 0:
+                score = self.quick_test()
+                self.quick_tests.append({"epoch": self.epoch, "validation_accuracy": score})
+                if score < self.best_score:
+                    self.best_score, self.best_epoch = score, self.epoch
+                    self.best_generator = {
+                        k: v.detach().clone() for k, v in self.game.leader.state_dict().items()
+                    }
+                if progress:
+                    tqdm.write(
+                        f"epoch {self.epoch}: quick-test victim validation accuracy "
+                        f"{score:.3f} (best {self.best_score:.3f} at epoch {self.best_epoch})"
+                    )
+            self.save()
+        return self.history
+
+    def use_best_generator(self) -> int:
+        """Load the best quick-tested generator into the game (if any); returns its epoch
+        (the last epoch when there was no quick test)."""
+        if self.best_generator is None:
+            return self.epoch
+        self.game.leader.load_state_dict(self.best_generator)
+        return self.best_epoch
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that must match to resume (the epoch count may grow)."""
+    return {k: v for k, v in config.items() if k != "epochs"}

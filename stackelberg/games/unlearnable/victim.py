@@ -1,0 +1,174 @@
+"""Victim evaluation: train a fresh classifier on (poisoned) data, report clean test accuracy.
+
+The paper's protocol (GUE, Section 5; also EM, TAP, ...): SGD with momentum 0.9 and weight
+decay 5e-4, learning rate 0.01 for 100 epochs, multiplied by 0.1 at epochs 75 and 90, random
+32×32 crops of the 4-pixel zero-padded image and random horizontal flips. The schedule is a
+:class:`VictimSchedule`; shorter presets scale the milestones with the epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+__all__ = [
+    "PAPER_SCHEDULE",
+    "VictimResult",
+    "VictimSchedule",
+    "accuracy",
+    "augment",
+    "train_victim",
+]
+
+
+@dataclass(frozen=True)
+class VictimSchedule:
+    """How a victim trains: SGD(lr, momentum, weight_decay), ``lr × gamma`` at each epoch in
+    ``milestones``, mini-batches of ``batch_size``, crop-and-flip augmentation if ``augment``."""
+
+    epochs: int = 100
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = (75, 90)
+    gamma: float = 0.1
+    batch_size: int = 128
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
+            )
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("need lr > 0, weight_decay >= 0 and momentum in [0, 1)")
+
+    @classmethod
+    def scaled(cls, epochs: int, **changes: object) -> VictimSchedule:
+        """The paper's schedule shortened to ``epochs`` (milestones at 75 % and 90 %)."""
+        milestones = (round(0.75 * epochs), round(0.9 * epochs))
+        return cls(epochs=epochs, milestones=milestones, **changes)  # type: ignore[arg-type]
+
+
+PAPER_SCHEDULE = VictimSchedule()
+
+
+@dataclass
+class VictimResult:
+    """Clean test accuracy after every epoch (``test_accuracy[-1]`` is the final one) and the
+    training accuracy on the (poisoned) training set per epoch."""
+
+    test_accuracy: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+
+    @property
+    def final(self) -> float:
+        return self.test_accuracy[-1]
+
+
+def augment(x: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Random crops of the zero-padded images (one offset per image) and random horizontal
+    flips, as in the standard CIFAR recipe."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
+    rows = offsets[0][:, None] + torch.arange(h, device=x.device)
+    cols = offsets[1][:, None] + torch.arange(w, device=x.device)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    cropped = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    cropped = cropped.permute(0, 3, 1, 2)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+def _as_float(images: Tensor) -> Tensor:
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 500) -> float:
+    """The fraction of ``images`` (uint8 or float in [0, 1]) that ``model`` classifies right,
+    in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        x = _as_float(images[i : i + batch_size]).to(device)
+        correct += int((model(x).argmax(1) == labels[i : i + batch_size].to(device)).sum())
+    model.train(was_training)
+    return correct / max(len(labels), 1)
+
+
+def train_victim(
+    model: nn.Module,
+    train_images: Tensor,
+    train_labels: Tensor,
+    test_images: Tensor,
+    test_labels: Tensor,
+    schedule: VictimSchedule = PAPER_SCHEDULE,
+    *,
+    seed: int = 0,
+    transform: Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]] | None = None,
+    progress: bool = True,
+    description: str = "victim",
+) -> VictimResult:
+    """Train ``model`` from its current weights on ``(train_images, train_labels)`` with
+    ``schedule`` and report the clean test accuracy after every epoch.
+
+    Images are uint8 or float in ``[0, 1]``, ``(N, C, H, W)``, on any device (batches move to
+    the model's device). ``transform(x, y, generator)`` (a defense such as Mixup) runs on
+    every augmented batch and may return soft labels ``(N, K)``.
+    """
+    if train_images.shape[0] != train_labels.shape[0] or train_images.dim() != 4:
+        raise ValueError(
+            f"train images {tuple(train_images.shape)} and labels {tuple(train_labels.shape)} "
+            "do not match (need (N, C, H, W) and (N,))"
+        )
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=schedule.lr,
+        momentum=schedule.momentum,
+        weight_decay=schedule.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(schedule.milestones), gamma=schedule.gamma
+    )
+    result = VictimResult()
+    n = train_labels.shape[0]
+    epochs = tqdm(range(schedule.epochs), desc=description, disable=not progress, leave=False)
+    for _ in epochs:
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        correct = 0
+        for i in range(0, n, schedule.batch_size):
+            index = order[i : i + schedule.batch_size]
+            x = _as_float(train_images[index]).to(device)
+            y = train_labels[index].to(device)
+            if schedule.augment:
+                x = augment(x, generator)
+            target: Tensor = y
+            if transform is not None:
+                x, target = transform(x, y, generator)
+            logits = model(x)
+            loss = F.cross_entropy(logits, target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the victim's loss became {float(loss)}: lower its learning rate"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            correct += int((logits.argmax(1) == y).sum())
+        scheduler.step()
+        result.train_accuracy.append(correct / n)
+        result.test_accuracy.append(accuracy(model, test_images, test_labels))
+        epochs.set_postfix(test=f"{result.test_accuracy[-1]:.3f}")
+    return result

@@ -1,0 +1,202 @@
+"""Perturbation generators: ``x ↦ δ = ε·tanh(z(x))``, so ``‖δ‖∞ ≤ ε`` by construction.
+
+Both are fully convolutional (any input size divisible by the total down-sampling), take images
+in ``[0, 1]`` and return a perturbation of the same shape. The poisoned image is
+``clamp(x + δ, 0, 1)`` (applied by the game, not here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["EncoderDecoderGenerator", "LabelConditionedGenerator", "UNetGenerator"]
+
+
+def _check_epsilon(epsilon: float) -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+        raise TypeError(f"epsilon must be a number, got {type(epsilon).__name__}")
+    if not 0.0 < float(epsilon) <= 1.0:
+        raise ValueError(f"epsilon must be in (0, 1] (images live in [0, 1]), got {epsilon}")
+    return float(epsilon)
+
+
+def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _BoundedGenerator(nn.Module):
+    """Shared checks and the ``ε·tanh`` head."""
+
+    epsilon: float
+    in_channels: int
+    downsampling: int
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects images of shape (N, {self.in_channels}, H, W), "
+                f"got {tuple(x.shape)}"
+            )
+        if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
+            raise ValueError(
+                f"{type(self).__name__} needs H and W divisible by {self.downsampling}, "
+                f"got {tuple(x.shape[-2:])} (pad or tile the image)"
+            )
+
+    def bound(self, z: Tensor) -> Tensor:
+        return self.epsilon * torch.tanh(z)
+
+    def logits(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bound(self.logits(x))
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon:.6g}"
+
+
+class UNetGenerator(_BoundedGenerator):
+    """The U-Net generator of DeepConfuse / GUE.
+
+    Encoder: double-conv blocks (3×3 conv, BatchNorm, ReLU, twice) with widths
+    ``3 → 64 → 128 → 256 → 512``, 2×2 average pooling between them; decoder: bilinear
+    up-sampling, concatenation with the encoder's feature map of the same size (skip
+    connection), double conv; head: 1×1 conv + BatchNorm, then ``ε·tanh``.
+
+    Args:
+        epsilon: the ℓ∞ budget ε.
+        in_channels: image channels.
+        widths: channel widths of the encoder levels (the paper's ``(64, 128, 256, 512)``;
+            ``(16, 32, 64)`` is a CPU-sized version).
+    """
+
+    def __init__(
+        self, epsilon: float, in_channels: int = 3, widths: Sequence[int] = (64, 128, 256, 512)
+    ) -> None:
+        super().__init__()
+        self.epsilon = _check_epsilon(epsilon)
+        widths = tuple(int(w) for w in widths)
+        if len(widths) < 2 or min(widths) < 1:
+            raise ValueError(f"widths needs >= 2 positive entries, got {widths}")
+        self.in_channels = in_channels
+        self.downsampling = 2 ** (len(widths) - 1)
+        self.down = nn.ModuleList(
+            _double_conv(c_in, c_out)
+            for c_in, c_out in zip((in_channels, *widths[:-1]), widths, strict=True)
+        )
+        self.up = nn.ModuleList(
+            _double_conv(widths[i + 1] + widths[i], widths[i]) for i in range(len(widths) - 1)
+        )
+        self.head = nn.Sequential(
+            nn.Conv2d(widths[0], in_channels, 1, bias=False), nn.BatchNorm2d(in_channels)
+        )
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The pre-activation ``z(x)``; the perturbation is ``ε·tanh(z(x))``."""
+        self._check_input(x)
+        skips = []
+        h = x
+        for i, block in enumerate(self.down):
+            if i:
+                h = F.avg_pool2d(h, 2)
+            h = block(h)
+            skips.append(h)
+        for i in reversed(range(len(self.up))):
+            h = F.interpolate(h, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
+            h = self.up[i](torch.cat([h, skips[i]], dim=1))
+        return self.head(h)
+
+
+class EncoderDecoderGenerator(_BoundedGenerator):
+    """A small encoder-decoder for CPU work (and DeepConfuse's generator shape).
+
+    Two stride-2 3×3 convs (``width``, ``2·width`` channels) down, one residual 3×3 block at
+    1/4 resolution, two 4×4 stride-2 transposed convs up, a 3×3 conv to the image channels,
+    then ``ε·tanh``. BatchNorm and ReLU after every hidden layer.
+    """
+
+    def __init__(self, epsilon: float, in_channels: int = 3, width: int = 32) -> None:
+        super().__init__()
+        self.epsilon = _check_epsilon(epsilon)
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        self.in_channels = in_channels
+        self.downsampling = 4
+
+        def layer(conv: nn.Module, channels: int) -> nn.Sequential:
+            return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+        w = width
+        self.encoder = nn.Sequential(
+            layer(nn.Conv2d(in_channels, w, 3, stride=2, padding=1, bias=False), w),
+            layer(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False), 2 * w),
+        )
+        self.middle = layer(nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), 2 * w)
+        self.decoder = nn.Sequential(
+            layer(nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1, bias=False), w),
+            layer(nn.ConvTranspose2d(w, w, 4, stride=2, padding=1, bias=False), w),
+            nn.Conv2d(w, in_channels, 3, padding=1),
+        )
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The pre-activation ``z(x)``; the perturbation is ``ε·tanh(z(x))``."""
+        self._check_input(x)
+        h = self.encoder(x)
+        h = h + self.middle(h)
+        return self.decoder(h)
+
+
+class LabelConditionedGenerator(nn.Module):
+    """``δ = ε·tanh(z(x) + P_y)``: a generator's pre-activation plus a learned pattern per class.
+
+    ``P`` is ``(K, C, s, s)``, zero at the start (so the generator starts as ``base``), and is
+    resized bilinearly to the image size, so any image size works. The leader then sees the
+    labels of the data it protects, as class-wise error-minimizing noise (Huang et al. 2021) and
+    DeepConfuse's label-specific variant do; the pattern gives it a direct route to a
+    class-consistent shortcut. Call it as ``generator(x, y)``.
+
+    Args:
+        base: a :class:`UNetGenerator` or :class:`EncoderDecoderGenerator` (its ε is used).
+        num_classes: ``K``.
+        pattern_size: ``s``.
+    """
+
+    conditional = True
+
+    def __init__(self, base: _BoundedGenerator, num_classes: int, pattern_size: int = 8) -> None:
+        super().__init__()
+        if not isinstance(base, _BoundedGenerator):
+            raise TypeError(
+                f"base must be a UNet or encoder-decoder generator, got {type(base).__name__}"
+            )
+        if num_classes < 2 or pattern_size < 1:
+            raise ValueError(
+                f"need num_classes >= 2 and pattern_size >= 1, got {num_classes}, {pattern_size}"
+            )
+        self.base = base
+        self.epsilon = base.epsilon
+        self.patterns = nn.Parameter(
+            torch.zeros(num_classes, base.in_channels, pattern_size, pattern_size)
+        )
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        if y.shape != x.shape[:1]:
+            raise ValueError(
+                f"need one label per image: {tuple(x.shape[:1])}, got {tuple(y.shape)}"
+            )
+        pattern = F.interpolate(
+            self.patterns, size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return self.base.bound(self.base.logits(x) + pattern[y])

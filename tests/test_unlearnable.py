@@ -1,0 +1,449 @@
+"""The unlearnable-example game: payoffs, the budget, the cached inner batch, training resume,
+export and victim training."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn import functional as F
+
+import stackelberg as sg
+from stackelberg.data import ImageDataset
+from stackelberg.games.unlearnable import (
+    UnlearnableGame,
+    attacker_loss,
+    cw_margin,
+    surrogate_loss,
+)
+from stackelberg.games.unlearnable.export import (
+    export_npz,
+    export_png_folder,
+    poison_images,
+    quantize_poison,
+)
+from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
+from stackelberg.games.unlearnable.victim import VictimSchedule, augment, train_victim
+from stackelberg.models import (
+    ConvNet,
+    EncoderDecoderGenerator,
+    LabelConditionedGenerator,
+    ResNet18,
+    UNetGenerator,
+)
+
+EPS = 8 / 255
+
+
+def small_game(variant: str = "standard", seed: int = 0, **options) -> UnlearnableGame:
+    torch.manual_seed(seed)
+    generator = UNetGenerator(EPS, in_channels=3, widths=(4, 8))
+    classifier = ConvNet(3, 4, widths=(4, 8))
+    return UnlearnableGame(generator, classifier, EPS, variant, **options)
+
+
+def batch(n: int = 8, seed: int = 1, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 8, 8, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+# -- payoffs ----------------------------------------------------------------------------------
+
+
+def test_surrogate_loss_matches_its_definition_and_bound() -> None:
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    y = torch.tensor([0, 3])
+    expected = torch.stack(
+        [
+            -max(
+                F.cross_entropy(logits[i : i + 1], torch.tensor([k])) for k in range(4) if k != y[i]
+            )
+            for i in range(2)
+        ]
+    )
+    assert torch.allclose(surrogate_loss(logits, y), expected, atol=1e-6)
+    # The bound −log(K − 1) is reached at p_y = 0 with the other classes uniform.
+    extreme = torch.tensor([[-1e4, 1.0, 1.0, 1.0]])
+    assert torch.allclose(surrogate_loss(extreme, torch.tensor([0])), torch.tensor(-math.log(3)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 12), st.integers(0, 2**31 - 1), st.floats(0.1, 20.0))
+def test_surrogate_loss_bounds_hold(classes: int, seed: int, scale: float) -> None:
+    g = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(16, classes, generator=g, dtype=torch.float64)
+    y = torch.randint(0, classes, (16,), generator=g)
+    sur = surrogate_loss(logits, y)
+    assert (sur <= -math.log(classes - 1) + 1e-9).all()
+    ce = F.cross_entropy(logits, y, reduction="none")
+    mass = (classes - 1) * torch.exp(sur)
+    ok = mass < 1 - 1e-6  # where 1 − mass is computed without cancellation
+    lower = -torch.log1p(-mass[ok])
+    assert (ce[ok] >= lower - 1e-7).all()  # equality for K = 2
+
+
+def test_cw_margin_and_the_attacker_losses_by_hand() -> None:
+    logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
+    y = torch.tensor([0, 0])
+    assert torch.allclose(cw_margin(logits, y), torch.tensor([2.0 - 3.0, 5.0 - 0.0]))
+    assert torch.allclose(attacker_loss("cw", logits, y), torch.tensor([-1.0, 0.0]))
+    assert torch.allclose(
+        attacker_loss("cw", logits, y, cw_confidence=2.0), torch.tensor([-1.0, 2.0])
+    )
+    ce = F.cross_entropy(logits, y, reduction="none")
+    assert torch.allclose(attacker_loss("ce", logits, y), ce)
+    assert torch.allclose(attacker_loss("ce_clip", logits, y, ce_clip=1.0), ce.clamp(max=1.0))
+    with pytest.raises(ValueError, match="attacker loss must be one of"):
+        attacker_loss("mse", logits, y)
+
+
+def test_leader_loss_is_minus_the_clean_surrogate_and_follower_loss_sees_the_poison() -> None:
+    game = small_game()
+    x, y = batch()
+    expected_leader = -surrogate_loss(game.follower(x), y).mean()
+    assert torch.allclose(game.leader_loss(game.leader, game.follower, (x, y)), expected_leader)
+    poisoned = (x + game.leader(x)).clamp(0, 1)
+    expected_follower = F.cross_entropy(game.follower(poisoned), y)
+    assert torch.allclose(game.follower_loss(game.leader, game.follower, (x, y)), expected_follower)
+
+
+def test_accuracy_variant_reports_exact_accuracy() -> None:
+    game = small_game("accuracy")
+    x, y = batch(32)
+    with torch.no_grad():
+        logits = game.follower(x)
+    info = game.diagnostics((x, y))
+    assert info["clean_accuracy"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    leader = game.leader_loss(game.leader, game.follower, (x, y))
+    assert torch.allclose(leader, -cw_margin(logits, y).clamp(max=0).mean(), atol=1e-6)
+
+
+def test_the_ce_attacker_gradient_grows_without_bound_and_the_surrogate_does_not() -> None:
+    """The paper's ablation: maximizing CE drives the logit gap up with a gradient that
+    keeps its size, while L_sur saturates at −log(K − 1)."""
+    logits = torch.zeros(1, 10, requires_grad=True)
+    y = torch.tensor([0])
+    for name, final in (("ce", None), ("sur", -math.log(9))):
+        z = logits.detach().clone().requires_grad_(True)
+        for _ in range(200):
+            (g,) = torch.autograd.grad(attacker_loss(name, z, y).sum(), z)
+            z = (z + 1.0 * g).detach().requires_grad_(True)
+        value = float(attacker_loss(name, z.detach(), y))
+        if final is None:
+            assert value > 50  # unbounded
+        else:
+            assert value == pytest.approx(final, abs=1e-2)
+
+
+@pytest.mark.parametrize("loss", ["pgd", "trades"])
+def test_adversarial_variant_trains_on_worse_points(loss: str) -> None:
+    game = small_game("adversarial", adversarial_epsilon=8 / 255, adversarial_loss=loss)
+    x, y = batch(16)
+    plain = small_game("standard")
+    plain.load_state_dict(game.state_dict())
+    torch.manual_seed(0)
+    adversarial = game.follower_loss(game.leader, game.follower, (x, y))
+    clean = plain.follower_loss(plain.leader, plain.follower, (x, y))
+    assert adversarial > clean
+    grads = torch.autograd.grad(adversarial, list(game.leader.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)  # the poison still matters
+
+
+def test_bad_configuration_is_refused() -> None:
+    generator, classifier = UNetGenerator(EPS, widths=(4, 8)), ConvNet(3, 4, widths=(4,))
+    with pytest.raises(ValueError, match="variant must be one of"):
+        UnlearnableGame(generator, classifier, EPS, "robust")
+    with pytest.raises(ValueError, match="epsilon must be in"):
+        UnlearnableGame(generator, classifier, 2.0)
+    with pytest.raises(ValueError, match="Carlini"):
+        UnlearnableGame(generator, classifier, EPS, "accuracy", attacker_loss="sur")
+    game = UnlearnableGame(generator, classifier, 4 / 255)  # generator's ε is 8/255
+    with pytest.raises(ValueError, match="exceeds the budget"):
+        game.follower_loss(game.leader, game.follower, batch())
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        game.follower_loss(game.leader, game.follower, (torch.rand(3, 8, 8), torch.zeros(3)))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        game.follower_loss(
+            game.leader,
+            game.follower,
+            (torch.rand(2, 3, 8, 8) * 255, torch.zeros(2, dtype=torch.long)),
+        )
+
+
+# -- the budget -------------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from(["unet", "encoder-decoder"]),
+    st.integers(1, 3),
+    st.sampled_from([1, 3]),
+    st.sampled_from([8, 12, 16]),
+    st.floats(1 / 255, 32 / 255),
+    st.integers(0, 2**31 - 1),
+)
+def test_every_output_respects_the_budget(
+    kind: str, n: int, channels: int, size: int, epsilon: float, seed: int
+) -> None:
+    torch.manual_seed(seed)
+    generator = (
+        UNetGenerator(epsilon, channels, widths=(4, 8, 8))
+        if kind == "unet"
+        else EncoderDecoderGenerator(epsilon, channels, width=4)
+    )
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.mul_(50.0)  # saturate the tanh
+    x = torch.rand(n, channels, size, size)
+    x[0, 0, 0, 0], x[-1, -1, -1, -1] = 0.0, 1.0  # the box edges
+    game = UnlearnableGame(generator, ConvNet(channels, 3, widths=(4,)), epsilon)
+    poisoned = poison_images(game.leader, x)
+    assert (poisoned - x).abs().max() <= epsilon + 1e-6
+    assert poisoned.min() >= 0 and poisoned.max() <= 1
+    clean8 = (x * 255).round().to(torch.uint8)
+    exported = quantize_poison(clean8, poisoned, epsilon)
+    assert (exported.int() - clean8.int()).abs().max() <= math.floor(255 * epsilon + 1e-6)
+
+
+def test_generators_check_their_input() -> None:
+    with pytest.raises(ValueError, match=r"divisible by 4"):
+        UNetGenerator(EPS, widths=(4, 8, 8))(torch.rand(1, 3, 10, 10))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        EncoderDecoderGenerator(EPS)(torch.rand(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"epsilon must be in \(0, 1\]"):
+        UNetGenerator(0.0)
+    assert ResNet18(num_classes=7)(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_rounding_not_truncation() -> None:
+    clean = torch.tensor([[[[100, 100, 100]]]], dtype=torch.uint8)
+    poisoned = torch.tensor([[[[100.6, 99.4, 108.0]]]]) / 255
+    out = quantize_poison(clean, poisoned, 8 / 255)
+    assert out.flatten().tolist() == [101, 99, 108]
+    small_budget = quantize_poison(clean, torch.tensor([[[[107.9, 92.2, 100.0]]]]) / 255, 0.03)
+    assert small_budget.flatten().tolist() == [107, 93, 100]  # ⌊255·0.03⌋ = 7 levels
+
+
+# -- solvers on the game --------------------------------------------------------------------
+
+
+def _bome(game: UnlearnableGame) -> sg.BOME:
+    return sg.BOME(
+        game,
+        torch.optim.SGD(game.leader.parameters(), lr=0.1),
+        torch.optim.SGD(game.follower.parameters(), lr=0.01),
+        inner_steps=3,
+        inner_lr=1e-2,
+        inner_optimizer="adam",
+        eta=1.5,
+    )
+
+
+class _NaiveGame(UnlearnableGame):
+    """The same game without the cached poisoned batch: the generator runs at every inner step."""
+
+    def follower_batch(self, leader, batch):
+        return batch
+
+
+def test_cached_inner_batch_gives_the_same_bome_direction_as_recomputation() -> None:
+    game = small_game()
+    naive = _NaiveGame(game.leader, game.follower, EPS)
+    data = batch(16)
+    calls = {"n": 0}
+
+    def count(*_):
+        calls["n"] += 1
+
+    handle = game.leader.register_forward_hook(count)
+    torch.manual_seed(0)
+    d_cached = _bome(game).direction(data)
+    cached_calls, calls["n"] = calls["n"], 0
+    torch.manual_seed(0)
+    d_naive = _bome(naive).direction(data)
+    handle.remove()
+    for a, b in zip(d_cached[0] + d_cached[1], d_naive[0] + d_naive[1], strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert d_cached[2]["q"] == pytest.approx(d_naive[2]["q"], rel=1e-5)
+    # h and h_T run the generator in both; the inner steps: once (cached) or once per step.
+    assert cached_calls == 1 + 2 and calls["n"] == 3 + 2
+
+
+@pytest.mark.parametrize("solver", ["bome", "backgradient", "total_gradient", "gda"])
+def test_every_solver_takes_a_training_step(solver: str) -> None:
+    game = small_game()
+    x, y = batch(16)
+    train = ImageDataset((x * 255).round().to(torch.uint8), y, ("a", "b", "c", "d"))
+    config = TrainingConfig(epochs=1, batch_size=8, solver=solver, log_every=1)
+    if solver == "bome":
+        config.solver_options = {"inner_steps": 2}
+    training = GeneratorTraining(game, config, train)
+    before = [p.detach().clone() for p in game.parameters()]
+    history = training.run(progress=False)
+    assert len(history) == 2 and all(np.isfinite(h["clean_accuracy"]) for h in history)
+    changed = [not torch.equal(a, b) for a, b in zip(before, game.parameters(), strict=True)]
+    assert any(changed)
+
+
+# -- training: checkpoints and resume ----------------------------------------------------------
+
+
+def _training(run_dir: Path, epochs: int, seed: int = 0) -> GeneratorTraining:
+    game = small_game(seed=seed)
+    g = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (48, 3, 8, 8), generator=g, dtype=torch.uint8)
+    labels = torch.arange(48) % 4
+    train = ImageDataset(images, labels, ("a", "b", "c", "d"))
+    validation = ImageDataset(images[:16], labels[:16], train.classes)
+    config = TrainingConfig(
+        epochs=epochs,
+        batch_size=16,
+        solver_options={"inner_steps": 2},
+        log_every=1,
+        quick_test_every=1,
+        quick_test=VictimSchedule.scaled(1, lr=0.05, batch_size=16),
+    )
+    return GeneratorTraining(
+        game,
+        config,
+        train,
+        validation=validation,
+        victim_factory=lambda: ConvNet(3, 4, widths=(4,)),
+        run_dir=run_dir,
+    )
+
+
+def test_resume_after_interrupt_reproduces_the_uninterrupted_run_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(123)
+    whole = _training(tmp_path / "whole", epochs=3)
+    whole.run(progress=False)
+
+    torch.manual_seed(123)
+    first = _training(tmp_path / "split", epochs=1)
+    first.run(progress=False)  # "interrupted" after epoch 1: only its checkpoint survives
+    torch.manual_seed(999)  # the new process starts from another RNG state
+    second = _training(tmp_path / "split", epochs=3, seed=7)  # fresh weights, overwritten
+    assert second.resume() and second.epoch == 1
+    second.run(progress=False)
+
+    for a, b in zip(
+        whole.game.state_dict().values(), second.game.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    assert whole.history == second.history
+    assert whole.quick_tests == second.quick_tests
+    assert whole.best_epoch == second.best_epoch
+
+
+def test_checkpoints_load_with_weights_only_and_refuse_other_settings(tmp_path: Path) -> None:
+    training = _training(tmp_path, epochs=1)
+    training.run(progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and "generator" in state
+    assert (tmp_path / "training.json").is_file()
+    other = _training(tmp_path, epochs=2)
+    other.config.generator_lr = 0.5
+    with pytest.raises(ValueError, match="another configuration"):
+        other.resume()
+
+
+def test_quick_test_keeps_the_generator_with_the_lowest_validation_accuracy(tmp_path: Path) -> None:
+    training = _training(tmp_path, epochs=3)
+    training.run(progress=False)
+    scores = [t["validation_accuracy"] for t in training.quick_tests]
+    assert training.best_score == min(scores)
+    assert training.best_epoch == 1 + scores.index(min(scores))
+    assert training.use_best_generator() == training.best_epoch
+    for key, value in training.game.leader.state_dict().items():
+        assert torch.equal(value, training.best_generator[key])
+
+
+# -- export and victims ---------------------------------------------------------------------
+
+
+def test_npz_and_png_exports_are_lossless_and_carry_a_manifest(tmp_path: Path) -> None:
+    from PIL import Image
+
+    game = small_game()
+    clean = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    poisoned = poison_images(game.leader, clean)
+    manifest = export_npz(
+        tmp_path / "p.npz",
+        poisoned,
+        clean,
+        labels,
+        EPS,
+        indices=torch.arange(10, 16),
+        source={"dataset": "toy"},
+    )
+    data = np.load(tmp_path / "p.npz")
+    assert data["x"].shape == (6, 8, 8, 3) and data["x"].dtype == np.uint8
+    assert data["indices"].tolist() == list(range(10, 16))
+    expected = quantize_poison(clean, poisoned, EPS).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(data["x"], expected)
+    assert manifest["measured_linf_levels"] <= 8 and manifest["images"] == 6
+    assert (tmp_path / "p.json").is_file()
+
+    folder = tmp_path / "png"
+    export_png_folder(folder, poisoned, clean, labels, ("a", "b", "c", "d"), EPS)
+    first = np.asarray(Image.open(folder / "a" / "0.png"))
+    assert np.array_equal(first, expected[0])
+    with pytest.raises(FileExistsError):
+        export_png_folder(folder, poisoned, clean, labels, ("a", "b", "c", "d"), EPS)
+
+
+def test_augment_crops_and_flips_within_the_padded_image() -> None:
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    out = augment(x, g, padding=1)
+    assert out.shape == x.shape
+    for i in range(2):
+        values = set(out[i].flatten().tolist()) - {0.0}
+        assert values <= set(x[i].flatten().tolist())
+
+
+def test_victim_learns_separable_data_and_reports_every_epoch() -> None:
+    torch.manual_seed(0)
+    labels = torch.arange(64) % 2
+    images = torch.zeros(64, 1, 8, 8)
+    images[labels == 1, :, :4] = 1.0  # class 1: bright top half
+    model = ConvNet(1, 2, widths=(4, 8))
+    result = train_victim(
+        model,
+        images,
+        labels,
+        images,
+        labels,
+        VictimSchedule.scaled(6, lr=0.1, batch_size=16),
+        progress=False,
+    )
+    assert len(result.test_accuracy) == 6 and result.final == 1.0
+
+
+def test_label_conditioned_generator_starts_as_its_base_and_keeps_the_budget() -> None:
+    torch.manual_seed(0)
+    base = UNetGenerator(EPS, widths=(4, 8))
+    conditioned = LabelConditionedGenerator(base, num_classes=4, pattern_size=2)
+    x, y = batch(6)
+    assert torch.allclose(conditioned(x, y), base(x))
+    with torch.no_grad():
+        conditioned.patterns.fill_(100.0)
+    delta = conditioned(x, y)
+    assert delta.abs().max() <= EPS and delta.min() > 0.99 * EPS  # saturated at +ε
+    game = UnlearnableGame(conditioned, ConvNet(3, 4, widths=(4,)), EPS)
+    assert game.conditional
+    with pytest.raises(ValueError, match="label-conditioned"):
+        poison_images(conditioned, x)
+    poisoned = poison_images(conditioned, x, y)
+    assert torch.allclose(poisoned, (x + delta).clamp(0, 1), atol=1e-6)
+    with torch.no_grad():
+        conditioned.patterns.fill_(0.1)
+    loss = game.follower_loss(game.leader, game.follower, (x, y))
+    (grad,) = torch.autograd.grad(loss, [conditioned.patterns])
+    assert grad[y.unique()].abs().sum() > 0  # the class patterns get a gradient
