@@ -115,11 +115,13 @@ def plot_curves(path: Path, clean: list[float], poisoned: list[float], title: st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     epochs = range(1, len(clean) + 1)
     ax.plot(epochs, [100 * a for a in clean], marker="o", label="trained on clean data")
     ax.plot(epochs, [100 * a for a in poisoned], marker="s", label="trained on GUE poisons")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("victim epoch")
     ax.set_ylabel("clean test accuracy (%)")
     ax.set_ylim(0, 100)
@@ -139,13 +141,15 @@ def plot_examples(
     classes: tuple[str, ...],
     epsilon: float,
 ) -> None:
-    """One row per class: clean image, perturbation (scaled from [−ε, ε] to [0, 1]), poison."""
+    """One row per class (the first ten): clean image, perturbation (scaled from [−ε, ε] to
+    [0, 1]), poison."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [int(torch.nonzero(labels == c)[0]) for c in range(len(classes)) if (labels == c).any()]
+    shown = [c for c in range(len(classes)) if (labels == c).any()][:10]  # at most 10 rows
+    rows = [int(torch.nonzero(labels == c)[0]) for c in shown]
     fig, axes = plt.subplots(len(rows), 3, figsize=(4.2, 1.4 * len(rows)), squeeze=False)
     for r, i in enumerate(rows):
         x = clean[i].float() / 255
@@ -239,6 +243,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out / "generator.json",
         {
             "architecture": preset.generator,
+            "label_conditioned": preset.label_conditioned,
+            "num_classes": num_classes,
             "epsilon": preset.epsilon,
             "in_channels": channels,
             "epoch": best_epoch,
@@ -272,8 +278,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         flush=True,
     )
 
+    # Each finished victim is saved, so a resumed run only trains the ones still missing.
+    done_path = out / "victims.json"
     victims: dict[str, list[float]] = {}
+    if args.resume and done_path.is_file():
+        saved = json.loads(done_path.read_text())
+        if saved.get("generator_sha256") == manifest["generator_sha256"]:
+            victims = saved["curves"]
+            timings.update(saved["timings"])
     for name, images in (("clean", train.images), ("poisoned", poisoned)):
+        if name in victims:
+            print(f"victim trained on {name} data: reused from {done_path}", flush=True)
+            continue
         start = time.perf_counter()
         torch.manual_seed(args.seed + 1)  # both victims start from the same weights
         model = build_classifier(preset.victim, channels, num_classes).to(device)
@@ -290,6 +306,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         victims[name] = result.test_accuracy
         timings[f"{name}_victim_s"] = time.perf_counter() - start
+        write_json(
+            done_path,
+            {
+                "generator_sha256": manifest["generator_sha256"],
+                "curves": victims,
+                "timings": {k: v for k, v in timings.items() if k.endswith("_victim_s")},
+            },
+        )
         print(f"victim trained on {name} data: clean test accuracy {result.final:.4f}", flush=True)
 
     metrics = {

@@ -173,6 +173,10 @@ def test_bad_configuration_is_refused() -> None:
             game.follower,
             (torch.rand(2, 3, 8, 8) * 255, torch.zeros(2, dtype=torch.long)),
         )
+    with pytest.raises(ValueError, match="int64 tensor of shape"):
+        game.follower_loss(game.leader, game.follower, (torch.rand(2, 3, 8, 8), torch.zeros(2)))
+    with pytest.raises(TypeError, match="pair"):
+        game.leader_loss(game.leader, game.follower, torch.rand(2, 3, 8, 8))
 
 
 # -- the budget -------------------------------------------------------------------------------
@@ -447,3 +451,20 @@ def test_label_conditioned_generator_starts_as_its_base_and_keeps_the_budget() -
     loss = game.follower_loss(game.leader, game.follower, (x, y))
     (grad,) = torch.autograd.grad(loss, [conditioned.patterns])
     assert grad[y.unique()].abs().sum() > 0  # the class patterns get a gradient
+
+
+def test_error_minimizing_weight_adds_kappa_times_the_follower_loss() -> None:
+    plain = small_game()
+    weighted = small_game(error_minimizing_weight=0.7)
+    weighted.load_state_dict(plain.state_dict())
+    data = batch()
+    expected = plain.leader_loss(plain.leader, plain.follower, data) + 0.7 * plain.follower_loss(
+        plain.leader, plain.follower, data
+    )
+    got = weighted.leader_loss(weighted.leader, weighted.follower, data)
+    assert torch.allclose(got, expected)
+    # With κ > 0 the leader's loss depends on the generator directly.
+    grads = torch.autograd.grad(got, list(weighted.leader.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    with pytest.raises(ValueError, match="error_minimizing_weight"):
+        small_game(error_minimizing_weight=-1.0)

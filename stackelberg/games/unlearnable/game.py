@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from stackelberg.game import Game
-from stackelberg.games._checks import check_labels, check_unit_interval
+from stackelberg.games._checks import check_unit_interval
 from stackelberg.games.adversarial import pgd_attack
 from stackelberg.games.unlearnable.losses import ATTACKER_LOSSES, attacker_loss, cw_margin
 
@@ -66,6 +66,13 @@ class UnlearnableGame(Game):
         adversarial_steps: PGD steps (step size ``ε_a / 4``, the paper's 10 steps).
         adversarial_loss: ``"pgd"`` (Madry) or ``"trades"``.
         trades_beta: TRADES' weight ``β`` of the KL term.
+        error_minimizing_weight: ``κ ≥ 0``; the leader's loss becomes
+            ``l = −E L_a(f_θ(x), y) + κ·h(w, θ)``: the generator also wants its poisons to be
+            easy for the follower to fit, the error-minimizing objective of Huang et al.
+            (2021). The paper's game is ``κ = 0``. Because ``l`` on clean data does not depend
+            on ``w``, a value-function solver moves the generator only through ``∇_w q̂``, a
+            difference of two nearly equal gradients; ``κ > 0`` gives it a first-order signal
+            (docs/results/gue-cpu/exploration.md).
     """
 
     def __init__(
@@ -82,6 +89,7 @@ class UnlearnableGame(Game):
         adversarial_steps: int = 10,
         adversarial_loss: str = "pgd",
         trades_beta: float = 6.0,
+        error_minimizing_weight: float = 0.0,
     ) -> None:
         super().__init__(leader=generator, follower=classifier)
         if not 0.0 < float(epsilon) <= 1.0:
@@ -106,6 +114,8 @@ class UnlearnableGame(Game):
             raise ValueError(f"adversarial_steps must be >= 1, got {adversarial_steps}")
         if ce_clip <= 0:
             raise ValueError(f"ce_clip must be > 0, got {ce_clip}")
+        if not error_minimizing_weight >= 0:
+            raise ValueError(f"error_minimizing_weight must be >= 0, got {error_minimizing_weight}")
         self.epsilon = float(epsilon)
         self.variant = variant
         self.attacker_loss = attacker_loss
@@ -115,6 +125,7 @@ class UnlearnableGame(Game):
         self.adversarial_steps = int(adversarial_steps)
         self.adversarial_loss = adversarial_loss
         self.trades_beta = float(trades_beta)
+        self.error_minimizing_weight = float(error_minimizing_weight)
 
     # -- the poison --------------------------------------------------------------------------
 
@@ -154,9 +165,9 @@ class UnlearnableGame(Game):
         if not isinstance(x, Tensor) or x.dim() != 4:
             raise ValueError(f"images must be a (N, C, H, W) tensor, got {getattr(x, 'shape', x)}")
         check_unit_interval(x, "images")
-        if not isinstance(y, Tensor) or y.shape != x.shape[:1]:
-            raise ValueError(f"labels must be a tensor of shape ({x.shape[0]},)")
-        check_labels(y, int(y.max()) + 1 if y.numel() else 1, "labels")
+        if not isinstance(y, Tensor) or y.dtype != torch.int64 or y.shape != x.shape[:1]:
+            got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"labels must be an int64 tensor of shape ({x.shape[0]},), got {got}")
         return x, y
 
     def follower_batch(self, leader: Any, batch: Any) -> PoisonedBatch:
@@ -203,9 +214,13 @@ class UnlearnableGame(Game):
         ).mean()
 
     def leader_loss(self, leader: Any, follower: Any, batch: Any) -> Tensor:
-        """``l(w, θ) = −E L_a(f_θ(x), y)`` on the clean batch."""
+        """``l(w, θ) = −E L_a(f_θ(x), y)`` on the clean batch (``+ κ·h(w, θ)`` if
+        ``error_minimizing_weight`` is positive)."""
         x, y = self._checked(batch)
-        return -self.attacker_payoff(follower(x), y)
+        loss = -self.attacker_payoff(follower(x), y)
+        if self.error_minimizing_weight:
+            loss = loss + self.error_minimizing_weight * self.follower_loss(leader, follower, batch)
+        return loss
 
     @torch.no_grad()
     def diagnostics(self, batch: tuple[Tensor, Tensor]) -> dict[str, float]:
