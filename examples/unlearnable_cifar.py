@@ -14,7 +14,8 @@ the preset's schedule, and both are scored on the clean test split every epoch.
 Writes into ``--output-dir``: ``config.json``, ``checkpoint.pt`` (resume with ``--resume``),
 ``training.json``, ``generator.pt`` (+ ``generator.json``), ``poisoned_train.npz`` (+ ``.json``),
 ``metrics.json`` (``clean_victim_accuracy``, ``poisoned_victim_accuracy``, ``epsilon``, ``seed``,
-``config``, per-epoch curves, timings), ``victim_accuracy.png`` and ``examples.png``.
+``config``, per-epoch curves, timings), ``victim_accuracy.png``, ``training.png`` and
+``examples.png``.
 """
 
 from __future__ import annotations
@@ -128,6 +129,47 @@ def plot_curves(path: Path, clean: list[float], poisoned: list[float], title: st
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_training(
+    path: Path,
+    history: list[dict[str, float]],
+    quick_tests: list[dict[str, float]],
+    steps_per_epoch: int,
+) -> None:
+    """The follower's accuracy on poisoned and on clean batches during generator training (their
+    gap is the attack's progress signal), and the quick tests' validation accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in history]
+    ax.plot(
+        steps,
+        [100 * h["poisoned_accuracy"] for h in history],
+        lw=1,
+        label="follower on poisoned batch",
+    )
+    ax.plot(
+        steps, [100 * h["clean_accuracy"] for h in history], lw=1, label="follower on clean batch"
+    )
+    if quick_tests:
+        ax.plot(
+            [t["epoch"] * steps_per_epoch for t in quick_tests],
+            [100 * t["validation_accuracy"] for t in quick_tests],
+            "ks-",
+            label="quick-test victim, clean validation",
+        )
+    ax.set_xlabel("generator training step")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -332,6 +374,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json(out / "metrics.json", metrics)
     title = f"{preset.name} preset, ε = {round(255 * preset.epsilon)}/255"
     plot_curves(out / "victim_accuracy.png", victims["clean"], victims["poisoned"], title)
+    plot_training(
+        out / "training.png",
+        training.history,
+        training.quick_tests,
+        len(train) // preset.training.batch_size,
+    )
     plot_examples(
         out / "examples.png", train.images, poisoned, train.labels, train.classes, preset.epsilon
     )

@@ -147,7 +147,13 @@ def test_unlearnable_example_smoke_on_a_cifar_archive(tmp_path: Path) -> None:
     assert data["x"].dtype == np.uint8 and data["x"].shape[1:] == (32, 32, 3)
     assert len(data["x"]) == len(data["y"]) == len(data["indices"]) == 256
     assert metrics["measured_linf_levels"] <= 8
-    for name in ("victim_accuracy.png", "examples.png", "generator.pt", "poisoned_train.json"):
+    for name in (
+        "victim_accuracy.png",
+        "training.png",
+        "examples.png",
+        "generator.pt",
+        "poisoned_train.json",
+    ):
         assert (out / name).is_file()
     torch.load(out / "generator.pt", weights_only=True)
 

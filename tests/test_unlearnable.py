@@ -468,3 +468,31 @@ def test_error_minimizing_weight_adds_kappa_times_the_follower_loss() -> None:
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
     with pytest.raises(ValueError, match="error_minimizing_weight"):
         small_game(error_minimizing_weight=-1.0)
+
+
+def test_presets_build_and_the_paper_models_take_a_bome_step() -> None:
+    from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, build_generator
+
+    for preset in PRESETS.values():
+        generator = build_generator(
+            preset.generator,
+            preset.epsilon,
+            3,
+            num_classes=10 if preset.label_conditioned else None,
+        )
+        classifier = build_classifier(preset.classifier, 3, 10)
+        UnlearnableGame(
+            generator, classifier, preset.epsilon, preset.variant, **preset.game_options
+        )
+    paper = PRESETS["paper"]
+    torch.manual_seed(0)
+    game = UnlearnableGame(
+        build_generator(paper.generator, paper.epsilon, 3),
+        build_classifier(paper.classifier, 3, 10),
+        paper.epsilon,
+    )
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    train = ImageDataset((x * 255).round().to(torch.uint8), y, tuple("abcdefghij"))
+    config = TrainingConfig(epochs=1, batch_size=4, solver_options={"inner_steps": 1}, log_every=1)
+    history = GeneratorTraining(game, config, train).run(progress=False)
+    assert len(history) == 1 and np.isfinite(history[0]["leader_loss"])

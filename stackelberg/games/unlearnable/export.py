@@ -87,6 +87,13 @@ def quantize_poison(clean: Tensor, poisoned: Tensor, epsilon: float) -> Tensor:
     return (base + delta).to(torch.uint8)
 
 
+def _as_uint8(poisoned: Tensor, clean: Tensor, epsilon: float) -> Tensor:
+    """``poisoned`` itself if already uint8, else :func:`quantize_poison`."""
+    if poisoned.dtype == torch.uint8:
+        return poisoned
+    return quantize_poison(clean, poisoned, epsilon)
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -101,10 +108,11 @@ def _manifest(
     clean: Tensor,
     labels: Tensor,
     epsilon: float,
-    source: Mapping[str, Any],
+    source: Mapping[str, Any] | None,
     generator_checkpoint: str | Path | None,
     fmt: str,
 ) -> dict[str, Any]:
+    poisoned, clean, labels = poisoned.cpu(), clean.cpu(), labels.cpu()
     linf = int((poisoned.int() - clean.int()).abs().amax()) if len(labels) else 0
     counts = Counter(labels.tolist())
     return {
@@ -116,7 +124,7 @@ def _manifest(
         "images": len(labels),
         "per_class": {str(k): counts[k] for k in sorted(counts)},
         "shape": list(poisoned.shape[1:]),
-        "source": dict(source),
+        "source": dict(source or {}),
         "generator_checkpoint": None if generator_checkpoint is None else str(generator_checkpoint),
         "generator_sha256": None
         if generator_checkpoint is None
@@ -142,9 +150,7 @@ def export_npz(
     Returns the manifest.
     """
     path = Path(path)
-    quantized = (
-        poisoned if poisoned.dtype == torch.uint8 else quantize_poison(clean, poisoned, epsilon)
-    )
+    quantized = _as_uint8(poisoned, clean, epsilon)
     indices = torch.arange(len(labels)) if indices is None else indices
     if not (len(quantized) == len(labels) == len(indices)):
         raise ValueError("poisoned images, labels and indices must have the same length")
@@ -153,15 +159,7 @@ def export_npz(
         np.savez_compressed(
             handle, x=x, y=labels.cpu().numpy().astype(np.int64), indices=indices.cpu().numpy()
         )
-    manifest = _manifest(
-        quantized.cpu(),
-        clean.cpu(),
-        labels.cpu(),
-        epsilon,
-        source or {},
-        generator_checkpoint,
-        "npz",
-    )
+    manifest = _manifest(quantized, clean, labels, epsilon, source, generator_checkpoint, "npz")
     manifest["file"] = path.name
     manifest["sha256"] = file_sha256(path)
     write_json(path.with_suffix(".json"), manifest)
@@ -180,15 +178,14 @@ def export_png_folder(
     generator_checkpoint: str | Path | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Write the poisoned images as lossless PNGs ``root/<class>/<index>.png`` (index into the
-    source dataset, zero-padded) plus ``root/manifest.json``; the folder appears atomically.
+    """Write the poisoned images as lossless PNGs ``root/<class>/<i>.png`` (``i``: the image's
+    position in ``poisoned``, zero-padded) plus ``root/manifest.json``; the folder appears
+    atomically.
 
     Raises:
         FileExistsError: ``root`` exists and ``overwrite`` is off.
     """
-    quantized = (
-        poisoned if poisoned.dtype == torch.uint8 else quantize_poison(clean, poisoned, epsilon)
-    )
+    quantized = _as_uint8(poisoned, clean, epsilon)
     width = max(len(str(len(labels) - 1)), 1)
     with atomic_directory(root, overwrite=overwrite) as tmp:
         for class_name in classes:
@@ -199,15 +196,7 @@ def export_png_folder(
             buffer = io.BytesIO()
             picture.save(buffer, format="PNG")
             (tmp / classes[label] / f"{i:0{width}d}.png").write_bytes(buffer.getvalue())
-        manifest = _manifest(
-            quantized.cpu(),
-            clean.cpu(),
-            labels.cpu(),
-            epsilon,
-            source or {},
-            generator_checkpoint,
-            "png",
-        )
+        manifest = _manifest(quantized, clean, labels, epsilon, source, generator_checkpoint, "png")
         manifest["classes"] = list(classes)
         write_json(tmp / "manifest.json", manifest)
     return manifest

@@ -89,6 +89,24 @@ class Preset:
         return dataclasses.asdict(self)
 
 
+#: The CPU budget shared by ``cpu`` and ``cpu-paper-game``: the paper's game, BOME.
+_CPU_PAPER_GAME = Preset(
+    name="cpu-paper-game",
+    train_size=15_000,
+    validation_size=1000,
+    generator="unet-small",
+    classifier="convnet-small",
+    victim="convnet",
+    training=TrainingConfig(
+        epochs=20,
+        batch_size=128,
+        generator_lr=1.0,
+        quick_test_every=4,
+        quick_test=VictimSchedule.scaled(3, lr=0.05),
+    ),
+    victim_schedule=VictimSchedule.scaled(15, lr=0.05),
+)
+
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper",
@@ -105,44 +123,20 @@ PRESETS: dict[str, Preset] = {
         ),
         victim_schedule=PAPER_SCHEDULE,
     ),
-    "cpu": Preset(
+    "cpu": _CPU_PAPER_GAME.with_changes(
         name="cpu",
-        train_size=15_000,
-        validation_size=1000,
-        generator="unet-small",
-        classifier="convnet-small",
-        victim="convnet",
         label_conditioned=True,
         game_options={"error_minimizing_weight": 1.0},
-        training=TrainingConfig(
-            epochs=20,
-            batch_size=128,
+        training=dataclasses.replace(
+            _CPU_PAPER_GAME.training,
             solver="backgradient",
             solver_options={"inner_steps": 1, "inner_lr": 0.1},
             generator_optimizer="adam",
             generator_lr=1e-2,
             classifier_lr=0.05,
-            quick_test_every=4,
-            quick_test=VictimSchedule.scaled(3, lr=0.05),
         ),
-        victim_schedule=VictimSchedule.scaled(15, lr=0.05),
     ),
-    "cpu-paper-game": Preset(
-        name="cpu-paper-game",
-        train_size=15_000,
-        validation_size=1000,
-        generator="unet-small",
-        classifier="convnet-small",
-        victim="convnet",
-        training=TrainingConfig(
-            epochs=20,
-            batch_size=128,
-            generator_lr=1.0,
-            quick_test_every=4,
-            quick_test=VictimSchedule.scaled(3, lr=0.05),
-        ),
-        victim_schedule=VictimSchedule.scaled(15, lr=0.05),
-    ),
+    "cpu-paper-game": _CPU_PAPER_GAME,
     "smoke": Preset(
         name="smoke",
         train_size=256,
