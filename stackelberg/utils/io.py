@@ -17,6 +17,13 @@ import torch
 __all__ = ["atomic_directory", "atomic_path", "write_json", "write_text", "write_torch"]
 
 
+def _default_mode(base: int) -> int:
+    """``base`` masked by the process umask: the mode ``open()`` would have given."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path next to ``path``; renamed to ``path`` if the block succeeds, removed
@@ -27,6 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _default_mode(0o666))  # mkstemp makes it owner-only
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -47,6 +55,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        os.chmod(tmp, _default_mode(0o777))  # mkdtemp makes it owner-only
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
