@@ -22,3 +22,21 @@ def test_readme_snippet_solves_the_duopoly() -> None:
     game = namespace["game"]
     assert float(game.leader.value.detach()) == pytest.approx(4.5, rel=1e-3)
     assert float(game.follower.value.detach()) == pytest.approx(2.25, rel=1e-3)
+
+
+def test_readme_unlearnable_snippet_trains_poisons_and_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    text = README.read_text()
+    section = text.split("## The flagship: Game Unlearnable Examples", 1)[1]
+    snippet = section.split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # the snippet writes into results/my-run
+    namespace: dict = {}
+    exec(compile(snippet, "README", "exec"), namespace)
+    assert namespace["training"].epoch == 2
+    assert (tmp_path / "results" / "my-run" / "checkpoint.pt").is_file()
+    exported = np.load(tmp_path / "results" / "my-run" / "poisoned.npz")
+    clean = namespace["data"]["train"].images.permute(0, 2, 3, 1).numpy().astype(int)
+    assert np.abs(exported["x"].astype(int) - clean).max() <= 8
