@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -37,6 +34,7 @@ from stackelberg.games.adversarial import (
     robust_accuracy,
 )
 from stackelberg.models import SmallCNN
+from stackelberg.utils.io import write_json, write_text, write_torch
 
 
 @dataclass
@@ -52,17 +50,6 @@ class Config:
     lr: float = 0.05
     width: int = 8
     seed: int = 0
-
-
-def write_atomically(path: Path, content: str | dict[str, Any]) -> None:
-    """Text, or a dict of tensors (``torch.save``), to a temporary file renamed into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    if isinstance(content, str):
-        Path(tmp).write_text(content)
-    else:
-        torch.save(content, tmp)
-    os.replace(tmp, path)
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -176,8 +163,8 @@ def main() -> None:
             state[f"{attack}_model"] = models[attack].state_dict()
             state[f"{attack}_optimizer"] = optimizers[attack].state_dict()
         payload = {"config": asdict(config), "history": history}
-        write_atomically(args.output_dir / "metrics.json", json.dumps(payload, indent=2))
-        write_atomically(checkpoint_path, state)
+        write_json(args.output_dir / "metrics.json", payload)
+        write_torch(checkpoint_path, state)
 
     final_batches = batches(test_x, test_y, config.batch_size)
     final = {attack: evaluate(models[attack], final_batches, config) for attack in models}
@@ -190,7 +177,7 @@ def main() -> None:
         "final": final,
         "seconds": time.perf_counter() - start,
     }
-    write_atomically(args.output_dir / "metrics.json", json.dumps(payload, indent=2))
+    write_json(args.output_dir / "metrics.json", payload)
 
     lines = [
         f"MNIST, {config.train_size} training images, small CNN (width {config.width}), "
@@ -206,7 +193,7 @@ def main() -> None:
             f"{100 * row['beta']:.1f} | {row['pgd_misclassified']} | {row['beta_misclassified']} |"
         )
     table = "\n".join(lines) + "\n"
-    write_atomically(args.output_dir / "results.md", table)
+    write_text(args.output_dir / "results.md", table)
     plot(history, config, args.output_dir / "robust_accuracy.png")
     print(table)
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ from stackelberg.games.poisoning import (
     train_victim,
 )
 from stackelberg.models import MLP, LogisticRegression
+from stackelberg.utils.io import write_json, write_text
 
 DATASETS = ("mnist17", "mnist10", "breast_cancer")
 MODES = {
@@ -275,13 +274,6 @@ def measure_memory(x: torch.Tensor, y: torch.Tensor, classes: int, config: Confi
     return out
 
 
-def write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def markdown(results: dict[str, Any], config: Config) -> str:
     lines = [
         "Victim test error (%) after retraining, mean ± std over "
@@ -386,7 +378,7 @@ def main() -> None:
     if args.report_only:
         results = json.loads((args.output_dir / "results.json").read_text())
         config = Config(**results["config"])
-        write_atomically(args.output_dir / "results.md", markdown(results, config))
+        write_text(args.output_dir / "results.md", markdown(results, config))
         plot(results, config, args.output_dir / "test_error.png")
         print(markdown(results, config))
         return
@@ -419,14 +411,14 @@ def main() -> None:
             loaded[dataset] = load_dataset(dataset, args.data_dir)
         x, y, classes = loaded[dataset]
         results["cells"][f"{dataset}/{victim}"] = run_cell(dataset, victim, x, y, classes, config)
-        write_atomically(args.output_dir / "results.json", json.dumps(results, indent=2))
+        write_json(args.output_dir / "results.json", results)
     if config.memory_steps:
         x, y, classes = loaded[config.datasets[-1]]
         results["memory_mib"] = measure_memory(x, y, classes, config)
     results["seconds"] = time.perf_counter() - start
-    write_atomically(args.output_dir / "results.json", json.dumps(results, indent=2))
+    write_json(args.output_dir / "results.json", results)
     table = markdown(results, config)
-    write_atomically(args.output_dir / "results.md", table)
+    write_text(args.output_dir / "results.md", table)
     plot(results, config, args.output_dir / "test_error.png")
     print(table)
     print(
