@@ -31,6 +31,7 @@ import torch
 
 from stackelberg.data import DATASETS, ImageDataset, load_dataset, subset
 from stackelberg.games.unlearnable import UnlearnableGame
+from stackelberg.games.unlearnable.checkpoint import save_generator
 from stackelberg.games.unlearnable.export import export_npz, poison_images, quantize_poison
 from stackelberg.games.unlearnable.presets import (
     PRESETS,
@@ -40,7 +41,7 @@ from stackelberg.games.unlearnable.presets import (
 )
 from stackelberg.games.unlearnable.training import SOLVER_DEFAULTS, GeneratorTraining
 from stackelberg.games.unlearnable.victim import train_victim
-from stackelberg.utils.io import write_json, write_torch
+from stackelberg.utils.io import write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -280,9 +281,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timings["train_generator_s"] = time.perf_counter() - start
     best_epoch = training.use_best_generator()
     generator_path = out / "generator.pt"
-    write_torch(generator_path, game.leader.state_dict())
-    write_json(
-        out / "generator.json",
+    save_generator(
+        generator_path,
+        game.leader,
         {
             "architecture": preset.generator,
             "label_conditioned": preset.label_conditioned,

@@ -14,12 +14,18 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from stackelberg.games.unlearnable.training import TrainingConfig
+from stackelberg.data.folders import ImageDataset
+from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
+from stackelberg.games.unlearnable.game import UnlearnableGame
+from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
 from stackelberg.games.unlearnable.victim import PAPER_SCHEDULE, VictimSchedule
 from stackelberg.models import (
     ConvNet,
@@ -29,10 +35,19 @@ from stackelberg.models import (
     UNetGenerator,
 )
 
-__all__ = ["CLASSIFIERS", "GENERATORS", "PRESETS", "Preset", "build_classifier", "build_generator"]
+__all__ = [
+    "CLASSIFIERS",
+    "GENERATORS",
+    "PRESETS",
+    "Preset",
+    "build_classifier",
+    "build_game",
+    "build_generator",
+    "train_preset_generator",
+]
 
 GENERATORS = ("unet", "unet-small", "encoder-decoder")
-CLASSIFIERS = ("resnet18", "convnet", "convnet-small")
+CLASSIFIERS = ("resnet18", "convnet", "convnet-lite", "convnet-small")
 
 
 def build_generator(
@@ -54,12 +69,15 @@ def build_generator(
 
 
 def build_classifier(name: str, in_channels: int, num_classes: int) -> nn.Module:
-    """``resnet18`` (CIFAR ResNet-18), ``convnet`` (widths 32/64/128, two convs per stage) or
-    ``convnet-small`` (16/32/64, one conv per stage)."""
+    """``resnet18`` (CIFAR ResNet-18), ``convnet`` (widths 32/64/128, two convs per stage),
+    ``convnet-lite`` (32/64/128, one conv per stage) or ``convnet-small`` (16/32/64, one conv
+    per stage)."""
     if name == "resnet18":
         return ResNet18(num_classes, in_channels)
     if name == "convnet":
         return ConvNet(in_channels, num_classes, widths=(32, 64, 128), convs_per_stage=2)
+    if name == "convnet-lite":
+        return ConvNet(in_channels, num_classes, widths=(32, 64, 128), convs_per_stage=1)
     if name == "convnet-small":
         return ConvNet(in_channels, num_classes, widths=(16, 32, 64), convs_per_stage=1)
     raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}; got {name!r}")
@@ -155,3 +173,76 @@ PRESETS: dict[str, Preset] = {
         victim_schedule=VictimSchedule.scaled(2, lr=0.05),
     ),
 }
+
+
+def build_game(preset: Preset, in_channels: int, num_classes: int) -> UnlearnableGame:
+    """A fresh :class:`UnlearnableGame` with the preset's generator, follower and options."""
+    generator = build_generator(
+        preset.generator,
+        preset.epsilon,
+        in_channels,
+        num_classes=num_classes if preset.label_conditioned else None,
+    )
+    classifier = build_classifier(preset.classifier, in_channels, num_classes)
+    return UnlearnableGame(
+        generator, classifier, preset.epsilon, preset.variant, **preset.game_options
+    )
+
+
+def train_preset_generator(
+    preset: Preset,
+    train: ImageDataset,
+    run_dir: str | Path,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    epochs: int | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``preset``'s generator on ``train`` (its last ``validation_size`` images of a
+    seeded shuffle held out for the quick tests) into ``run_dir``, resuming an interrupted run
+    and returning an existing ``run_dir/generator.pt`` as is. ``epochs`` overrides the
+    preset's. Returns the generator and its checkpoint metadata."""
+    run_dir = Path(run_dir)
+    path = run_dir / "generator.pt"
+    if path.is_file() and path.with_suffix(".json").is_file():
+        return load_generator(path, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = preset.training
+    if epochs is not None:
+        config = dataclasses.replace(config, epochs=epochs)
+    config = dataclasses.replace(config, seed=seed)
+    validation_size = min(preset.validation_size, len(train) // 5)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:validation_size], order[validation_size:]
+    fit = ImageDataset(train.images[kept], train.labels[kept], train.classes)
+    validation = ImageDataset(train.images[held], train.labels[held], train.classes)
+    channels, num_classes = int(train.images.shape[1]), len(train.classes)
+    torch.manual_seed(seed)
+    game = build_game(preset, channels, num_classes).to(torch.device(device))
+    training = GeneratorTraining(
+        game,
+        config,
+        fit,
+        validation=validation if config.quick_test_every else None,
+        victim_factory=lambda: build_classifier(preset.victim, channels, num_classes),
+        run_dir=run_dir,
+    )
+    training.resume()
+    start = time.perf_counter()
+    training.run(progress=progress)
+    metadata = {
+        "architecture": preset.generator,
+        "label_conditioned": preset.label_conditioned,
+        "num_classes": num_classes,
+        "epsilon": preset.epsilon,
+        "in_channels": channels,
+        "epoch": training.use_best_generator(),
+        "preset": preset.name,
+        "solver": config.solver,
+        "training_images": len(fit),
+        "seed": seed,
+        "fit_seconds": time.perf_counter() - start,
+    }
+    save_generator(path, game.leader, metadata)
+    return game.leader.eval(), metadata

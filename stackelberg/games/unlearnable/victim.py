@@ -8,13 +8,14 @@ decay 5e-4, learning rate 0.01 for 100 epochs, multiplied by 0.1 at epochs 75 an
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
+
+from stackelberg.games.unlearnable.defenses import Defense
 
 __all__ = [
     "PAPER_SCHEDULE",
@@ -60,11 +61,13 @@ PAPER_SCHEDULE = VictimSchedule()
 
 @dataclass
 class VictimResult:
-    """Clean test accuracy after every epoch (``test_accuracy[-1]`` is the final one) and the
-    training accuracy on the (poisoned) training set per epoch."""
+    """Clean test accuracy after the epochs in ``tested_epochs`` (every epoch by default;
+    ``test_accuracy[-1]`` is the final one) and the training accuracy on the (poisoned)
+    training set per epoch."""
 
     test_accuracy: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
+    tested_epochs: list[int] = field(default_factory=list)
 
     @property
     def final(self) -> float:
@@ -114,7 +117,8 @@ def train_victim(
     schedule: VictimSchedule = PAPER_SCHEDULE,
     *,
     seed: int = 0,
-    transform: Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]] | None = None,
+    defense: Defense | None = None,
+    test_every_epoch: bool = True,
     progress: bool = True,
     description: str = "victim",
 ) -> VictimResult:
@@ -122,8 +126,10 @@ def train_victim(
     ``schedule`` and report the clean test accuracy after every epoch.
 
     Images are uint8 or float in ``[0, 1]``, ``(N, C, H, W)``, on any device (batches move to
-    the model's device). ``transform(x, y, generator)`` (a defense such as Mixup) runs on
-    every augmented batch and may return soft labels ``(N, K)``.
+    the model's device). A ``defense`` (:mod:`~stackelberg.games.unlearnable.defenses`)
+    first prepares the training and test sets (squeezing), then maps every augmented batch
+    (Mixup, Cutout, CutMix, adversarial training; soft labels allowed). With
+    ``test_every_epoch=False`` only the final model is tested (``result.tested_epochs``).
     """
     if train_images.shape[0] != train_labels.shape[0] or train_images.dim() != 4:
         raise ValueError(
@@ -132,6 +138,9 @@ def train_victim(
         )
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
+    if defense is not None:
+        train_images = defense.prepare_train(train_images)
+        test_images = defense.prepare_test(test_images)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=schedule.lr,
@@ -144,7 +153,7 @@ def train_victim(
     result = VictimResult()
     n = train_labels.shape[0]
     epochs = tqdm(range(schedule.epochs), desc=description, disable=not progress, leave=False)
-    for _ in epochs:
+    for epoch in epochs:
         model.train()
         order = torch.randperm(n, generator=generator)
         correct = 0
@@ -155,8 +164,8 @@ def train_victim(
             if schedule.augment:
                 x = augment(x, generator)
             target: Tensor = y
-            if transform is not None:
-                x, target = transform(x, y, generator)
+            if defense is not None:
+                x, target = defense.batch(model, x, y, generator)
             logits = model(x)
             loss = F.cross_entropy(logits, target)
             if not torch.isfinite(loss):
@@ -169,6 +178,8 @@ def train_victim(
             correct += int((logits.argmax(1) == y).sum())
         scheduler.step()
         result.train_accuracy.append(correct / n)
-        result.test_accuracy.append(accuracy(model, test_images, test_labels))
-        epochs.set_postfix(test=f"{result.test_accuracy[-1]:.3f}")
+        if test_every_epoch or epoch == schedule.epochs - 1:
+            result.test_accuracy.append(accuracy(model, test_images, test_labels))
+            result.tested_epochs.append(epoch + 1)
+            epochs.set_postfix(test=f"{result.test_accuracy[-1]:.3f}")
     return result

@@ -1,0 +1,405 @@
+"""The comparison suite's tables: one command per table, Markdown + JSON + PNG per table.
+
+    python experiments/unlearnable_tables.py table1 --scale cpu --dataset folder \\
+        --data-dir ../shared/data/cifar10-jpeg.tar.gz --output-dir results/tables-cpu \\
+        --gue-generator results/gue-cpu/generator.pt
+
+Commands (each writes ``NAME.md``, ``NAME.json`` and ``NAME.png`` into ``--output-dir``):
+
+- ``table1``: victim clean test accuracy after training on each attack's poisons, with each
+  attack's generation cost (wall time, images per second) (GUE paper, Table 1);
+- ``table2``: transfer: GUE's poisons against several victim architectures (Table 2);
+- ``table3``: defenses × attacks (Table 3 and beyond);
+- ``table4``: generalization: a GUE generator trained on part of the training set poisons all
+  of it (Figure 3);
+- ``table5``: test accuracy per epoch of victims trained on each attack (Figure 2);
+- ``diagnostics``: noise-only accuracy and linear separability of each attack's
+  perturbations, and the attacker-loss ablation (Figure 5).
+
+Poisons and finished victims are cached in the output folder, so tables share work and an
+interrupted command picks up where it stopped. Scales: ``cpu`` (this machine: hours for the
+full Table 3), ``paper`` (GPU), ``smoke`` (seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stackelberg.data import DATASETS, load_dataset
+from stackelberg.games.unlearnable.benchmark import (
+    SCALES,
+    TABLE_ATTACKS,
+    TABLE_DEFENSES,
+    Benchmark,
+)
+from stackelberg.games.unlearnable.diagnostics import (
+    attacker_loss_ablation,
+    linear_separability,
+    noise_only_accuracy,
+)
+from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, build_generator
+from stackelberg.utils.io import write_json, write_text
+
+TABLES = ("table1", "table2", "table3", "table4", "table5", "diagnostics")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", choices=TABLES, help="which table to make")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    parser.add_argument("--dataset", choices=DATASETS, default="folder")
+    parser.add_argument("--data-dir", type=Path, help="dataset location (see load_dataset)")
+    parser.add_argument("--download", action="store_true", help="download CIFAR if missing")
+    parser.add_argument("--output-dir", type=Path, help="default: results/tables-SCALE")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epsilon", type=float, default=8 / 255, help="ℓ∞ budget (default 8/255)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--gue-generator",
+        type=Path,
+        help="a trained GUE generator.pt (with its .json); default: train the scale's preset",
+    )
+    parser.add_argument(
+        "--attacks", help=f"comma-separated subset of {','.join(TABLE_ATTACKS)} (default: all)"
+    )
+    parser.add_argument(
+        "--defenses", help=f"table3 only: comma-separated subset of {','.join(TABLE_DEFENSES)}"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    args.attacks = _choices(args.attacks, TABLE_ATTACKS, "attack", parser)
+    args.defenses = _choices(args.defenses, TABLE_DEFENSES, "defense", parser)
+    args.output_dir = args.output_dir or Path("results") / f"tables-{args.scale}"
+    return args
+
+
+def _choices(
+    value: str | None, allowed: tuple[str, ...], what: str, parser: argparse.ArgumentParser
+) -> tuple[str, ...]:
+    if value is None:
+        return allowed
+    chosen = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown or not chosen:
+        parser.error(f"unknown {what}(s) {', '.join(unknown) or '(none)'}; choose from {allowed}")
+    return chosen
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(
+    bench: Benchmark, name: str, title: str, markdown: str, payload: dict[str, Any]
+) -> None:
+    config = bench.config()
+    note = (
+        f"\n{config['train_images']} training images, {config['test_images']} test images, "
+        f"victim `{bench.scale.victim}` ({bench.scale.victim_schedule.epochs} epochs), "
+        f"ε = {round(255 * bench.epsilon)}/255, seed {bench.seed}, scale `{bench.scale.name}`.\n"
+    )
+    write_text(bench.out / f"{name}.md", f"# {title}\n\n{markdown}{note}")
+    write_json(bench.out / f"{name}.json", {"title": title, "config": config, **payload})
+    print(f"wrote {bench.out / name}.md, .json, .png", flush=True)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    from stackelberg.utils.io import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    _pyplot().close(fig)
+
+
+def _percent(x: float) -> float:
+    return 100.0 * x
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+
+def table1(bench: Benchmark, attacks: tuple[str, ...]) -> None:
+    rows, payload = [], {}
+    clean = bench.victim_result("clean")["accuracy"]
+    for attack in attacks:
+        cell = bench.victim_result(attack)
+        poison = bench.poison(attack)
+        report = _report(bench, attack)
+        rows.append(
+            [
+                attack,
+                _percent(cell["accuracy"]),
+                _percent(cell["accuracy"] - clean),
+                f"{poison.seconds:.1f}",
+                "—" if attack == "clean" else f"{poison.images_per_second:.0f}",
+                _notes(attack, poison.info),
+            ]
+        )
+        payload[attack] = {**cell, "craft_seconds": poison.seconds, "report": report}
+    header = ["attack", "victim test acc. (%)", "Δ vs clean", "craft time (s)", "images/s", "notes"]
+    write_outputs(
+        bench,
+        "table1",
+        "Table 1: victim clean test accuracy per attack",
+        markdown_table(header, rows),
+        {"rows": payload},
+    )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = [r[0] for r in rows]
+    ax.bar(names, [r[1] for r in rows], color=["tab:gray"] + ["tab:red"] * (len(rows) - 1))
+    ax.set_ylabel("victim clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.tick_params(axis="x", rotation=45)
+    ax.set_title(f"Table 1 ({bench.scale.name} scale)")
+    _save(fig, bench.out / "table1.png")
+
+
+def _report(bench: Benchmark, attack: str) -> dict[str, Any]:
+    path = bench.out / "poisons" / f"{attack}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _notes(attack: str, info: dict[str, Any]) -> str:
+    if attack.startswith("em"):
+        state = "converged" if info.get("converged") else "NOT converged"
+        return (
+            f"{info.get('rounds')} rounds, surrogate poisoned-train acc "
+            f"{_percent(info.get('poisoned_train_accuracy', 0)):.1f} % ({state})"
+        )
+    if attack == "tap":
+        return (
+            f"crafting model clean-train acc {_percent(info['crafting_clean_accuracy']):.1f} %, "
+            f"target hit {_percent(info['target_hit_rate']):.1f} %"
+        )
+    if "apply_images_per_second" in info:
+        fit = info.get("fit_seconds", info.get("generator", {}).get("fit_seconds"))
+        fit_text = "" if fit is None else f"generator training {fit:.0f} s; "
+        return f"{fit_text}forward pass {info['apply_images_per_second']:.0f} images/s"
+    return ""
+
+
+def table2(bench: Benchmark) -> None:
+    rows, payload = [], {}
+    for victim in bench.scale.transfer_victims:
+        clean = bench.victim_result("clean", victim=victim)["accuracy"]
+        poisoned = bench.victim_result("gue", victim=victim)["accuracy"]
+        rows.append([victim, _percent(clean), _percent(poisoned), _percent(poisoned - clean)])
+        payload[victim] = {"clean": clean, "gue": poisoned}
+    header = ["victim", "clean (%)", "GUE (%)", "Δ"]
+    write_outputs(
+        bench,
+        "table2",
+        "Table 2: transfer of GUE poisons across victim architectures",
+        markdown_table(header, rows),
+        {"rows": payload},
+    )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    positions = range(len(rows))
+    ax.bar([p - 0.2 for p in positions], [r[1] for r in rows], 0.4, label="clean")
+    ax.bar([p + 0.2 for p in positions], [r[2] for r in rows], 0.4, label="GUE")
+    ax.set_xticks(list(positions), [r[0] for r in rows])
+    ax.set_ylabel("victim clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    _save(fig, bench.out / "table2.png")
+
+
+def table3(bench: Benchmark, attacks: tuple[str, ...], defenses: tuple[str, ...]) -> None:
+    grid = [[bench.victim_result(a, d)["accuracy"] for d in defenses] for a in attacks]
+    rows = [[a, *(_percent(v) for v in row)] for a, row in zip(attacks, grid, strict=True)]
+    write_outputs(
+        bench,
+        "table3",
+        "Table 3: victim clean test accuracy (%) under each defense",
+        markdown_table(["attack \\ defense", *defenses], rows),
+        {"attacks": list(attacks), "defenses": list(defenses), "accuracy": grid},
+    )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(defenses), 0.8 + 0.45 * len(attacks)))
+    image = ax.imshow([[_percent(v) for v in row] for row in grid], vmin=0, vmax=100, cmap="RdYlGn")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{_percent(value):.0f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(defenses)), defenses, rotation=45)
+    ax.set_yticks(range(len(attacks)), attacks)
+    fig.colorbar(image, ax=ax, label="victim clean test accuracy (%)")
+    _save(fig, bench.out / "table3.png")
+
+
+def table4(bench: Benchmark) -> None:
+    fractions = bench.scale.generalization_fractions
+    clean = bench.victim_result("clean")["accuracy"]
+    cells = [bench.generalization_result(f) for f in fractions]
+    rows = [
+        [f"{round(100 * f)} %", _percent(c["accuracy"])]
+        for f, c in zip(fractions, cells, strict=True)
+    ]
+    write_outputs(
+        bench,
+        "table4",
+        "Table 4: a GUE generator trained on part of the training set poisons all of it",
+        markdown_table(["generator's share of the training set", "victim test acc. (%)"], rows)
+        + f"\nClean victim: {_percent(clean):.1f} %.\n",
+        {"fractions": list(fractions), "accuracy": [c["accuracy"] for c in cells], "clean": clean},
+    )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(
+        [100 * f for f in fractions], [_percent(c["accuracy"]) for c in cells], "o-", label="GUE"
+    )
+    ax.axhline(_percent(clean), color="gray", ls="--", label="clean")
+    ax.set_xlabel("share of the training set the generator saw (%)")
+    ax.set_ylabel("victim clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    _save(fig, bench.out / "table4.png")
+
+
+def table5(bench: Benchmark, attacks: tuple[str, ...]) -> None:
+    curves = {a: bench.victim_result(a)["test_curve"] for a in attacks}
+    epochs = len(next(iter(curves.values())))
+    marks = sorted({1, max(1, epochs // 4), max(1, epochs // 2), epochs})
+    rows = [[a, *(_percent(c[e - 1]) for e in marks)] for a, c in curves.items()]
+    write_outputs(
+        bench,
+        "table5",
+        "Table 5: victim clean test accuracy (%) per epoch",
+        markdown_table(["attack", *(f"epoch {e}" for e in marks)], rows),
+        {"curves": curves},
+    )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for attack, curve in curves.items():
+        style = "k-" if attack == "clean" else "-"
+        ax.plot(range(1, len(curve) + 1), [_percent(v) for v in curve], style, label=attack)
+    ax.set_xlabel("victim epoch")
+    ax.set_ylabel("clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, bench.out / "table5.png")
+
+
+def diagnostics(bench: Benchmark, attacks: tuple[str, ...]) -> None:
+    rows, payload = [], {}
+    clean = bench.train.images.float() / 255.0
+    for attack in (a for a in attacks if a != "clean"):
+        delta = bench.poison(attack).images.float() / 255.0 - clean
+        noise_only = noise_only_accuracy(
+            delta,
+            bench.train.labels,
+            bench.epsilon,
+            lambda: build_classifier("convnet-small", bench.channels, bench.num_classes),
+            seed=bench.seed,
+        )
+        linear = linear_separability(
+            delta, bench.train.labels, bench.epsilon, bench.num_classes, seed=bench.seed
+        )
+        rows.append(
+            [
+                attack,
+                _percent(noise_only),
+                _percent(linear["train_accuracy"]),
+                _percent(linear["test_accuracy"]),
+            ]
+        )
+        payload[attack] = {"noise_only_accuracy": noise_only, **linear}
+    preset = PRESETS[bench.scale.gue_preset]
+    steps = 20 if bench.scale.name == "smoke" else 200
+    curves = attacker_loss_ablation(
+        bench.train,
+        lambda: build_generator(preset.generator, bench.epsilon, bench.channels),
+        lambda: build_classifier(preset.classifier, bench.channels, bench.num_classes),
+        bench.epsilon,
+        steps=steps,
+        batch_size=min(128, len(bench.train)),
+        seed=bench.seed,
+        device=bench.device,
+    )
+    header = ["attack", "noise-only acc. (%)", "linear train acc. (%)", "linear held-out acc. (%)"]
+    write_outputs(
+        bench,
+        "diagnostics",
+        "Diagnostics: how learnable the perturbations are on their own",
+        markdown_table(header, rows)
+        + "\nThe attacker-loss ablation (GUE paper, Figure 5) is in diagnostics.png.\n",
+        {"rows": payload, "attacker_loss_ablation": curves},
+    )
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for loss_name, curve in curves.items():
+        axes[0].plot(curve["attacker_grad_norm"], label=loss_name)
+        axes[1].plot(curve["poisoned_loss"], label=loss_name)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("generator gradient norm")
+    axes[1].set_ylabel("follower loss on poisoned batch")
+    for ax in axes:
+        ax.set_xlabel("batch")
+        ax.legend()
+    _save(fig, bench.out / "diagnostics.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    try:
+        splits = load_dataset(args.dataset, args.data_dir, download=args.download)
+        bench = Benchmark(
+            args.scale,
+            splits["train"],
+            splits["test"],
+            args.output_dir,
+            epsilon=args.epsilon,
+            seed=args.seed,
+            device=args.device,
+            gue_generator=args.gue_generator,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as error:
+        sys.exit(f"error: {error}")
+    print(
+        f"{args.table}: seed {args.seed}; config:\n"
+        f"{json.dumps({**bench.config(), 'dataset': args.dataset}, indent=2, default=str)}",
+        flush=True,
+    )
+    if args.table == "table1":
+        table1(bench, args.attacks)
+    elif args.table == "table2":
+        table2(bench)
+    elif args.table == "table3":
+        table3(bench, args.attacks, args.defenses)
+    elif args.table == "table4":
+        table4(bench)
+    elif args.table == "table5":
+        table5(bench, args.attacks)
+    else:
+        diagnostics(bench, args.attacks)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,370 @@
+"""The comparison suite behind ``experiments/unlearnable_tables.py``: every attack's poisons,
+victims trained on them with or without a defense, and the paper's tables.
+
+A :class:`Benchmark` owns one results folder. Poisons are crafted once and cached
+(``poisons/NAME.npz`` with the uint8 images, ``NAME.json`` with the wall time and the attack's
+report); every victim result ("cell") is added to ``cells.json`` as soon as it is done, so an
+interrupted table resumes where it stopped and tables share work (Table 3's undefended column is
+Table 1, Table 5 plots Table 1's curves). All files are written atomically.
+
+Scales (:data:`SCALES`): ``cpu`` (a class-balanced 10 000-image subset of CIFAR-10, small CNNs,
+one to a few hours per table on 2 cores), ``paper`` (GPU: full data, ResNet-18, the 100-epoch
+victim protocol) and ``smoke`` (seconds, for tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from stackelberg.data.datasets import subset
+from stackelberg.data.folders import ImageDataset
+from stackelberg.games.unlearnable.attacks import ATTACKS, Poison, craft_poison
+from stackelberg.games.unlearnable.checkpoint import load_generator
+from stackelberg.games.unlearnable.defenses import DEFENSES, make_defense
+from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, train_preset_generator
+from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
+from stackelberg.utils.io import atomic_path, write_json
+
+__all__ = ["SCALES", "TABLE_ATTACKS", "TABLE_DEFENSES", "Benchmark", "TableScale"]
+
+#: The rows of Tables 1, 3 and 5: no poison, then every attack.
+TABLE_ATTACKS = ("clean", *ATTACKS)
+#: The columns of Table 3.
+TABLE_DEFENSES = tuple(DEFENSES)
+
+
+@dataclass(frozen=True)
+class TableScale:
+    """Everything a table needs besides data and seed.
+
+    ``surrogate`` is the classifier EM, TAP, DeepConfuse and ShortcutGen craft against;
+    ``attack_options`` overrides attack defaults by attack name; ``gue_preset`` is the preset
+    a GUE generator trains with when none is given (``gue_epochs`` overrides its epochs);
+    ``adversarial_steps`` is the PGD step count of the adversarial-training defenses."""
+
+    name: str
+    train_size: int | None
+    test_size: int | None
+    victim: str
+    victim_schedule: VictimSchedule
+    surrogate: str
+    transfer_victims: tuple[str, ...]
+    gue_preset: str
+    gue_epochs: int | None = None
+    adversarial_steps: int = 5
+    generalization_fractions: tuple[float, ...] = (1.0, 0.8, 0.6, 0.4, 0.2)
+    attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SCALES: dict[str, TableScale] = {
+    "cpu": TableScale(
+        name="cpu",
+        train_size=10_000,
+        test_size=None,
+        victim="convnet-lite",
+        victim_schedule=VictimSchedule.scaled(15, lr=0.02),
+        surrogate="convnet-small",
+        transfer_victims=("convnet-small", "convnet-lite", "convnet"),
+        gue_preset="cpu",
+        gue_epochs=8,
+        adversarial_steps=3,
+        attack_options={
+            "em": {"max_rounds": 40},
+            "em-classwise": {"max_rounds": 40},
+            "tap": {"crafting_schedule": VictimSchedule.scaled(10, lr=0.02)},
+            "deepconfuse": {"epochs": 5},
+            "deepconfuse-ls": {"epochs": 5},
+            "shortcutgen": {"epochs": 3},
+        },
+    ),
+    "paper": TableScale(
+        name="paper",
+        train_size=None,
+        test_size=None,
+        victim="resnet18",
+        victim_schedule=VictimSchedule(),
+        surrogate="resnet18",
+        transfer_victims=("resnet18", "convnet", "convnet-lite"),
+        gue_preset="paper",
+        adversarial_steps=10,
+        attack_options={
+            "tap": {"crafting_schedule": VictimSchedule.scaled(40, lr=0.1), "steps": 250},
+            "deepconfuse": {"epochs": 20},
+            "deepconfuse-ls": {"epochs": 20},
+            "shortcutgen": {"epochs": 10},
+        },
+    ),
+    "smoke": TableScale(
+        name="smoke",
+        train_size=256,
+        test_size=128,
+        victim="convnet-small",
+        victim_schedule=VictimSchedule.scaled(2, lr=0.05),
+        surrogate="convnet-small",
+        transfer_victims=("convnet-small", "convnet-lite"),
+        gue_preset="smoke",
+        adversarial_steps=1,
+        generalization_fractions=(1.0, 0.5),
+        attack_options={
+            "em": {"max_rounds": 3},
+            "em-classwise": {"max_rounds": 3},
+            "tap": {"crafting_schedule": VictimSchedule.scaled(1, lr=0.05), "steps": 2},
+            "deepconfuse": {"epochs": 1},
+            "deepconfuse-ls": {"epochs": 1},
+            "shortcutgen": {"epochs": 1},
+        },
+    ),
+}
+
+_SURROGATE_ATTACKS = ("em", "em-classwise", "tap", "shortcutgen")
+_GENERATOR_ATTACKS = ("deepconfuse", "deepconfuse-ls")
+
+
+class Benchmark:
+    """One results folder of poisons and victim results at one scale.
+
+    Args:
+        scale: a :class:`TableScale` (or the name of one in :data:`SCALES`).
+        train, test: the full training and test splits (uint8); the scale's class-balanced
+            subsets are taken with ``seed``.
+        out_dir: the results folder (created).
+        epsilon: the ℓ∞ budget of every attack.
+        gue_generator: a saved GUE generator (``generator.pt`` with its ``.json``); without
+            one, the scale's GUE preset trains one on the training subset into
+            ``out_dir/gue``.
+    """
+
+    def __init__(
+        self,
+        scale: TableScale | str,
+        train: ImageDataset,
+        test: ImageDataset,
+        out_dir: str | Path,
+        *,
+        epsilon: float = 8 / 255,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        gue_generator: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        if isinstance(scale, str):
+            if scale not in SCALES:
+                raise ValueError(f"scale must be one of {', '.join(SCALES)}; got {scale!r}")
+            scale = SCALES[scale]
+        self.scale, self.epsilon, self.seed = scale, epsilon, seed
+        self.device, self.progress = torch.device(device), progress
+        self.train, _ = subset(train, scale.train_size, seed)
+        self.test, _ = subset(test, scale.test_size, seed)
+        self.channels = int(self.train.images.shape[1])
+        self.num_classes = len(self.train.classes)
+        self.out = Path(out_dir)
+        (self.out / "poisons").mkdir(parents=True, exist_ok=True)
+        self.gue_generator_path = None if gue_generator is None else Path(gue_generator)
+        self._cells_path = self.out / "cells.json"
+        self.cells: dict[str, Any] = (
+            json.loads(self._cells_path.read_text()) if self._cells_path.is_file() else {}
+        )
+
+    # -- poisons ----------------------------------------------------------------------------
+
+    def _attack_options(self, attack: str) -> dict[str, Any]:
+        options: dict[str, Any] = {"device": self.device, "progress": self.progress}
+        if attack in _SURROGATE_ATTACKS:
+            options["model_factory"] = lambda: build_classifier(
+                self.scale.surrogate, self.channels, self.num_classes
+            )
+        if attack in _GENERATOR_ATTACKS:
+            options["classifier"] = build_classifier(
+                self.scale.surrogate, self.channels, self.num_classes
+            )
+        if attack == "shortcutgen":
+            options.pop("model_factory")
+            options["classifier"] = build_classifier(
+                self.scale.surrogate, self.channels, self.num_classes
+            )
+        options.update(self.scale.attack_options.get(attack, {}))
+        return options
+
+    def gue_generator(self) -> tuple[nn.Module, dict[str, Any]]:
+        """The GUE generator: the given checkpoint, or one trained with the scale's preset on
+        the training subset (resumed from ``out_dir/gue`` if interrupted)."""
+        if self.gue_generator_path is not None:
+            return load_generator(self.gue_generator_path, self.device)
+        return train_preset_generator(
+            PRESETS[self.scale.gue_preset],
+            self.train,
+            self.out / "gue",
+            seed=self.seed,
+            device=self.device,
+            epochs=self.scale.gue_epochs,
+            progress=self.progress,
+        )
+
+    def poison(self, attack: str) -> Poison:
+        """The training subset poisoned by ``attack`` (``"clean"``: unchanged), crafted once
+        and then read from ``poisons/``."""
+        if attack == "clean":
+            return Poison("clean", self.train.images, 0.0, {})
+        if attack not in ATTACKS:
+            raise ValueError(f"attack must be one of {', '.join(TABLE_ATTACKS)}; got {attack!r}")
+        images_path = self.out / "poisons" / f"{attack}.npz"
+        report_path = images_path.with_suffix(".json")
+        if images_path.is_file() and report_path.is_file():
+            report = json.loads(report_path.read_text())
+            with np.load(images_path, allow_pickle=False) as stored:
+                images = torch.from_numpy(stored["x"])
+            if images.shape == self.train.images.shape:
+                return Poison(attack, images, report["seconds"], report["info"])
+        if attack == "gue":
+            generator, metadata = self.gue_generator()
+            poison = craft_poison(
+                "gue",
+                self.train.images,
+                self.train.labels,
+                self.epsilon,
+                num_classes=self.num_classes,
+                seed=self.seed,
+                generator=generator,
+                progress=self.progress,
+            )
+            poison.info["generator"] = metadata
+        else:
+            poison = craft_poison(
+                attack,
+                self.train.images,
+                self.train.labels,
+                self.epsilon,
+                num_classes=self.num_classes,
+                seed=self.seed,
+                **self._attack_options(attack),
+            )
+        with atomic_path(images_path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, x=poison.images.numpy(), y=self.train.labels.numpy())
+        write_json(
+            report_path,
+            {
+                "attack": attack,
+                "seconds": poison.seconds,
+                "images": len(poison.images),
+                "images_per_second": poison.images_per_second,
+                "measured_linf_levels": int(
+                    (poison.images.int() - self.train.images.int()).abs().max()
+                ),
+                "info": poison.info,
+            },
+        )
+        return poison
+
+    # -- victims ----------------------------------------------------------------------------
+
+    def victim_result(
+        self,
+        attack: str,
+        defense: str = "none",
+        victim: str | None = None,
+        *,
+        train_images: torch.Tensor | None = None,
+        key_suffix: str = "",
+    ) -> dict[str, Any]:
+        """Train the ``victim`` architecture (default: the scale's) on ``attack``'s poisons
+        (or on ``train_images``) with ``defense``; returns (and caches) its final clean test
+        accuracy, per-epoch curve and wall time."""
+        victim = victim or self.scale.victim
+        key = f"{attack}{key_suffix}|{defense}|{victim}"
+        if key in self.cells:
+            return self.cells[key]
+        images = self.poison(attack).images if train_images is None else train_images
+        options = {"steps": self.scale.adversarial_steps} if defense.startswith("at-") else {}
+        torch.manual_seed(self.seed)
+        model = build_classifier(victim, self.channels, self.num_classes).to(self.device)
+        start = time.perf_counter()
+        result = train_victim(
+            model,
+            images,
+            self.train.labels,
+            self.test.images,
+            self.test.labels,
+            self.scale.victim_schedule,
+            seed=self.seed,
+            defense=make_defense(defense, self.num_classes, **options),
+            progress=self.progress,
+            description=f"{attack}/{defense}/{victim}",
+        )
+        cell = {
+            "attack": attack + key_suffix,
+            "defense": defense,
+            "victim": victim,
+            "accuracy": result.final,
+            "test_curve": result.test_accuracy,
+            "train_curve": result.train_accuracy,
+            "seconds": time.perf_counter() - start,
+        }
+        self.cells[key] = cell
+        write_json(self._cells_path, self.cells)
+        if self.progress:
+            tqdm.write(f"{key}: clean test accuracy {result.final:.4f}")
+        return cell
+
+    def generalization_result(self, fraction: float) -> dict[str, Any]:
+        """Table 4's cell: a GUE generator trained on the first ``fraction`` of a fixed
+        shuffle of the training subset poisons *all* of it; the victim's accuracy."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        percent = round(100 * fraction)
+        key = f"gue@{percent}%|none|{self.scale.victim}"
+        if key in self.cells:
+            return self.cells[key]
+        part, _ = subset(self.train, round(fraction * len(self.train)), self.seed + 1)
+        generator, _ = train_preset_generator(
+            PRESETS[self.scale.gue_preset],
+            part,
+            self.out / f"gue-{percent}",
+            seed=self.seed,
+            device=self.device,
+            epochs=self.scale.gue_epochs,
+            progress=self.progress,
+        )
+        poison = craft_poison(
+            "gue",
+            self.train.images,
+            self.train.labels,
+            self.epsilon,
+            num_classes=self.num_classes,
+            seed=self.seed,
+            generator=generator,
+        )
+        return self.victim_result("gue", train_images=poison.images, key_suffix=f"@{percent}%")
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale.to_dict(),
+            "epsilon": self.epsilon,
+            "seed": self.seed,
+            "train_images": len(self.train),
+            "test_images": len(self.test),
+            "device": str(self.device),
+            "gue_generator": None
+            if self.gue_generator_path is None
+            else str(self.gue_generator_path),
+        }
+
+
+def run_cells(
+    bench: Benchmark, cells: Sequence[tuple[str, str, str | None]]
+) -> list[dict[str, Any]]:
+    """Every ``(attack, defense, victim)`` cell, in order (cached ones are free)."""
+    return [bench.victim_result(a, d, v) for a, d, v in cells]

@@ -1,0 +1,170 @@
+"""Diagnostics, the generator checkpoint format, the benchmark's caching, and every table
+command end to end at the smoke scale."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from stackelberg.data import load_digits
+from stackelberg.games.unlearnable import benchmark as benchmark_module
+from stackelberg.games.unlearnable.attacks import classwise_noise, random_noise
+from stackelberg.games.unlearnable.benchmark import Benchmark
+from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
+from stackelberg.games.unlearnable.diagnostics import (
+    attacker_loss_ablation,
+    linear_separability,
+    noise_only_accuracy,
+)
+from stackelberg.games.unlearnable.presets import build_classifier, build_generator
+
+EPS = 8 / 255
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def images_and_labels(n: int = 200, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8), torch.arange(n) % k
+
+
+def test_linear_separability_separates_classwise_noise_but_not_random_noise() -> None:
+    images, labels = images_and_labels()
+    classwise = classwise_noise(images, labels, EPS, num_classes=4).delta
+    random = random_noise(images, labels, EPS, num_classes=4).delta
+    separable = linear_separability(classwise, labels, EPS, 4)
+    assert separable == {"train_accuracy": 1.0, "test_accuracy": 1.0}
+    noise = linear_separability(random, labels, EPS, 4)
+    assert noise["train_accuracy"] == 1.0  # 192 features, 160 points: it can memorize ...
+    assert noise["test_accuracy"] < 0.5  # ... but nothing generalizes (chance is 25 %)
+    with pytest.raises(ValueError, match="need perturbations"):
+        linear_separability(random[:, 0], labels, EPS, 4)
+
+
+def test_noise_only_accuracy_is_high_for_a_shortcut_and_chance_for_noise() -> None:
+    images, labels = images_and_labels(400)
+    factory = lambda: build_classifier("convnet-small", 3, 4)  # noqa: E731
+    classwise = classwise_noise(images, labels, EPS, num_classes=4).delta
+    assert noise_only_accuracy(classwise, labels, EPS, factory) == 1.0
+    random = random_noise(images, labels, EPS, num_classes=4).delta
+    assert noise_only_accuracy(random, labels, EPS, factory) < 0.45
+
+
+def test_attacker_loss_ablation_records_every_step_from_one_start() -> None:
+    digits = load_digits()["train"]
+    curves = attacker_loss_ablation(
+        digits,
+        lambda: build_generator("unet-small", EPS, 1),
+        lambda: build_classifier("convnet-small", 1, 10),
+        EPS,
+        steps=5,
+        batch_size=32,
+    )
+    assert set(curves) == {"sur", "ce", "ce_clip"}
+    for curve in curves.values():
+        assert len(curve["attacker_grad_norm"]) == len(curve["poisoned_loss"]) == 5
+        assert all(v >= 0 for v in curve["attacker_grad_norm"])
+    # Same initial networks and batch: the first poisoned loss does not depend on L_a.
+    first = {name: curve["poisoned_loss"][0] for name, curve in curves.items()}
+    assert first["sur"] == pytest.approx(first["ce"]) == pytest.approx(first["ce_clip"])
+
+
+def test_generator_checkpoints_round_trip_and_fail_clearly(tmp_path: Path) -> None:
+    generator = build_generator("unet-small", EPS, 3, num_classes=4)
+    metadata = {
+        "architecture": "unet-small",
+        "epsilon": EPS,
+        "in_channels": 3,
+        "label_conditioned": True,
+        "num_classes": 4,
+        "solver": "bome",
+    }
+    save_generator(tmp_path / "g.pt", generator, metadata)
+    loaded, meta = load_generator(tmp_path / "g.pt")
+    assert meta == metadata
+    for (name, a), (_, b) in zip(
+        generator.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="lacks"):
+        save_generator(tmp_path / "h.pt", generator, {"architecture": "unet-small"})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_generator(tmp_path / "missing.pt")
+    (tmp_path / "g.json").write_text(json.dumps({**metadata, "architecture": "unet"}))
+    with pytest.raises(ValueError, match="does not hold a unet generator"):
+        load_generator(tmp_path / "g.pt")
+
+
+def test_benchmark_caches_poisons_and_victims(tmp_path: Path, monkeypatch) -> None:
+    splits = load_digits()
+    bench = Benchmark("smoke", splits["train"], splits["test"], tmp_path, progress=False)
+    first = bench.victim_result("random")
+    assert (tmp_path / "poisons" / "random.npz").is_file()
+    calls = []
+    monkeypatch.setattr(benchmark_module, "train_victim", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(benchmark_module, "craft_poison", lambda *a, **k: calls.append(1))
+    reopened = Benchmark("smoke", splits["train"], splits["test"], tmp_path, progress=False)
+    assert reopened.victim_result("random") == first
+    assert torch.equal(reopened.poison("random").images, bench.poison("random").images)
+    assert calls == []
+    with pytest.raises(ValueError, match="scale must be one of"):
+        Benchmark("huge", splits["train"], splits["test"], tmp_path)
+
+
+def run_table(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "experiments" / "unlearnable_tables.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_every_table_command_writes_markdown_json_and_png(tmp_path: Path) -> None:
+    common = [
+        "--scale",
+        "smoke",
+        "--dataset",
+        "digits",
+        "--output-dir",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    attacks = ["--attacks", "clean,random,classwise,lsp,gue"]
+    for table, extra in [
+        ("table1", attacks),
+        ("table2", []),
+        ("table3", [*attacks, "--defenses", "none,grayscale,jpeg,at-2"]),
+        ("table4", []),
+        ("table5", attacks),
+        ("diagnostics", attacks),
+    ]:
+        result = run_table(table, *common, *extra)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "seed 0" in result.stdout
+        for suffix in (".md", ".json", ".png"):
+            assert (tmp_path / f"{table}{suffix}").stat().st_size > 0
+    table3 = json.loads((tmp_path / "table3.json").read_text())
+    table1 = json.loads((tmp_path / "table1.json").read_text())
+    # Table 3's undefended column is Table 1's result, not a second run.
+    column = table3["defenses"].index("none")
+    for attack, row in zip(table3["attacks"], table3["accuracy"], strict=True):
+        assert row[column] == table1["rows"][attack]["accuracy"]
+    table4 = json.loads((tmp_path / "table4.json").read_text())
+    assert table4["fractions"] == [1.0, 0.5] and len(table4["accuracy"]) == 2
+    assert (tmp_path / "gue-50" / "generator.pt").is_file()
+
+
+def test_table_command_rejects_unknown_attacks(tmp_path: Path) -> None:
+    result = run_table("table1", "--attacks", "em,magic", "--output-dir", str(tmp_path))
+    assert result.returncode == 2 and "magic" in result.stderr
+    result = run_table(
+        "table1",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(tmp_path / "none"),
+        "--output-dir",
+        str(tmp_path),
+    )
+    assert result.returncode == 1 and "error:" in result.stderr
