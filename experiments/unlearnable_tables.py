@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--defenses", help=f"table3 only: comma-separated subset of {','.join(TABLE_DEFENSES)}"
     )
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="table3 only: write the table from the victims already trained, train none",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     args.attacks = _choices(args.attacks, TABLE_ATTACKS, "attack", parser)
@@ -230,22 +235,46 @@ def table2(bench: Benchmark) -> None:
     _save(fig, bench.out / "table2.png")
 
 
-def table3(bench: Benchmark, attacks: tuple[str, ...], defenses: tuple[str, ...]) -> None:
-    grid = [[bench.victim_result(a, d)["accuracy"] for d in defenses] for a in attacks]
-    rows = [[a, *(_percent(v) for v in row)] for a, row in zip(attacks, grid, strict=True)]
+def table3(
+    bench: Benchmark, attacks: tuple[str, ...], defenses: tuple[str, ...], cached_only: bool
+) -> None:
+    # Column by column, so that an interrupted run leaves whole defenses done.
+    cells: dict[tuple[str, str], float | None] = {}
+    for defense in defenses:
+        for attack in attacks:
+            cell = bench.cached_result(attack, defense) if cached_only else None
+            if not cached_only:
+                cell = bench.victim_result(attack, defense)
+            cells[attack, defense] = None if cell is None else cell["accuracy"]
+    grid = [[cells[a, d] for d in defenses] for a in attacks]
+    rows = [
+        [a, *("—" if v is None else _percent(v) for v in row)]
+        for a, row in zip(attacks, grid, strict=True)
+    ]
+    done = sum(v is not None for row in grid for v in row)
+    status = (
+        ""
+        if done == len(attacks) * len(defenses)
+        else (
+            f"\nPartial: {done} of {len(attacks) * len(defenses)} cells done (— = not run yet); "
+            "rerun the command to continue.\n"
+        )
+    )
     write_outputs(
         bench,
         "table3",
         "Table 3: victim clean test accuracy (%) under each defense",
-        markdown_table(["attack \\ defense", *defenses], rows),
+        markdown_table(["attack \\ defense", *defenses], rows) + status,
         {"attacks": list(attacks), "defenses": list(defenses), "accuracy": grid},
     )
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(defenses), 0.8 + 0.45 * len(attacks)))
-    image = ax.imshow([[_percent(v) for v in row] for row in grid], vmin=0, vmax=100, cmap="RdYlGn")
+    values = [[float("nan") if v is None else _percent(v) for v in row] for row in grid]
+    image = ax.imshow(values, vmin=0, vmax=100, cmap="RdYlGn")
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
-            ax.text(j, i, f"{_percent(value):.0f}", ha="center", va="center", fontsize=8)
+            text = "—" if value is None else f"{_percent(value):.0f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(defenses)), defenses, rotation=45)
     ax.set_yticks(range(len(attacks)), attacks)
     fig.colorbar(image, ax=ax, label="victim clean test accuracy (%)")
@@ -392,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.table == "table2":
         table2(bench)
     elif args.table == "table3":
-        table3(bench, args.attacks, args.defenses)
+        table3(bench, args.attacks, args.defenses, args.cached_only)
     elif args.table == "table4":
         table4(bench)
     elif args.table == "table5":

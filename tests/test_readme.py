@@ -40,3 +40,20 @@ def test_readme_unlearnable_snippet_trains_poisons_and_exports(
     exported = np.load(tmp_path / "results" / "my-run" / "poisoned.npz")
     clean = namespace["data"]["train"].images.permute(0, 2, 3, 1).numpy().astype(int)
     assert np.abs(exported["x"].astype(int) - clean).max() <= 8
+
+
+def test_readme_comparison_suite_snippet_crafts_em_and_trains_a_defended_victim() -> None:
+    text = README.read_text()
+    section = text.split("### The comparison suite", 1)[1]
+    snippet = section.split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(
+        compile(
+            snippet.replace("VictimSchedule.scaled(5)", "VictimSchedule.scaled(1)"),
+            "README",
+            "exec",
+        ),
+        namespace,
+    )
+    assert namespace["poison"].info["converged"]
+    assert 0.0 <= namespace["result"].final <= 1.0

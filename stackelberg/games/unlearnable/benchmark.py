@@ -81,7 +81,7 @@ SCALES: dict[str, TableScale] = {
         transfer_victims=("convnet-small", "convnet-lite", "convnet"),
         gue_preset="cpu",
         gue_epochs=8,
-        adversarial_steps=3,
+        adversarial_steps=2,
         attack_options={
             "em": {"max_rounds": 40},
             "em-classwise": {"max_rounds": 40},
@@ -271,6 +271,15 @@ class Benchmark:
 
     # -- victims ----------------------------------------------------------------------------
 
+    def _key(self, attack: str, defense: str, victim: str | None) -> str:
+        return f"{attack}|{defense}|{victim or self.scale.victim}"
+
+    def cached_result(
+        self, attack: str, defense: str = "none", victim: str | None = None
+    ) -> dict[str, Any] | None:
+        """The cell if it has been trained, else ``None``."""
+        return self.cells.get(self._key(attack, defense, victim))
+
     def victim_result(
         self,
         attack: str,
@@ -282,9 +291,10 @@ class Benchmark:
     ) -> dict[str, Any]:
         """Train the ``victim`` architecture (default: the scale's) on ``attack``'s poisons
         (or on ``train_images``) with ``defense``; returns (and caches) its final clean test
-        accuracy, per-epoch curve and wall time."""
+        accuracy, per-epoch curve and wall time. Only undefended victims are tested after every
+        epoch (the curves of Table 5); the others only at the end."""
         victim = victim or self.scale.victim
-        key = f"{attack}{key_suffix}|{defense}|{victim}"
+        key = self._key(attack + key_suffix, defense, victim)
         if key in self.cells:
             return self.cells[key]
         images = self.poison(attack).images if train_images is None else train_images
@@ -301,6 +311,7 @@ class Benchmark:
             self.scale.victim_schedule,
             seed=self.seed,
             defense=make_defense(defense, self.num_classes, **options),
+            test_every_epoch=defense == "none",
             progress=self.progress,
             description=f"{attack}/{defense}/{victim}",
         )
