@@ -130,8 +130,9 @@ SCALES: dict[str, TableScale] = {
     ),
 }
 
-_SURROGATE_ATTACKS = ("em", "em-classwise", "tap", "shortcutgen")
-_GENERATOR_ATTACKS = ("deepconfuse", "deepconfuse-ls")
+#: Attacks that build surrogates from a factory, and those that take one classifier module.
+_SURROGATE_ATTACKS = ("em", "em-classwise", "tap")
+_GENERATOR_ATTACKS = ("deepconfuse", "deepconfuse-ls", "shortcutgen")
 
 
 class Benchmark:
@@ -182,17 +183,13 @@ class Benchmark:
     # -- poisons ----------------------------------------------------------------------------
 
     def _attack_options(self, attack: str) -> dict[str, Any]:
+        """Device, progress, the scale's surrogate classifier and the scale's overrides."""
         options: dict[str, Any] = {"device": self.device, "progress": self.progress}
         if attack in _SURROGATE_ATTACKS:
             options["model_factory"] = lambda: build_classifier(
                 self.scale.surrogate, self.channels, self.num_classes
             )
-        if attack in _GENERATOR_ATTACKS:
-            options["classifier"] = build_classifier(
-                self.scale.surrogate, self.channels, self.num_classes
-            )
-        if attack == "shortcutgen":
-            options.pop("model_factory")
+        elif attack in _GENERATOR_ATTACKS:
             options["classifier"] = build_classifier(
                 self.scale.surrogate, self.channels, self.num_classes
             )
