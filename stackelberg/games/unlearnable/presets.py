@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -198,11 +199,13 @@ def train_preset_generator(
     device: str | torch.device = "cpu",
     epochs: int | None = None,
     progress: bool = True,
+    metadata: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``preset``'s generator on ``train`` (its last ``validation_size`` images of a
     seeded shuffle held out for the quick tests) into ``run_dir``, resuming an interrupted run
     and returning an existing ``run_dir/generator.pt`` as is. ``epochs`` overrides the
-    preset's. Returns the generator and its checkpoint metadata."""
+    preset's; ``metadata`` is added to the checkpoint's. Returns the generator and its
+    checkpoint metadata (architecture, ε, solver, data size, seed, date, quick tests)."""
     run_dir = Path(run_dir)
     path = run_dir / "generator.pt"
     if path.is_file() and path.with_suffix(".json").is_file():
@@ -231,7 +234,8 @@ def train_preset_generator(
     training.resume()
     start = time.perf_counter()
     training.run(progress=progress)
-    metadata = {
+    saved = {
+        **(metadata or {}),
         "architecture": preset.generator,
         "label_conditioned": preset.label_conditioned,
         "num_classes": num_classes,
@@ -242,7 +246,10 @@ def train_preset_generator(
         "solver": config.solver,
         "training_images": len(fit),
         "seed": seed,
+        "variant": preset.variant,
         "fit_seconds": time.perf_counter() - start,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick_tests": training.quick_tests,
     }
-    save_generator(path, game.leader, metadata)
-    return game.leader.eval(), metadata
+    save_generator(path, game.leader, saved)
+    return game.leader.eval(), saved

@@ -1,0 +1,483 @@
+"""The ``stackelberg`` command: train a poison generator, poison a dataset, evaluate a victim,
+protect a folder of images, inspect a checkpoint.
+
+Exit codes: 0 success, 1 the command could not do its job (missing files, bad data, refusing
+to overwrite; the message says what to do), 2 wrong usage (unknown option, bad value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["main", "run"]
+
+_USER_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    ValueError,
+    TypeError,
+    RuntimeError,
+    ImportError,
+    OSError,
+)
+
+
+def _add_data_options(parser: argparse.ArgumentParser, dataset_default: str = "cifar10") -> None:
+    from stackelberg.data import DATASETS
+
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=dataset_default,
+        help="cifar10/cifar100 (official python archive), folder (split/class/image folder "
+        "or .tar.gz) or digits (scikit-learn's, no download); default %(default)s",
+    )
+    parser.add_argument("--data-dir", type=Path, help="where the dataset is (or goes)")
+    parser.add_argument(
+        "--download", action="store_true", help="download CIFAR into --data-dir if missing"
+    )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda if available, else cpu)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _epsilon(text: str) -> float:
+    """ε as a fraction (0.0314) or in pixel levels (8/255)."""
+    try:
+        value = (
+            float(text.split("/")[0]) / float(text.split("/")[1]) if "/" in text else float(text)
+        )
+    except (ValueError, ZeroDivisionError) as error:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from error
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"ε must be in (0, 1], got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stackelberg.games.unlearnable import VARIANTS
+    from stackelberg.games.unlearnable.defenses import DEFENSES
+    from stackelberg.games.unlearnable.presets import CLASSIFIERS, PRESETS
+    from stackelberg.games.unlearnable.training import SOLVER_DEFAULTS
+
+    parser = argparse.ArgumentParser(
+        prog="stackelberg",
+        description="Game Unlearnable Examples: train a poison generator, poison or protect "
+        "images, and check what a victim learns from them.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train a poison generator into a run folder",
+        description="Train a poison generator with the GUE game. Writes checkpoint.pt (every "
+        "epoch), training.json, generator.pt + generator.json and config.json into RUN_DIR.",
+    )
+    train.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder")
+    train.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cpu",
+        help="model sizes, schedule and data budget (default %(default)s)",
+    )
+    train.add_argument("--variant", choices=VARIANTS, help="game variant (default: the preset's)")
+    train.add_argument(
+        "--solver", choices=sorted(SOLVER_DEFAULTS), help="bilevel solver (default: the preset's)"
+    )
+    train.add_argument("--epsilon", type=_epsilon, help="ℓ∞ budget, e.g. 8/255 (default: preset)")
+    train.add_argument("--epochs", type=_positive, help="generator epochs (default: preset)")
+    train.add_argument(
+        "--train-size",
+        type=_positive,
+        help="class-balanced training subset (default: the preset's)",
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run in RUN_DIR"
+    )
+    _add_data_options(train)
+    _add_common(train)
+    train.set_defaults(handler=_train)
+
+    poison = commands.add_parser(
+        "poison",
+        help="poison a dataset split with a generator and export it",
+        description="Apply a trained generator to a dataset split and export the poisoned "
+        "images losslessly (.npz or a PNG folder) with a JSON manifest.",
+    )
+    poison.add_argument("--generator", type=Path, required=True, help="generator.pt")
+    poison.add_argument(
+        "--output", type=Path, required=True, help="FILE.npz, or a folder for --format png"
+    )
+    poison.add_argument("--format", choices=("npz", "png"), default="npz")
+    poison.add_argument("--split", choices=("train", "test"), default="train")
+    poison.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_data_options(poison)
+    _add_common(poison)
+    poison.set_defaults(handler=_poison)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="train a victim and report its clean test accuracy",
+        description="Train a fresh victim on a poisoned .npz (or on the clean training split) "
+        "with an optional defense and report its accuracy on the clean test split.",
+    )
+    evaluate.add_argument(
+        "--poisoned",
+        type=Path,
+        help="a .npz written by `poison` (default: the clean training split)",
+    )
+    evaluate.add_argument("--victim", choices=CLASSIFIERS, default="convnet-lite")
+    evaluate.add_argument("--defense", choices=sorted(DEFENSES), default="none")
+    evaluate.add_argument("--epochs", type=_positive, default=15)
+    evaluate.add_argument("--lr", type=float, default=0.02, help="SGD learning rate")
+    evaluate.add_argument("--output", type=Path, help="write the result as JSON here")
+    _add_data_options(evaluate)
+    _add_common(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
+
+    protect = commands.add_parser(
+        "protect",
+        help="protect a folder of your own images",
+        description="Perturb every image under IN_DIR (any size, PNG/JPEG/...) with a trained "
+        "generator and write lossless PNGs with the same relative names under OUT_DIR, plus "
+        "protect_manifest.json with each file's measured ‖δ‖∞. Unreadable files are reported "
+        "and skipped; nothing is overwritten without --overwrite.",
+    )
+    protect.add_argument("in_dir", type=Path, metavar="IN_DIR")
+    protect.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    protect.add_argument("--generator", type=Path, required=True, help="generator.pt")
+    protect.add_argument(
+        "--label",
+        type=int,
+        help="the images' class index (required by label-conditioned generators)",
+    )
+    protect.add_argument(
+        "--tile",
+        type=_positive,
+        default=1024,
+        help="images larger than TILE×TILE are processed in tiles",
+    )
+    protect.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_common(protect)
+    protect.set_defaults(handler=_protect)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="describe a checkpoint",
+        description="Print what a generator checkpoint (generator.pt + .json) or a training "
+        "checkpoint (checkpoint.pt) is: architecture, ε, data, solver, date, metrics.",
+    )
+    inspect.add_argument("checkpoint", type=Path, metavar="CKPT")
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> dict[str, Any]:
+    from stackelberg.data import load_dataset
+
+    return load_dataset(args.dataset, args.data_dir, download=args.download)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from stackelberg.data import subset
+    from stackelberg.games.unlearnable.presets import PRESETS, train_preset_generator
+    from stackelberg.utils.io import write_json
+
+    preset = PRESETS[args.preset]
+    if args.variant:
+        preset = preset.with_changes(variant=args.variant)
+    if args.epsilon:
+        preset = preset.with_changes(epsilon=args.epsilon)
+    if args.train_size:
+        preset = preset.with_changes(train_size=args.train_size)
+    if args.solver:
+        training = dataclasses.replace(preset.training, solver=args.solver, solver_options={})
+        preset = preset.with_changes(training=training)
+    run_dir: Path = args.run_dir
+    started = (run_dir / "checkpoint.pt").exists() or (run_dir / "generator.pt").exists()
+    if started and not args.resume:
+        raise FileExistsError(
+            f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
+            "RUN_DIR"
+        )
+    config = {
+        "command": "train",
+        "preset": preset.to_dict(),
+        "dataset": args.dataset,
+        "data_dir": None if args.data_dir is None else str(args.data_dir),
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "device": args.device,
+    }
+    print(f"seed {args.seed}; config:\n{json.dumps(config, indent=2)}", flush=True)
+    splits = _load(args)
+    train, _ = subset(splits["train"], preset.train_size, args.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config)
+    _, metadata = train_preset_generator(
+        preset,
+        train,
+        run_dir,
+        seed=args.seed,
+        device=args.device,
+        epochs=args.epochs,
+        progress=not args.no_progress,
+        metadata={"dataset": args.dataset, "classes": list(train.classes)},
+    )
+    print(f"generator: {run_dir / 'generator.pt'} (epoch {metadata['epoch']})")
+    return 0
+
+
+def _poison(args: argparse.Namespace) -> int:
+    from stackelberg.games.unlearnable.checkpoint import load_generator
+    from stackelberg.games.unlearnable.export import (
+        export_npz,
+        export_png_folder,
+        poison_images,
+        quantize_poison,
+    )
+
+    if args.format == "npz" and args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists: pass --overwrite to replace it")
+    generator, metadata = load_generator(args.generator, args.device)
+    split = _load(args)[args.split]
+    _check_compatible(metadata, split.images.shape[1], len(split.classes))
+    epsilon = float(metadata["epsilon"])
+    poisoned = quantize_poison(
+        split.images,
+        poison_images(generator, split.images, split.labels, progress=not args.no_progress),
+        epsilon,
+    )
+    source = {"dataset": args.dataset, "data_dir": str(args.data_dir), "split": args.split}
+    if args.format == "npz":
+        manifest = export_npz(
+            args.output,
+            poisoned,
+            split.images,
+            split.labels,
+            epsilon,
+            source=source,
+            generator_checkpoint=args.generator,
+        )
+    else:
+        manifest = export_png_folder(
+            args.output,
+            poisoned,
+            split.images,
+            split.labels,
+            split.classes,
+            epsilon,
+            source=source,
+            generator_checkpoint=args.generator,
+            overwrite=args.overwrite,
+        )
+    print(
+        f"wrote {manifest['images']} poisoned images to {args.output}; measured ‖δ‖∞ = "
+        f"{manifest['measured_linf_levels']}/255 (ε = {manifest['epsilon_levels']}/255)"
+    )
+    return 0
+
+
+def _check_compatible(metadata: dict[str, Any], channels: int, num_classes: int) -> None:
+    if int(metadata["in_channels"]) != channels:
+        raise ValueError(
+            f"the generator takes {metadata['in_channels']}-channel images; the dataset has "
+            f"{channels}"
+        )
+    if metadata["label_conditioned"] and int(metadata["num_classes"]) != num_classes:
+        raise ValueError(
+            f"the generator was trained for {metadata['num_classes']} classes; the dataset "
+            f"has {num_classes}"
+        )
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from stackelberg.games.unlearnable.defenses import make_defense
+    from stackelberg.games.unlearnable.presets import build_classifier
+    from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
+    from stackelberg.utils.io import write_json
+
+    splits = _load(args)
+    train, test = splits["train"], splits["test"]
+    images, labels = train.images, train.labels
+    if args.poisoned is not None:
+        images, labels = _read_npz(args.poisoned)
+        if images.shape[1:] != test.images.shape[1:]:
+            raise ValueError(
+                f"{args.poisoned} holds images of shape {tuple(images.shape[1:])}; the test "
+                f"split's are {tuple(test.images.shape[1:])}"
+            )
+    torch.manual_seed(args.seed)
+    num_classes = len(train.classes)
+    model = build_classifier(args.victim, images.shape[1], num_classes).to(args.device)
+    schedule = VictimSchedule.scaled(args.epochs, lr=args.lr)
+    start = time.perf_counter()
+    result = train_victim(
+        model,
+        images,
+        labels,
+        test.images,
+        test.labels,
+        schedule,
+        seed=args.seed,
+        defense=make_defense(args.defense, num_classes),
+        progress=not args.no_progress,
+    )
+    report = {
+        "command": "evaluate",
+        "poisoned": None if args.poisoned is None else str(args.poisoned),
+        "victim": args.victim,
+        "defense": args.defense,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "seed": args.seed,
+        "test_accuracy": result.final,
+        "test_curve": result.test_accuracy,
+        "seconds": time.perf_counter() - start,
+    }
+    if args.output:
+        write_json(args.output, report)
+    print(
+        f"clean test accuracy: {100 * result.final:.2f} % ({args.victim}, defense "
+        f"{args.defense}, {len(labels)} training images)"
+    )
+    return 0
+
+
+def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"poisoned dataset {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            x, y = stored["x"], stored["y"]
+    except (KeyError, ValueError, OSError) as error:
+        raise ValueError(
+            f"{path} is not a dataset written by `stackelberg poison`: {error}"
+        ) from error
+    if x.dtype != np.uint8 or x.ndim != 4 or y.shape != (x.shape[0],):
+        raise ValueError(f"{path}: need uint8 x (N, H, W, C) and labels y (N,)")
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long()
+
+
+def _protect(args: argparse.Namespace) -> int:
+    from stackelberg.games.unlearnable.checkpoint import load_generator
+    from stackelberg.games.unlearnable.export import file_sha256
+    from stackelberg.games.unlearnable.protect import protect_folder
+
+    generator, metadata = load_generator(args.generator, args.device)
+    conditional = bool(metadata["label_conditioned"])
+    if conditional and args.label is not None and not 0 <= args.label < metadata["num_classes"]:
+        raise ValueError(f"--label must be in [0, {metadata['num_classes']}), got {args.label}")
+    report = protect_folder(
+        generator,
+        args.in_dir,
+        args.out_dir,
+        epsilon=float(metadata["epsilon"]),
+        label=args.label if metadata["label_conditioned"] else None,
+        overwrite=args.overwrite,
+        tile=args.tile,
+        generator_info={
+            **metadata,
+            "path": str(args.generator),
+            "sha256": file_sha256(args.generator),
+        },
+        progress=not args.no_progress,
+    )
+    for skipped in report.skipped:
+        print(f"skipped {skipped['input']}: {skipped['reason']}", file=sys.stderr)
+    worst = max((p["linf_levels"] for p in report.protected), default=0)
+    print(
+        f"protected {len(report.protected)} image(s) into {args.out_dir} "
+        f"({report.images_per_second:.1f} images/s, largest ‖δ‖∞ {worst}/255); "
+        f"skipped {len(report.skipped)}; manifest: {args.out_dir / 'protect_manifest.json'}"
+    )
+    if report.skipped and not report.protected:
+        print("error: no image could be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    path: Path = args.checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.with_suffix(".json").is_file() and path.name != "checkpoint.pt":
+        from stackelberg.games.unlearnable.checkpoint import load_generator
+        from stackelberg.games.unlearnable.export import file_sha256
+
+        generator, metadata = load_generator(path)
+        parameters = sum(p.numel() for p in generator.parameters())
+        description = {
+            "kind": "generator",
+            **metadata,
+            "parameters": parameters,
+            "sha256": file_sha256(path),
+        }
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "epoch" not in state:
+            raise ValueError(f"{path} is neither a generator nor a training checkpoint")
+        description = {
+            "kind": "training checkpoint",
+            "epoch": state["epoch"],
+            "config": state.get("config"),
+            "quick_tests": state.get("quick_tests"),
+            "best_epoch": state.get("best_epoch"),
+        }
+    description["file_modified"] = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(
+        timespec="seconds"
+    )
+    print(json.dumps(description, indent=2, default=str))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse exits with 2 on bad usage)."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except _USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun with --resume to continue (train)", file=sys.stderr)
+        return 1
+
+
+def run() -> None:
+    """Console entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,215 @@
+"""The `stackelberg` command end to end in a temporary folder: train (interrupted and resumed)
+→ inspect → poison → evaluate → protect, and its refusals and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from stackelberg.cli import main
+from stackelberg.games.unlearnable.checkpoint import save_generator
+from stackelberg.games.unlearnable.presets import build_generator
+from stackelberg.games.unlearnable.protect import perturb_image
+
+EPS = 8 / 255
+LEVELS = 8
+
+
+def test_train_resume_inspect_poison_evaluate(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    base = ["train", str(run), "--preset", "smoke", "--dataset", "digits", "--no-progress"]
+    assert main([*base, "--epochs", "1"]) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    # A finished or interrupted run is never silently restarted ...
+    assert main([*base, "--epochs", "2"]) == 1
+    assert "--resume" in capsys.readouterr().err
+    # ... and --resume continues it (the generator of the first call is replaced).
+    (run / "generator.pt").unlink()
+    assert main([*base, "--epochs", "2", "--resume"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    capsys.readouterr()
+
+    assert main(["inspect", str(run / "generator.pt")]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["architecture"] == "unet-small" and described["epsilon"] == pytest.approx(EPS)
+    assert described["dataset"] == "digits" and described["solver"] == "bome"
+    assert main(["inspect", str(run / "checkpoint.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)["epoch"] == 2
+
+    poisoned = tmp_path / "poisoned.npz"
+    poison = [
+        "poison",
+        "--generator",
+        str(run / "generator.pt"),
+        "--dataset",
+        "digits",
+        "--output",
+        str(poisoned),
+        "--no-progress",
+    ]
+    assert main(poison) == 0
+    stored = np.load(poisoned, allow_pickle=False)
+    manifest = json.loads(poisoned.with_suffix(".json").read_text())
+    assert stored["x"].dtype == np.uint8 and manifest["measured_linf_levels"] <= LEVELS
+    assert main(poison) == 1 and "--overwrite" in capsys.readouterr().err
+    assert main([*poison, "--overwrite"]) == 0
+
+    result = tmp_path / "victim.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--poisoned",
+                str(poisoned),
+                "--dataset",
+                "digits",
+                "--victim",
+                "convnet-small",
+                "--defense",
+                "cutout",
+                "--epochs",
+                "1",
+                "--output",
+                str(result),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(result.read_text())
+    assert 0 <= report["test_accuracy"] <= 1 and report["defense"] == "cutout"
+    assert "clean test accuracy" in capsys.readouterr().out
+
+
+def saturated_generator(path: Path, channels: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    generator = build_generator("unet-small", EPS, channels)
+    with torch.no_grad():
+        for parameter in generator.parameters():  # large weights: ε·tanh saturates at ±ε
+            parameter.normal_(0, 1)
+    save_generator(
+        path,
+        generator,
+        {
+            "architecture": "unet-small",
+            "epsilon": EPS,
+            "in_channels": channels,
+            "label_conditioned": False,
+            "num_classes": 10,
+        },
+    )
+    return generator
+
+
+def photo_folder(root: Path) -> dict[str, np.ndarray]:
+    """Images of odd sizes and modes, a corrupt PNG and a text file, in nested folders."""
+    rng = np.random.default_rng(0)
+    (root / "trip" / "day2").mkdir(parents=True)
+    pictures = {
+        "a.png": rng.integers(0, 256, (13, 7, 3), dtype=np.uint8),
+        "trip/b.jpg": rng.integers(0, 256, (50, 33, 3), dtype=np.uint8),
+        "trip/day2/c.png": rng.integers(0, 256, (9, 40, 4), dtype=np.uint8),  # RGBA
+        "gray.png": rng.integers(0, 256, (17, 17), dtype=np.uint8),
+    }
+    for name, pixels in pictures.items():
+        Image.fromarray(pixels).save(root / name, quality=95)
+    (root / "trip" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
+    (root / "notes.txt").write_text("not an image")
+    return {name: np.asarray(Image.open(root / name).convert("RGB")) for name in pictures}
+
+
+def test_protect_keeps_the_budget_after_png_round_trip_and_reports_bad_files(
+    tmp_path: Path, capsys
+) -> None:
+    saturated_generator(tmp_path / "g.pt")
+    photos, out = tmp_path / "photos", tmp_path / "protected"
+    originals = photo_folder(photos)
+    command = [
+        "protect",
+        str(photos),
+        str(out),
+        "--generator",
+        str(tmp_path / "g.pt"),
+        "--tile",
+        "16",
+        "--no-progress",
+    ]
+    assert main(command) == 0
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err and "notes.txt" in captured.err
+    manifest = json.loads((out / "protect_manifest.json").read_text())
+    assert {s["input"] for s in manifest["skipped"]} == {"trip/broken.png", "notes.txt"}
+    assert len(manifest["protected"]) == 4
+    for name, clean in originals.items():
+        written = Image.open(out / Path(name).with_suffix(".png"))
+        assert written.size == (clean.shape[1], clean.shape[0])
+        change = np.abs(np.asarray(written.convert("RGB")).astype(int) - clean.astype(int))
+        assert change.max() <= LEVELS  # the budget holds after rounding and PNG round trip
+        assert change.max() > 0
+    rgba = np.asarray(Image.open(out / "trip" / "day2" / "c.png"))
+    source = np.asarray(Image.open(photos / "trip" / "day2" / "c.png"))
+    assert np.array_equal(rgba[..., 3], source[..., 3])  # alpha kept
+    assert all(entry["linf_levels"] <= LEVELS for entry in manifest["protected"])
+
+    # Existing outputs are never replaced without --overwrite, and inputs are never touched.
+    before = (out / "a.png").read_bytes()
+    assert main(command) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "a.png").read_bytes() == before
+    assert main([*command, "--overwrite"]) == 0
+    assert (
+        main(
+            ["protect", str(photos), str(photos / "inside"), "--generator", str(tmp_path / "g.pt")]
+        )
+        == 1
+    )
+
+
+def test_tiling_equals_the_whole_image_for_a_pointwise_generator() -> None:
+    class Pointwise(nn.Module):
+        downsampling = 1
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.mix = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return EPS * torch.tanh(10 * self.mix(x))
+
+    generator = Pointwise()
+    x = torch.rand(1, 3, 70, 45)
+    whole = perturb_image(generator, x, tile=1024)
+    tiled = perturb_image(generator, x, tile=16, overlap=4)
+    assert torch.allclose(whole, tiled)
+
+
+def test_usage_errors_exit_with_2_and_missing_files_with_1(tmp_path: Path, capsys) -> None:
+    command = [sys.executable, "-m", "stackelberg.cli"]
+    assert subprocess.run([*command, "train"], capture_output=True).returncode == 2
+    bad = subprocess.run(
+        [*command, "train", str(tmp_path), "--epsilon", "2"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "ε must be in (0, 1]" in bad.stderr
+    assert main(["inspect", str(tmp_path / "nothing.pt")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "protect",
+                str(tmp_path / "none"),
+                str(tmp_path / "out"),
+                "--generator",
+                str(tmp_path / "g.pt"),
+            ]
+        )
+        == 1
+    )
