@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stackelberg.utils import distributed
+
 __all__ = ["main", "run"]
 
 _USER_ERRORS = (
@@ -212,6 +214,7 @@ def _train(args: argparse.Namespace) -> int:
     from stackelberg.games.unlearnable.presets import PRESETS, train_preset_generator
     from stackelberg.utils.io import write_json
 
+    parallel = distributed.setup()
     preset = PRESETS[args.preset]
     if args.variant:
         preset = preset.with_changes(variant=args.variant)
@@ -237,24 +240,35 @@ def _train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "epochs": args.epochs,
         "device": args.device,
+        "processes": distributed.world_size(),
     }
-    print(f"seed {args.seed}; config:\n{json.dumps(config, indent=2)}", flush=True)
+    if distributed.is_main_process():
+        print(f"seed {args.seed}; config:\n{json.dumps(config, indent=2)}", flush=True)
     splits = _load(args)
     train, _ = subset(splits["train"], preset.train_size, args.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config)
+    if distributed.is_main_process():
+        write_json(run_dir / "config.json", config)
     _, metadata = train_preset_generator(
         preset,
         train,
         run_dir,
         seed=args.seed,
-        device=args.device,
         epochs=args.epochs,
         progress=not args.no_progress,
         metadata={"dataset": args.dataset, "classes": list(train.classes)},
+        device=_rank_device(args.device) if parallel else args.device,
     )
-    print(f"generator: {run_dir / 'generator.pt'} (epoch {metadata['epoch']})")
+    if distributed.is_main_process():
+        print(f"generator: {run_dir / 'generator.pt'} (epoch {metadata['epoch']})")
     return 0
+
+
+def _rank_device(device: str) -> str:
+    """Under torchrun on GPUs each rank uses its own (``LOCAL_RANK``) device."""
+    if device == "cuda":
+        return f"cuda:{torch.cuda.current_device()}"
+    return device
 
 
 def _poison(args: argparse.Namespace) -> int:
@@ -326,6 +340,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
     from stackelberg.utils.io import write_json
 
+    parallel = distributed.setup()
+    device = _rank_device(args.device) if parallel else args.device
     splits = _load(args)
     train, test = splits["train"], splits["test"]
     images, labels = train.images, train.labels
@@ -338,7 +354,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
     torch.manual_seed(args.seed)
     num_classes = len(train.classes)
-    model = build_classifier(args.victim, images.shape[1], num_classes).to(args.device)
+    model = build_classifier(args.victim, images.shape[1], num_classes).to(device)
     schedule = VictimSchedule.scaled(args.epochs, lr=args.lr)
     start = time.perf_counter()
     result = train_victim(
@@ -363,7 +379,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         "test_accuracy": result.final,
         "test_curve": result.test_accuracy,
         "seconds": time.perf_counter() - start,
+        "processes": distributed.world_size(),
     }
+    if not distributed.is_main_process():
+        return 0
     if args.output:
         write_json(args.output, report)
     print(

@@ -13,7 +13,7 @@ Parameters travel between the helpers as tuples of tensors in ``module.parameter
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -165,6 +165,13 @@ class Solver:
         self.leader_optimizer = self._checked_optimizer("leader", leader_optimizer)
         self.follower_optimizer = self._checked_optimizer("follower", follower_optimizer)
         self.steps_taken = 0
+        #: Averages gradients over data-parallel ranks (``utils.distributed.all_reduce_mean``);
+        #: ``None`` in a single process.
+        self.gradient_reducer: Callable[[Sequence[Tensor]], TensorTuple] | None = None
+
+    def reduce(self, tensors: Sequence[Tensor]) -> TensorTuple:
+        """``tensors`` averaged over data-parallel ranks (unchanged in a single process)."""
+        return tuple(tensors) if self.gradient_reducer is None else self.gradient_reducer(tensors)
 
     @property
     def name(self) -> str:
@@ -249,8 +256,8 @@ class Solver:
         for i in range(steps):
             theta = self.follower_params()
             loss = self.follower_loss(w, theta, batch, f"step {self.steps_taken} follower step {i}")
-            grad = gradients(loss, theta)
-            self.apply_updates((self.follower_optimizer, theta, grad))
+            grad = self.reduce(gradients(loss, theta))
+            self.apply_updates((self.follower_optimizer, theta, grad), synchronized=True)
             info = {
                 "follower_loss": float(loss.detach()),
                 "follower_grad_norm": float(tree_norm(grad)),
@@ -260,16 +267,23 @@ class Solver:
     # -- updates -------------------------------------------------------------------------
 
     def apply_updates(
-        self, *updates: tuple[torch.optim.Optimizer, Sequence[Tensor], Sequence[Tensor]]
+        self,
+        *updates: tuple[torch.optim.Optimizer, Sequence[Tensor], Sequence[Tensor]],
+        synchronized: bool = False,
     ) -> None:
         """Apply ``(optimizer, params, direction)`` updates: write each direction into its
         parameters' ``.grad``, step the optimizer, then project the game.
+
+        Under data parallelism the directions are first averaged over ranks, unless the
+        solver built them from averaged gradients already (``synchronized``).
 
         Every direction is checked before any is applied, so a failure changes nothing.
 
         Raises:
             ValueError: a direction is not finite.
         """
+        if not synchronized and self.gradient_reducer is not None:
+            updates = tuple((o, p, self.reduce(d)) for o, p, d in updates)
         for optimizer, _, direction in updates:
             finite = torch.stack([torch.isfinite(d).all() for d in direction]).all()
             if not bool(finite):

@@ -97,7 +97,7 @@ class BOME(Solver):
         for t in range(self.inner_steps):
             where = f"step {self.steps_taken} inner step {t}"
             loss = self.follower_loss(w, theta, inner_batch, where)
-            for p, g in zip(theta, gradients(loss, theta), strict=True):
+            for p, g in zip(theta, self.reduce(gradients(loss, theta)), strict=True):
                 p.grad = g
             optimizer.step()
         return tuple(p.detach() for p in theta)
@@ -110,13 +110,15 @@ class BOME(Solver):
         n_w = len(w)
 
         leader_loss = self.leader_loss(w, theta, batch, where)
-        grad_l = gradients(leader_loss, w + theta)
+        grad_l = self.reduce(gradients(leader_loss, w + theta))
         h = self.follower_loss(w, theta, batch, where)
         h_T = self.follower_loss(w, theta_T, batch, f"{where} at the inner solution")
         # θ^T is a constant, so one backward pass of q̂ = h − h_T gives
         # ∇q̂ = (∇_w h(w, θ) − ∇_w h(w, θ^T), ∇_θ h(w, θ)).
-        grad_q = gradients(h - h_T, w + theta)
-        q = (h - h_T).detach()
+        # Under data parallelism every gradient (and q) is averaged over ranks *before* λ is
+        # computed, so that all ranks take the single-process step on the global batch.
+        grad_q = self.reduce(gradients(h - h_T, w + theta))
+        (q,) = self.reduce(((h - h_T).detach(),))
 
         grad_dot = tree_dot(grad_l, grad_q)
         grad_q_sq = tree_dot(grad_q, grad_q)
@@ -139,6 +141,7 @@ class BOME(Solver):
         self.apply_updates(
             (self.leader_optimizer, self.leader_params(), leader_d),
             (self.follower_optimizer, self.follower_params(), follower_d),
+            synchronized=True,
         )
         self.steps_taken += 1
         return info

@@ -35,6 +35,7 @@ from stackelberg.models import (
     ResNet18,
     UNetGenerator,
 )
+from stackelberg.utils import distributed
 
 __all__ = [
     "CLASSIFIERS",
@@ -251,5 +252,6 @@ def train_preset_generator(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick_tests": training.quick_tests,
     }
-    save_generator(path, game.leader, saved)
+    if distributed.is_main_process():
+        save_generator(path, game.leader, saved)
     return game.leader.eval(), saved

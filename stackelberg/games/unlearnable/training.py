@@ -26,6 +26,7 @@ from stackelberg.games.unlearnable.game import UnlearnableGame
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.solvers import BOME, GDA, BackGradient, TotalGradient
 from stackelberg.solvers.base import Solver
+from stackelberg.utils import distributed
 from stackelberg.utils.io import write_json, write_torch
 
 __all__ = [
@@ -153,6 +154,15 @@ class GeneratorTraining:
             self.classifier_optimizer,
             **config.solver_options,
         )
+        if distributed.world_size() > 1:
+            # Under torchrun each rank trains on its shard of every global batch and the
+            # solver averages gradients over ranks (BOME before computing λ).
+            if config.batch_size % distributed.world_size():
+                raise ValueError(
+                    f"batch_size {config.batch_size} must be divisible by the "
+                    f"{distributed.world_size()} processes"
+                )
+            self.solver.gradient_reducer = distributed.all_reduce_mean
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.quick_tests: list[dict[str, float]] = []
@@ -206,7 +216,8 @@ class GeneratorTraining:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
 
     def save(self) -> None:
-        if self.checkpoint_path is not None:
+        """Write the checkpoint and ``training.json`` (rank 0 only under torchrun)."""
+        if self.checkpoint_path is not None and distributed.is_main_process():
             write_torch(self.checkpoint_path, self.state_dict())
             write_json(
                 self.run_dir / "training.json",  # type: ignore[operator]
@@ -243,6 +254,8 @@ class GeneratorTraining:
         return [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the global batch ``index`` (all of it in one process)."""
+        index = distributed.shard(index)
         x = self.train.images[index].to(self.device).float() / 255.0
         return x, self.train.labels[index].to(self.device)
 

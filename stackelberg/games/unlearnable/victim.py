@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from stackelberg.games.unlearnable.defenses import Defense
+from stackelberg.utils import distributed
 
 __all__ = [
     "PAPER_SCHEDULE",
@@ -130,6 +131,9 @@ def train_victim(
     first prepares the training and test sets (squeezing), then maps every augmented batch
     (Mixup, Cutout, CutMix, adversarial training; soft labels allowed). With
     ``test_every_epoch=False`` only the final model is tested (``result.tested_epochs``).
+
+    Under ``torchrun`` the model is wrapped in ``DistributedDataParallel`` and every rank
+    trains on its share of each global batch (see :mod:`stackelberg.utils.distributed`).
     """
     if train_images.shape[0] != train_labels.shape[0] or train_images.dim() != 4:
         raise ValueError(
@@ -152,13 +156,17 @@ def train_victim(
     )
     result = VictimResult()
     n = train_labels.shape[0]
+    parallel = distributed.world_size() > 1
+    network: nn.Module = nn.parallel.DistributedDataParallel(model) if parallel else model
     epochs = tqdm(range(schedule.epochs), desc=description, disable=not progress, leave=False)
     for epoch in epochs:
         model.train()
         order = torch.randperm(n, generator=generator)
-        correct = 0
+        correct = seen = 0
         for i in range(0, n, schedule.batch_size):
-            index = order[i : i + schedule.batch_size]
+            index = distributed.shard(order[i : i + schedule.batch_size], drop_remainder=True)
+            if len(index) == 0:
+                continue
             x = _as_float(train_images[index]).to(device)
             y = train_labels[index].to(device)
             if schedule.augment:
@@ -166,7 +174,7 @@ def train_victim(
             target: Tensor = y
             if defense is not None:
                 x, target = defense.batch(model, x, y, generator)
-            logits = model(x)
+            logits = network(x)
             loss = F.cross_entropy(logits, target)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -176,8 +184,9 @@ def train_victim(
             loss.backward()
             optimizer.step()
             correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
         scheduler.step()
-        result.train_accuracy.append(correct / n)
+        result.train_accuracy.append(correct / max(seen, 1))
         if test_every_epoch or epoch == schedule.epochs - 1:
             result.test_accuracy.append(accuracy(model, test_images, test_labels))
             result.tested_epochs.append(epoch + 1)
