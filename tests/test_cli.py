@@ -32,10 +32,15 @@ def test_train_resume_inspect_poison_evaluate(tmp_path: Path, capsys) -> None:
     # A finished or interrupted run is never silently restarted ...
     assert main([*base, "--epochs", "2"]) == 1
     assert "--resume" in capsys.readouterr().err
-    # ... and --resume continues it (the generator of the first call is replaced).
-    (run / "generator.pt").unlink()
+    # ... and --resume continues it, to exactly the generator of an uninterrupted run.
     assert main([*base, "--epochs", "2", "--resume"]) == 0
     assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    straight = tmp_path / "straight"
+    assert main(["train", str(straight), *base[2:], "--epochs", "2"]) == 0
+    resumed = torch.load(run / "generator.pt", weights_only=True)
+    uninterrupted = torch.load(straight / "generator.pt", weights_only=True)
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(resumed[name], tensor), name
     capsys.readouterr()
 
     assert main(["inspect", str(run / "generator.pt")]) == 0

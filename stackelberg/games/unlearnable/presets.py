@@ -203,13 +203,15 @@ def train_preset_generator(
     metadata: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``preset``'s generator on ``train`` (its last ``validation_size`` images of a
-    seeded shuffle held out for the quick tests) into ``run_dir``, resuming an interrupted run
-    and returning an existing ``run_dir/generator.pt`` as is. ``epochs`` overrides the
+    seeded shuffle held out for the quick tests) into ``run_dir``, resuming from
+    ``run_dir/checkpoint.pt`` if it exists (an interrupted run, or a finished one asked for more
+    epochs); a finished run's ``generator.pt`` is returned as is. ``epochs`` overrides the
     preset's; ``metadata`` is added to the checkpoint's. Returns the generator and its
     checkpoint metadata (architecture, ε, solver, data size, seed, date, quick tests)."""
     run_dir = Path(run_dir)
     path = run_dir / "generator.pt"
-    if path.is_file() and path.with_suffix(".json").is_file():
+    finished = path.is_file() and path.with_suffix(".json").is_file()
+    if finished and not (run_dir / "checkpoint.pt").is_file():
         return load_generator(path, device)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = preset.training
@@ -233,6 +235,8 @@ def train_preset_generator(
         run_dir=run_dir,
     )
     training.resume()
+    if finished and training.epoch >= config.epochs:
+        return load_generator(path, device)
     start = time.perf_counter()
     training.run(progress=progress)
     saved = {
