@@ -94,6 +94,27 @@ def test_train_resume_inspect_poison_evaluate(tmp_path: Path, capsys) -> None:
     assert 0 <= report["test_accuracy"] <= 1 and report["defense"] == "cutout"
     assert "clean test accuracy" in capsys.readouterr().out
 
+    # The trained (one-channel) generator protects a folder of odd-sized photos.
+    photos, protected = tmp_path / "photos", tmp_path / "protected"
+    originals = photo_folder(photos)
+    assert (
+        main(
+            [
+                "protect",
+                str(photos),
+                str(protected),
+                "--generator",
+                str(run / "generator.pt"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    for name, clean in originals.items():
+        gray = np.asarray(Image.fromarray(clean).convert("L")).astype(int)
+        written = np.asarray(Image.open(protected / Path(name).with_suffix(".png")).convert("L"))
+        assert written.shape == gray.shape and np.abs(written - gray).max() <= LEVELS
+
 
 def saturated_generator(path: Path, channels: int = 3) -> nn.Module:
     torch.manual_seed(0)
