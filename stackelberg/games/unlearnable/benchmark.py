@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,6 +210,17 @@ class Benchmark:
             progress=self.progress,
         )
 
+    def _craft(self, attack: str, **options: Any) -> Poison:
+        return craft_poison(
+            attack,
+            self.train.images,
+            self.train.labels,
+            self.epsilon,
+            num_classes=self.num_classes,
+            seed=self.seed,
+            **options,
+        )
+
     def poison(self, attack: str) -> Poison:
         """The training subset poisoned by ``attack`` (``"clean"``: unchanged), crafted once
         and then read from ``poisons/``."""
@@ -228,27 +238,10 @@ class Benchmark:
                 return Poison(attack, images, report["seconds"], report["info"])
         if attack == "gue":
             generator, metadata = self.gue_generator()
-            poison = craft_poison(
-                "gue",
-                self.train.images,
-                self.train.labels,
-                self.epsilon,
-                num_classes=self.num_classes,
-                seed=self.seed,
-                generator=generator,
-                progress=self.progress,
-            )
+            poison = self._craft("gue", generator=generator, progress=self.progress)
             poison.info["generator"] = metadata
         else:
-            poison = craft_poison(
-                attack,
-                self.train.images,
-                self.train.labels,
-                self.epsilon,
-                num_classes=self.num_classes,
-                seed=self.seed,
-                **self._attack_options(attack),
-            )
+            poison = self._craft(attack, **self._attack_options(attack))
         with atomic_path(images_path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, x=poison.images.numpy(), y=self.train.labels.numpy())
         write_json(
@@ -346,15 +339,7 @@ class Benchmark:
             epochs=self.scale.gue_epochs,
             progress=self.progress,
         )
-        poison = craft_poison(
-            "gue",
-            self.train.images,
-            self.train.labels,
-            self.epsilon,
-            num_classes=self.num_classes,
-            seed=self.seed,
-            generator=generator,
-        )
+        poison = self._craft("gue", generator=generator)
         return self.victim_result("gue", train_images=poison.images, key_suffix=f"@{percent}%")
 
     def config(self) -> dict[str, Any]:
@@ -369,10 +354,3 @@ class Benchmark:
             if self.gue_generator_path is None
             else str(self.gue_generator_path),
         }
-
-
-def run_cells(
-    bench: Benchmark, cells: Sequence[tuple[str, str, str | None]]
-) -> list[dict[str, Any]]:
-    """Every ``(attack, defense, victim)`` cell, in order (cached ones are free)."""
-    return [bench.victim_result(a, d, v) for a, d, v in cells]
