@@ -30,14 +30,13 @@ from typing import Any
 import torch
 
 from stackelberg.data import DATASETS, ImageDataset, load_dataset, subset
-from stackelberg.games.unlearnable import UnlearnableGame
 from stackelberg.games.unlearnable.checkpoint import save_generator
 from stackelberg.games.unlearnable.export import export_npz, poison_images, quantize_poison
 from stackelberg.games.unlearnable.presets import (
     PRESETS,
     Preset,
     build_classifier,
-    build_generator,
+    build_game,
 )
 from stackelberg.games.unlearnable.training import SOLVER_DEFAULTS, GeneratorTraining
 from stackelberg.games.unlearnable.victim import train_victim
@@ -251,16 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     device = torch.device(args.device)
-    generator = build_generator(
-        preset.generator,
-        preset.epsilon,
-        channels,
-        num_classes=num_classes if preset.label_conditioned else None,
-    )
-    classifier = build_classifier(preset.classifier, channels, num_classes)
-    game = UnlearnableGame(
-        generator, classifier, preset.epsilon, preset.variant, **preset.game_options
-    ).to(device)
+    game = build_game(preset, channels, num_classes).to(device)
     training = GeneratorTraining(
         game,
         preset.training,
