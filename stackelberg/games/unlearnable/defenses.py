@@ -85,6 +85,13 @@ class _Mixing(Defense):
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.num_classes, self.alpha = num_classes, _check_alpha(alpha)
 
+    def _draw(
+        self, n: int, generator: torch.Generator, device: torch.device
+    ) -> tuple[float, Tensor]:
+        """``λ ~ Beta(α, α)`` and a random partner for each of ``n`` images."""
+        lam = _beta(self.alpha, generator)
+        return lam, torch.randperm(n, generator=generator).to(device)
+
     def _soft(self, y: Tensor, partner: Tensor, lam: float) -> Tensor:
         one_hot = F.one_hot(y, self.num_classes).float()
         return lam * one_hot + (1 - lam) * one_hot[partner]
@@ -96,8 +103,7 @@ class Mixup(_Mixing):
     def batch(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
-        lam = _beta(self.alpha, generator)
-        partner = torch.randperm(len(y), generator=generator).to(x.device)
+        lam, partner = self._draw(len(y), generator, x.device)
         return lam * x + (1 - lam) * x[partner], self._soft(y, partner, lam)
 
 
@@ -119,8 +125,7 @@ class CutMix(_Mixing):
     def batch(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
-        lam = _beta(self.alpha, generator)
-        partner = torch.randperm(len(y), generator=generator).to(x.device)
+        lam, partner = self._draw(len(y), generator, x.device)
         height, width = x.shape[-2:]
         side = (1 - lam) ** 0.5
         top, bottom, left, right = _random_box(
