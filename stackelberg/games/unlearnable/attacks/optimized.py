@@ -5,10 +5,10 @@
 the surrogate on the poisoned data with a pass of PGD over the whole training set that
 *minimizes* the loss in δ (``pgd_steps`` signed steps of ``ε/10``), until the surrogate's
 accuracy on the poisoned training set exceeds ``stop_accuracy`` (99 %). Sample-wise noise has
-one ``δ_i`` per image; class-wise noise one ``δ_k`` per class, stepped with the gradient summed
-over the class's images in the batch. δ is kept in ``[−ε, ε]`` and added *before* clamping the
-image to ``[0, 1]``, so negative noise survives (the official code's issue #13 stores
-``clamp(x + δ) − x`` instead and loses part of it).
+one ``δ_i`` per image; class-wise noise one ``δ_k`` per class, set after each batch to the mean
+of its images' PGD results started from ``δ_k``. δ is kept in ``[−ε, ε]`` and added *before*
+clamping the image to ``[0, 1]``, so negative noise survives (the official code's issue #13
+stores ``clamp(x + δ) − x`` instead and loses part of it).
 
 **TAP**, targeted adversarial poisoning (Fowl et al. 2021, Section 3): train a crafting model on
 clean data, then for each image PGD toward the wrong label ``(y + shift) mod K``:
@@ -160,19 +160,30 @@ def _minimize_noise(
     device: torch.device,
 ) -> None:
     """``steps`` signed descent steps of the loss in the batch's noise, written into
-    ``noise`` (rows ``index``, or the rows of the batch's classes if ``classwise``)."""
+    ``noise``: rows ``index``, or, if ``classwise``, the rows of the batch's classes.
+
+    Class-wise, every image starts from its class's noise and takes its own PGD steps; each
+    class's noise then becomes the mean of its images' results (the update of Huang et al.'s
+    class-wise min-min). Averaging whole PGD runs moves ``δ_k`` toward what all of the class's
+    images agree on; stepping with the sign of the class-summed gradient instead saturates
+    ``δ_k`` at ±ε after a few steps of each batch and converges far slower."""
     x = _float(images[index], device)
     y = labels[index].to(device)
     rows = y if classwise else index.to(device)
+    delta = noise[rows].clone()
     for _ in range(steps):
-        delta = noise[rows].clone().requires_grad_(True)
+        delta.requires_grad_(True)
         loss = F.cross_entropy(model(apply_perturbation(x, delta)), y)
         (grad,) = torch.autograd.grad(loss, delta)
-        if classwise:
-            summed = torch.zeros_like(noise).index_add_(0, y, grad)
-            noise.sub_(alpha * summed.sign()).clamp_(-epsilon, epsilon)
-        else:
-            noise[rows] = (delta.detach() - alpha * grad.sign()).clamp(-epsilon, epsilon)
+        delta = (delta.detach() - alpha * grad.sign()).clamp(-epsilon, epsilon)
+    if classwise:
+        sums = torch.zeros_like(noise).index_add_(0, y, delta)
+        counts = torch.bincount(y, minlength=noise.shape[0])
+        present = counts > 0
+        shape = (-1,) + (1,) * (noise.dim() - 1)
+        noise[present] = sums[present] / counts[present].view(shape).to(noise.dtype)
+    else:
+        noise[rows] = delta
 
 
 def targeted_adversarial_poison(
