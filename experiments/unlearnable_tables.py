@@ -220,7 +220,9 @@ def table2(bench: Benchmark) -> None:
         bench,
         "table2",
         "Table 2: transfer of GUE poisons across victim architectures",
-        markdown_table(header, rows),
+        markdown_table(header, rows)
+        + "\nEach row trains that architecture as the victim, on clean data and on one and the "
+        "same set of GUE poisons.\n",
         {"rows": payload},
     )
     plt = _pyplot()
@@ -358,8 +360,14 @@ def diagnostics(bench: Benchmark, attacks: tuple[str, ...]) -> None:
             ]
         )
         payload[attack] = {"noise_only_accuracy": noise_only, **linear}
+        print(
+            f"{attack}: noise-only accuracy {noise_only:.3f}, linear separability "
+            f"{linear['train_accuracy']:.3f} (held out {linear['test_accuracy']:.3f})",
+            flush=True,
+        )
     preset = PRESETS[bench.scale.gue_preset]
     steps = 20 if bench.scale.name == "smoke" else 200
+    print(f"attacker-loss ablation: {steps} back-gradient steps per loss", flush=True)
     curves = attacker_loss_ablation(
         bench.train,
         lambda: build_generator(preset.generator, bench.epsilon, bench.channels),
@@ -369,6 +377,7 @@ def diagnostics(bench: Benchmark, attacks: tuple[str, ...]) -> None:
         batch_size=min(128, len(bench.train)),
         seed=bench.seed,
         device=bench.device,
+        progress=bench.progress,
     )
     header = ["attack", "noise-only acc. (%)", "linear train acc. (%)", "linear held-out acc. (%)"]
     write_outputs(

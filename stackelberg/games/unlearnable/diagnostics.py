@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from stackelberg.data.folders import ImageDataset
 from stackelberg.games.unlearnable.game import UnlearnableGame
@@ -122,11 +123,12 @@ def attacker_loss_ablation(
     classifier_lr: float = 0.05,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> dict[str, dict[str, list[float]]]:
     """For each attacker loss, ``steps`` back-gradient steps (one look-ahead step) of the
     standard GUE game from the same initial generator, classifier and batches; per step the
     generator's gradient norm (``attacker_grad_norm``) and the follower's loss on the poisoned
-    batch before its update (``poisoned_loss``)."""
+    batch before its update (``poisoned_loss``). ``progress`` shows a bar per loss."""
     if steps < 1 or batch_size < 1 or batch_size > len(train):
         raise ValueError(
             f"need steps >= 1 and 1 <= batch_size <= {len(train)}, got {steps}, {batch_size}"
@@ -148,6 +150,7 @@ def attacker_loss_ablation(
         )
         order = torch.Generator().manual_seed(seed)
         norms, poisoned_losses = [], []
+        bar = tqdm(total=steps, desc=f"ablation {loss_name}", disable=not progress, leave=False)
         while len(norms) < steps:
             for index in torch.randperm(len(train), generator=order).split(batch_size):
                 if len(norms) == steps or len(index) < batch_size:
@@ -160,5 +163,7 @@ def attacker_loss_ablation(
                     )
                 info = solver.step((x, y))
                 norms.append(float(info["hypergrad_norm"]))
+                bar.update()
+        bar.close()
         curves[loss_name] = {"attacker_grad_norm": norms, "poisoned_loss": poisoned_losses}
     return curves
