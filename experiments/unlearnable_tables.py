@@ -43,6 +43,7 @@ from stackelberg.games.unlearnable.diagnostics import (
     linear_separability,
     noise_only_accuracy,
 )
+from stackelberg.games.unlearnable.losses import DEFAULT_CE_CLIP
 from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, build_generator
 from stackelberg.utils.io import write_json, write_text
 
@@ -389,13 +390,19 @@ def diagnostics(bench: Benchmark, attacks: tuple[str, ...]) -> None:
         {"rows": payload, "attacker_loss_ablation": curves},
     )
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     for loss_name, curve in curves.items():
         axes[0].plot(curve["attacker_grad_norm"], label=loss_name)
         axes[1].plot(curve["poisoned_loss"], label=loss_name)
+        (line,) = axes[2].plot(curve["clean_loss"], label=f"{loss_name}: mean")
+        axes[2].plot(
+            curve["max_clean_loss"], ":", color=line.get_color(), label=f"{loss_name}: max"
+        )
+    axes[2].axhline(DEFAULT_CE_CLIP, color="gray", ls="--", label="ce_clip level")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("generator gradient norm")
     axes[1].set_ylabel("follower loss on poisoned batch")
+    axes[2].set_ylabel("follower cross-entropy on clean batch")
     for ax in axes:
         ax.set_xlabel("batch")
         ax.legend()

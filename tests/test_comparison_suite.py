@@ -66,11 +66,21 @@ def test_attacker_loss_ablation_records_every_step_from_one_start() -> None:
     )
     assert set(curves) == {"sur", "ce", "ce_clip"}
     for curve in curves.values():
-        assert len(curve["attacker_grad_norm"]) == len(curve["poisoned_loss"]) == 5
+        assert all(len(values) == 5 for values in curve.values())
         assert all(v >= 0 for v in curve["attacker_grad_norm"])
+        assert all(m >= a for m, a in zip(curve["max_clean_loss"], curve["clean_loss"]))
     # Same initial networks and batch: the first poisoned loss does not depend on L_a.
     first = {name: curve["poisoned_loss"][0] for name, curve in curves.items()}
     assert first["sur"] == pytest.approx(first["ce"]) == pytest.approx(first["ce_clip"])
+    # ... and the first clean loss is the fresh classifier's cross-entropy on that batch.
+    torch.manual_seed(0)
+    build_generator("unet-small", EPS, 1)
+    classifier = build_classifier("convnet-small", 1, 10)
+    index = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))[:32]
+    with torch.no_grad():
+        logits = classifier(digits.images[index].float() / 255.0)
+    expected = torch.nn.functional.cross_entropy(logits, digits.labels[index]).item()
+    assert all(c["clean_loss"][0] == pytest.approx(expected, rel=1e-5) for c in curves.values())
 
 
 def test_generator_checkpoints_round_trip_and_fail_clearly(tmp_path: Path) -> None:

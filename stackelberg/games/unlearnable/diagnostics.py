@@ -127,8 +127,11 @@ def attacker_loss_ablation(
 ) -> dict[str, dict[str, list[float]]]:
     """For each attacker loss, ``steps`` back-gradient steps (one look-ahead step) of the
     standard GUE game from the same initial generator, classifier and batches; per step the
-    generator's gradient norm (``attacker_grad_norm``) and the follower's loss on the poisoned
-    batch before its update (``poisoned_loss``). ``progress`` shows a bar per loss."""
+    generator's gradient norm (``attacker_grad_norm``), the follower's loss on the poisoned
+    batch before its update (``poisoned_loss``) and its cross-entropy on the clean batch, mean
+    and largest per example (``clean_loss``, ``max_clean_loss``: ``"ce_clip"`` differs from
+    ``"ce"`` only once the largest reaches the clip level). ``progress`` shows a bar per
+    loss."""
     if steps < 1 or batch_size < 1 or batch_size > len(train):
         raise ValueError(
             f"need steps >= 1 and 1 <= batch_size <= {len(train)}, got {steps}, {batch_size}"
@@ -149,21 +152,28 @@ def attacker_loss_ablation(
             inner_lr=classifier_lr,
         )
         order = torch.Generator().manual_seed(seed)
-        norms, poisoned_losses = [], []
+        curve: dict[str, list[float]] = {
+            "attacker_grad_norm": [],
+            "poisoned_loss": [],
+            "clean_loss": [],
+            "max_clean_loss": [],
+        }
         bar = tqdm(total=steps, desc=f"ablation {loss_name}", disable=not progress, leave=False)
-        while len(norms) < steps:
+        while len(curve["attacker_grad_norm"]) < steps:
             for index in torch.randperm(len(train), generator=order).split(batch_size):
-                if len(norms) == steps or len(index) < batch_size:
+                if len(curve["attacker_grad_norm"]) == steps or len(index) < batch_size:
                     break
                 x = train.images[index].to(device).float() / 255.0
                 y = train.labels[index].to(device)
                 with torch.no_grad():
-                    poisoned_losses.append(
-                        float(game.follower_loss(game.leader, game.follower, (x, y)))
-                    )
+                    poisoned = game.follower_loss(game.leader, game.follower, (x, y))
+                    clean = F.cross_entropy(game.follower(x), y, reduction="none")
+                curve["poisoned_loss"].append(float(poisoned))
+                curve["clean_loss"].append(float(clean.mean()))
+                curve["max_clean_loss"].append(float(clean.max()))
                 info = solver.step((x, y))
-                norms.append(float(info["hypergrad_norm"]))
+                curve["attacker_grad_norm"].append(float(info["hypergrad_norm"]))
                 bar.update()
         bar.close()
-        curves[loss_name] = {"attacker_grad_norm": norms, "poisoned_loss": poisoned_losses}
+        curves[loss_name] = curve
     return curves

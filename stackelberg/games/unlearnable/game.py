@@ -27,7 +27,12 @@ from torch.nn import functional as F
 from stackelberg.game import Game
 from stackelberg.games._checks import check_unit_interval
 from stackelberg.games.adversarial import pgd_attack
-from stackelberg.games.unlearnable.losses import ATTACKER_LOSSES, attacker_loss, cw_margin
+from stackelberg.games.unlearnable.losses import (
+    ATTACKER_LOSSES,
+    DEFAULT_CE_CLIP,
+    attacker_loss,
+    cw_margin,
+)
 
 __all__ = ["VARIANTS", "PoisonedBatch", "UnlearnableGame", "apply_perturbation"]
 
@@ -83,7 +88,7 @@ class UnlearnableGame(Game):
         variant: str = "standard",
         *,
         attacker_loss: str | None = None,
-        ce_clip: float = 10.0,
+        ce_clip: float = DEFAULT_CE_CLIP,
         cw_confidence: float = 0.0,
         adversarial_epsilon: float = 2 / 255,
         adversarial_steps: int = 10,

@@ -55,10 +55,17 @@ def clipped_cross_entropy(logits: Tensor, y: Tensor, clip: float) -> Tensor:
 
 
 ATTACKER_LOSSES = ("sur", "ce", "ce_clip", "cw")
+#: The per-example cross-entropy level at which ``"ce_clip"`` clips by default.
+DEFAULT_CE_CLIP = 10.0
 
 
 def attacker_loss(
-    name: str, logits: Tensor, y: Tensor, *, ce_clip: float = 10.0, cw_confidence: float = 0.0
+    name: str,
+    logits: Tensor,
+    y: Tensor,
+    *,
+    ce_clip: float = DEFAULT_CE_CLIP,
+    cw_confidence: float = 0.0,
 ) -> Tensor:
     """``L_a`` per example, which the attacker (leader) maximizes on clean data.
 
