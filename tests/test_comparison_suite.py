@@ -68,7 +68,9 @@ def test_attacker_loss_ablation_records_every_step_from_one_start() -> None:
     for curve in curves.values():
         assert all(len(values) == 5 for values in curve.values())
         assert all(v >= 0 for v in curve["attacker_grad_norm"])
-        assert all(m >= a for m, a in zip(curve["max_clean_loss"], curve["clean_loss"]))
+        assert all(
+            m >= a for m, a in zip(curve["max_clean_loss"], curve["clean_loss"], strict=True)
+        )
     # Same initial networks and batch: the first poisoned loss does not depend on L_a.
     first = {name: curve["poisoned_loss"][0] for name, curve in curves.items()}
     assert first["sur"] == pytest.approx(first["ce"]) == pytest.approx(first["ce_clip"])
