@@ -25,6 +25,7 @@ __all__ = [
     "FunctionalView",
     "Game",
     "Variable",
+    "check_finite_losses",
     "checked_loss",
     "functional_view",
     "trainable_parameters",
@@ -101,14 +102,21 @@ class Game(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must define follower_loss")
 
     def follower_batch(self, leader: Callable[..., Any], batch: Any) -> Any:
-        """The batch the follower's loss is given while the leader is held fixed.
+        """The batch the follower's loss is given, with the leader's work on it done once.
 
-        Solvers that take several follower steps at one leader point (BOME's inner loop,
-        follower-only steps) call this once, without grad, and pass its result to
-        :meth:`follower_loss` in place of ``batch``. A game whose follower loss runs the leader
-        on the data (a perturbation generator) returns the leader's output here, so that the
-        leader runs once per batch instead of once per follower step; ``follower_loss`` must
-        then accept both forms. The default returns ``batch`` unchanged.
+        A game whose follower loss runs the leader on the data (a perturbation generator)
+        returns the leader's output here, and :meth:`follower_loss` must then accept both
+        forms. Solvers use it in two ways:
+
+        - under ``torch.no_grad()``, for steps at a fixed leader (BOME's inner loop,
+          follower-only steps): the leader then runs once per outer step instead of once per
+          follower step;
+        - with grad, when several follower losses at one leader point must still be
+          differentiated in the leader (BOME's ``h(w, θ)`` and ``h(w, θ^T)``): they share one
+          leader forward and backward pass, by the chain rule.
+
+        So the result must stay differentiable in the leader's parameters (do not detach it).
+        The default returns ``batch`` unchanged.
         """
         return batch
 
@@ -185,7 +193,9 @@ def trainable_parameters(module: nn.Module) -> tuple[Tensor, ...]:
     return tuple(p for p in module.parameters() if p.requires_grad)
 
 
-def checked_loss(value: Any, name: str, where: str, *, requires_grad: bool = True) -> Tensor:
+def checked_loss(
+    value: Any, name: str, where: str, *, requires_grad: bool = True, check_finite: bool = True
+) -> Tensor:
     """Return ``value`` as a 0-d tensor, or raise an error that names the loss and the step.
 
     Args:
@@ -194,6 +204,10 @@ def checked_loss(value: Any, name: str, where: str, *, requires_grad: bool = Tru
         where: the solver and step it was evaluated at, e.g. ``"BOME inner step 3"``.
         requires_grad: whether the loss must depend on a parameter (it was evaluated under
             autograd with respect to the players).
+        check_finite: whether to check here that the value is finite. That reads the value
+            back to the host (a device synchronization); a solver that evaluates many losses
+            in a loop passes ``False`` and checks them all at once with
+            :func:`check_finite_losses`.
     """
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must return a tensor, got {type(value).__name__} ({where})")
@@ -204,11 +218,31 @@ def checked_loss(value: Any, name: str, where: str, *, requires_grad: bool = Tru
         )
     if not value.is_floating_point():
         raise TypeError(f"{name} must return a floating-point tensor, got {value.dtype} ({where})")
-    number = float(value.detach())
-    if not math.isfinite(number):
-        raise ValueError(f"{name} is not finite ({number}) at {where}")
+    if check_finite:
+        check_finite_losses([(value, name, where)])
     if requires_grad and not value.requires_grad:
         raise ValueError(
             f"{name} does not depend on any parameter ({where}); did it call .detach() or .item()?"
         )
     return value.reshape(())
+
+
+def check_finite_losses(losses: Sequence[tuple[Tensor, str, str]]) -> None:
+    """Check that every ``(value, name, where)`` holds a finite value, with one read-back.
+
+    The values are stacked on their device and copied to the host once, so a loop of ``n``
+    losses costs one synchronization instead of ``n``. The error names the first non-finite
+    loss, as :func:`checked_loss` does.
+
+    Raises:
+        ValueError: a value is NaN or infinite.
+    """
+    if not losses:
+        return
+    values = torch.stack([v.detach().reshape(()).to(torch.float64) for v, _, _ in losses])
+    if bool(torch.isfinite(values).all()):
+        return
+    numbers = values.tolist()
+    for number, (_, name, where) in zip(numbers, losses, strict=True):
+        if not math.isfinite(number):
+            raise ValueError(f"{name} is not finite ({number}) at {where}")

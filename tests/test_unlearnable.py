@@ -248,34 +248,80 @@ def _bome(game: UnlearnableGame) -> sg.BOME:
     )
 
 
-class _NaiveGame(UnlearnableGame):
-    """The same game without the cached poisoned batch: the generator runs at every inner step."""
+def _old_bome_direction(game: UnlearnableGame, data, inner_steps: int, inner_lr: float, eta: float):
+    """The BOME direction as the solver computed it before the generator pass was shared
+    (written out by hand): the generator runs again inside every inner step and once more for
+    each of h(w, θ) and h(w, θ^T), and ∇q̂ comes from two separate generator backward passes."""
+    w, theta = list(game.leader.parameters()), list(game.follower.parameters())
+    generator, classifier = game.leader, game.follower
+    x, y = data
 
-    def follower_batch(self, leader, batch):
-        return batch
+    def h(params):
+        return F.cross_entropy(
+            torch.func.functional_call(classifier, params, (game.poison(generator, x),)), y
+        )
+
+    names = [n for n, _ in classifier.named_parameters()]
+    inner = [p.detach().clone().requires_grad_(True) for p in theta]
+    optimizer = torch.optim.Adam(inner, lr=inner_lr)
+    for _ in range(inner_steps):
+        with torch.no_grad():
+            poisoned = game.poison(generator, x)
+        loss = F.cross_entropy(
+            torch.func.functional_call(
+                classifier, dict(zip(names, inner, strict=True)), (poisoned,)
+            ),
+            y,
+        )
+        grads = torch.autograd.grad(loss, inner)
+        for p, g in zip(inner, grads, strict=True):
+            p.grad = g
+        optimizer.step()
+    theta_T = {n: p.detach() for n, p in zip(names, inner, strict=True)}
+    leader_loss = game.leader_loss(generator, classifier, data)
+    grad_l = torch.autograd.grad(leader_loss, w + theta, allow_unused=True)
+    grad_l = [
+        torch.zeros_like(p) if g is None else g for g, p in zip(grad_l, w + theta, strict=True)
+    ]
+    h_w = torch.autograd.grad(h(dict(zip(names, theta, strict=True))), w + theta)
+    h_T_w = torch.autograd.grad(h(theta_T), w, allow_unused=True)
+    grad_q = [a - b for a, b in zip(h_w[: len(w)], h_T_w, strict=True)] + list(h_w[len(w) :])
+    dot = sum((a * b).sum() for a, b in zip(grad_l, grad_q, strict=True))
+    norm_sq = sum((b * b).sum() for b in grad_q)
+    lam = torch.clamp((eta * norm_sq - dot) / (norm_sq + 1e-12), min=0.0)
+    return [a + lam * b for a, b in zip(grad_l, grad_q, strict=True)]
 
 
-def test_cached_inner_batch_gives_the_same_bome_direction_as_recomputation() -> None:
-    game = small_game()
-    naive = _NaiveGame(game.leader, game.follower, EPS)
+def test_bome_step_runs_the_generator_once_and_equals_the_old_formula() -> None:
+    torch.manual_seed(0)
+    game = small_game().double()
     data = batch(16)
-    calls = {"n": 0}
+    data = (data[0].double(), data[1])
+    calls = {"forward": 0, "backward": 0}
 
-    def count(*_):
-        calls["n"] += 1
+    def forward_hook(*_):
+        calls["forward"] += 1
 
-    handle = game.leader.register_forward_hook(count)
-    torch.manual_seed(0)
-    d_cached = _bome(game).direction(data)
-    cached_calls, calls["n"] = calls["n"], 0
-    torch.manual_seed(0)
-    d_naive = _bome(naive).direction(data)
-    handle.remove()
-    for a, b in zip(d_cached[0] + d_cached[1], d_naive[0] + d_naive[1], strict=True):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
-    assert d_cached[2]["q"] == pytest.approx(d_naive[2]["q"], rel=1e-5)
-    # h and h_T run the generator in both; the inner steps: once (cached) or once per step.
-    assert cached_calls == 1 + 2 and calls["n"] == 3 + 2
+    def backward_hook(grad):
+        calls["backward"] += 1  # once per backward pass that reaches the generator's weights
+        return grad
+
+    handles = [
+        game.leader.register_forward_hook(forward_hook),
+        next(game.leader.parameters()).register_hook(backward_hook),
+    ]
+    state = {k: v.clone() for k, v in game.state_dict().items()}
+    leader_d, follower_d, info = _bome(game).direction(data)
+    for handle in handles:
+        handle.remove()
+    assert calls == {"forward": 1, "backward": 1}
+    assert info["lambda"] > 0  # the barrier is active, so ∇_w q̂ reaches the generator
+    game.load_state_dict(state)
+    expected = _old_bome_direction(game, data, inner_steps=3, inner_lr=1e-2, eta=1.5)
+    got = list(leader_d) + list(follower_d)
+    assert sum(float(d.abs().sum()) for d in leader_d) > 0
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("solver", ["bome", "backgradient", "total_gradient", "gda"])

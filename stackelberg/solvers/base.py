@@ -19,7 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stackelberg.game import Game, checked_loss, functional_view, trainable_parameters
+from stackelberg.game import (
+    Game,
+    checked_loss,
+    functional_view,
+    trainable_parameters,
+)
 
 __all__ = [
     "HypergradientSolver",
@@ -29,6 +34,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_positive",
+    "detached",
     "gradients",
     "preserved_buffers",
     "tree_add",
@@ -96,6 +102,19 @@ def gradients(
     return tuple(
         torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)
     )
+
+
+def detached(batch: Any) -> Any:
+    """``batch`` with every tensor detached from the graph: tensors, tuples, lists, dicts and
+    objects with a ``detach()`` method (such as a game's cached batch) are handled; anything
+    else is returned as is."""
+    if isinstance(batch, Tensor) or callable(getattr(batch, "detach", None)):
+        return batch.detach()
+    if isinstance(batch, tuple | list):
+        return type(batch)(detached(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: detached(v) for k, v in batch.items()}
+    return batch
 
 
 @contextlib.contextmanager
@@ -210,10 +229,21 @@ class Solver:
         batch: Any,
         where: str,
         requires_grad: bool,
+        check_finite: bool,
     ) -> Tensor:
         views = functional_view(self.game.leader, w), functional_view(self.game.follower, theta)
         value = getattr(self.game, name)(*views, batch)
-        return checked_loss(value, name, f"{self.name} {where}", requires_grad=requires_grad)
+        return checked_loss(
+            value,
+            name,
+            self.where(where),
+            requires_grad=requires_grad,
+            check_finite=check_finite,
+        )
+
+    def where(self, where: str) -> str:
+        """``where`` prefixed with the solver's name, as errors about a loss show it."""
+        return f"{self.name} {where}"
 
     def leader_loss(
         self,
@@ -223,9 +253,11 @@ class Solver:
         where: str,
         *,
         requires_grad: bool = True,
+        check_finite: bool = True,
     ) -> Tensor:
-        """``l(w, θ)`` on ``batch``, checked to be a finite scalar."""
-        return self._loss("leader_loss", w, theta, batch, where, requires_grad)
+        """``l(w, θ)`` on ``batch``, checked to be a finite scalar (finiteness left to the
+        caller with ``check_finite=False``, see :func:`~stackelberg.game.check_finite_losses`)."""
+        return self._loss("leader_loss", w, theta, batch, where, requires_grad, check_finite)
 
     def follower_loss(
         self,
@@ -235,9 +267,11 @@ class Solver:
         where: str,
         *,
         requires_grad: bool = True,
+        check_finite: bool = True,
     ) -> Tensor:
-        """``h(w, θ)`` on ``batch``, checked to be a finite scalar."""
-        return self._loss("follower_loss", w, theta, batch, where, requires_grad)
+        """``h(w, θ)`` on ``batch``, checked to be a finite scalar (finiteness left to the
+        caller with ``check_finite=False``)."""
+        return self._loss("follower_loss", w, theta, batch, where, requires_grad, check_finite)
 
     def fixed_leader_batch(self, w: Sequence[Tensor], batch: Any) -> Any:
         """The game's :meth:`~stackelberg.Game.follower_batch` at leader parameters ``w``,

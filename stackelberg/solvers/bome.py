@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from stackelberg.game import Game
+from stackelberg.game import Game, check_finite_losses, functional_view
 from stackelberg.solvers.base import (
     Solver,
     StepInfo,
@@ -34,6 +34,7 @@ from stackelberg.solvers.base import (
     check_choice,
     check_int,
     check_positive,
+    detached,
     gradients,
     tree_add,
     tree_dot,
@@ -83,36 +84,62 @@ class BOME(Solver):
         self.phi = check_choice("phi", phi, ("grad_norm", "value"))
         self.delta = check_positive("delta", delta)
 
-    def inner_solution(self, batch: Any) -> TensorTuple:
+    def inner_solution(self, batch: Any, follower_batch: Any = None) -> TensorTuple:
         """``θ^T``: ``T`` inner-optimizer steps on ``h(w, ·)`` from the current θ, detached.
 
         The leader is fixed during these steps, so the loss is evaluated on the game's
         :meth:`~stackelberg.Game.follower_batch` (for a generator game: the poisoned batch,
-        computed once).
+        computed once), or on ``follower_batch`` if given (a constant, as :meth:`direction`
+        passes it). Finiteness of the ``T`` losses is checked once, after the loop, so the
+        loop never waits on the device.
         """
         w = tuple(p.detach() for p in self.leader_params())
         theta = [p.detach().clone().requires_grad_(True) for p in self.follower_params()]
         optimizer = _INNER_OPTIMIZERS[self.inner_optimizer](theta, lr=self.inner_lr)
-        inner_batch = self.fixed_leader_batch(w, batch)
+        if follower_batch is None:
+            follower_batch = self.fixed_leader_batch(w, batch)
+        losses = []
         for t in range(self.inner_steps):
             where = f"step {self.steps_taken} inner step {t}"
-            loss = self.follower_loss(w, theta, inner_batch, where)
+            loss = self.follower_loss(w, theta, follower_batch, where, check_finite=False)
+            losses.append((loss.detach(), "follower_loss", self.where(where)))
             for p, g in zip(theta, self.reduce(gradients(loss, theta)), strict=True):
                 p.grad = g
             optimizer.step()
+        check_finite_losses(losses)
         return tuple(p.detach() for p in theta)
 
     def direction(self, batch: Any) -> tuple[TensorTuple, TensorTuple, StepInfo]:
-        """The joint direction ``d = ∇l + λ∇q̂``, split into its leader and follower parts."""
-        theta_T = self.inner_solution(batch)
+        """The joint direction ``d = ∇l + λ∇q̂``, split into its leader and follower parts.
+
+        The leader's work on the batch (``game.follower_batch``: for a generator game, the
+        poisoned images) is done once, with grad: the inner loop reads it as a constant, and
+        ``h(w, θ)`` and ``h(w, θ^T)`` share it, so one backward pass of ``h − h_T`` carries
+        ``∂_x̃ h(θ) − ∂_x̃ h(θ^T)`` through the generator once. By the chain rule this is the
+        same ``∇_w q̂`` as differentiating two separate generator passes.
+
+        The inner losses are checked for finiteness with one read-back from the device after
+        the inner loop, the three outer losses with one more, and the diagnostics are read in
+        one transfer: no synchronization happens inside the inner loop.
+        """
         w, theta = self.leader_params(), self.follower_params()
         where = f"step {self.steps_taken}"
         n_w = len(w)
+        follower_batch = self.game.follower_batch(functional_view(self.game.leader, w), batch)
+        theta_T = self.inner_solution(batch, detached(follower_batch))
 
-        leader_loss = self.leader_loss(w, theta, batch, where)
+        leader_loss = self.leader_loss(w, theta, batch, where, check_finite=False)
         grad_l = self.reduce(gradients(leader_loss, w + theta))
-        h = self.follower_loss(w, theta, batch, where)
-        h_T = self.follower_loss(w, theta_T, batch, f"{where} at the inner solution")
+        h = self.follower_loss(w, theta, follower_batch, where, check_finite=False)
+        at_solution = f"{where} at the inner solution"
+        h_T = self.follower_loss(w, theta_T, follower_batch, at_solution, check_finite=False)
+        check_finite_losses(
+            [
+                (leader_loss, "leader_loss", self.where(where)),
+                (h, "follower_loss", self.where(where)),
+                (h_T, "follower_loss", self.where(at_solution)),
+            ]
+        )
         # θ^T is a constant, so one backward pass of q̂ = h − h_T gives
         # ∇q̂ = (∇_w h(w, θ) − ∇_w h(w, θ^T), ∇_θ h(w, θ)).
         # Under data parallelism every gradient (and q) is averaged over ranks *before* λ is
@@ -125,16 +152,10 @@ class BOME(Solver):
         phi = self.eta * grad_q_sq if self.phi == "grad_norm" else self.eta * q
         lam = torch.clamp((phi - grad_dot) / (grad_q_sq + self.delta), min=0.0)
         d = tree_add(grad_l, grad_q, alpha=lam)
-        info = {
-            "q": float(q),
-            "lambda": float(lam),
-            "grad_dot": float(grad_dot),
-            "grad_q_norm": float(torch.sqrt(grad_q_sq)),
-            "phi": float(phi),
-            "leader_loss": float(leader_loss.detach()),
-            "follower_loss": float(h.detach()),
-        }
-        return d[:n_w], d[n_w:], info
+        names = ("q", "lambda", "grad_dot", "grad_q_norm", "phi", "leader_loss", "follower_loss")
+        values = (q, lam, grad_dot, torch.sqrt(grad_q_sq), phi, leader_loss, h)
+        numbers = torch.stack([v.detach().reshape(()).to(q.dtype) for v in values]).tolist()
+        return d[:n_w], d[n_w:], dict(zip(names, numbers, strict=True))
 
     def step(self, batch: Any = None) -> StepInfo:
         leader_d, follower_d, info = self.direction(batch)

@@ -47,11 +47,16 @@ def apply_perturbation(x: Tensor, delta: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class PoisonedBatch:
-    """A batch whose poisoned images are already computed (a constant for the follower):
-    ``poisoned`` = ``clamp(x + g_w(x), 0, 1)`` detached, ``labels`` = ``y``."""
+    """A batch whose poisoned images are already computed: ``poisoned`` =
+    ``clamp(x + g_w(x), 0, 1)`` (differentiable in ``w`` when computed with grad),
+    ``labels`` = ``y``."""
 
     poisoned: Tensor
     labels: Tensor
+
+    def detach(self) -> PoisonedBatch:
+        """The same batch as a constant (no graph back to the generator)."""
+        return PoisonedBatch(self.poisoned.detach(), self.labels)
 
 
 class UnlearnableGame(Game):
@@ -176,11 +181,12 @@ class UnlearnableGame(Game):
         return x, y
 
     def follower_batch(self, leader: Any, batch: Any) -> PoisonedBatch:
-        """The poisoned batch, computed once while the generator is held fixed."""
+        """The poisoned batch: the generator runs once, and every follower loss on the result
+        shares that forward pass (and, under grad, its backward pass)."""
         if isinstance(batch, PoisonedBatch):
             return batch
         x, y = self._checked(batch)
-        return PoisonedBatch(self.poison(leader, x, y).detach(), y)
+        return PoisonedBatch(self.poison(leader, x, y), y)
 
     # -- payoffs -----------------------------------------------------------------------------
 
