@@ -1,7 +1,7 @@
 """Game Unlearnable Examples end to end: train a poison generator, poison the training set,
 and train victims on clean and on poisoned data.
 
-    python examples/unlearnable_cifar.py --preset cpu --dataset folder \\
+    python examples/unlearnable_cifar.py --preset cpu-em --dataset folder \\
         --data-dir ../shared/data/cifar10-jpeg.tar.gz --output-dir results/gue-cpu
 
 Steps: (1) the GUE game (generator leads, classifier follows) is solved by the chosen solver
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from stackelberg.data import DATASETS, ImageDataset, load_dataset, subset
+from stackelberg.data import DATASETS, load_dataset
 from stackelberg.games.unlearnable.checkpoint import save_generator
 from stackelberg.games.unlearnable.export import export_npz, poison_images, quantize_poison
 from stackelberg.games.unlearnable.presets import (
@@ -37,6 +37,7 @@ from stackelberg.games.unlearnable.presets import (
     Preset,
     build_classifier,
     build_game,
+    split_preset_data,
 )
 from stackelberg.games.unlearnable.training import SOLVER_DEFAULTS, GeneratorTraining
 from stackelberg.games.unlearnable.victim import train_victim
@@ -45,7 +46,7 @@ from stackelberg.utils.io import write_json
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-em")
     parser.add_argument("--dataset", choices=DATASETS, default="cifar10")
     parser.add_argument(
         "--data-dir",
@@ -88,27 +89,6 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
             args.victim_epochs, lr=schedule.lr, batch_size=schedule.batch_size
         )
     return preset.with_changes(**changes)
-
-
-def split_data(
-    splits: dict[str, ImageDataset], preset: Preset, seed: int
-) -> tuple[ImageDataset, torch.Tensor, ImageDataset, ImageDataset]:
-    """The training subset (and its indices into the source split), a clean validation
-    subset of the remaining training images for the quick tests, and the test split."""
-    full = splits["train"]
-    train, indices = subset(full, preset.train_size, seed)
-    rest = torch.ones(len(full), dtype=torch.bool)
-    rest[indices] = False
-    remaining = torch.nonzero(rest).squeeze(1)
-    if len(remaining) == 0:  # the whole split trains: hold out part of it instead
-        holdout = min(preset.validation_size, len(full) // 5)
-        train, indices = subset(full, len(full) - holdout, seed)
-        rest = torch.ones(len(full), dtype=torch.bool)
-        rest[indices] = False
-        remaining = torch.nonzero(rest).squeeze(1)
-    pool = ImageDataset(full.images[remaining], full.labels[remaining], full.classes)
-    validation, _ = subset(pool, preset.validation_size, seed + 1)
-    return train, indices, validation, splits["test"]
 
 
 def plot_curves(path: Path, clean: list[float], poisoned: list[float], title: str) -> None:
@@ -240,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         splits = load_dataset(args.dataset, args.data_dir, download=args.download)
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as error:
         sys.exit(f"error: {error}")
-    train, train_indices, validation, test = split_data(splits, preset, args.seed)
+    train, train_indices, validation, test = split_preset_data(splits, preset, args.seed)
     timings["load_data_s"] = time.perf_counter() - start
     channels, num_classes = train.images.shape[1], len(train.classes)
     print(
@@ -278,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "architecture": preset.generator,
             "label_conditioned": preset.label_conditioned,
             "num_classes": num_classes,
+            "classes": list(train.classes),
             "epsilon": preset.epsilon,
             "in_channels": channels,
             "epoch": best_epoch,

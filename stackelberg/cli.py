@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        default="cpu",
+        default="cpu-em",
         help="model sizes, schedule and data budget (default %(default)s)",
     )
     train.add_argument("--variant", choices=VARIANTS, help="game variant (default: the preset's)")
@@ -177,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument(
         "--label",
         type=int,
-        help="the images' class index (required by label-conditioned generators)",
+        help="the images' class index in the generator's training data (0 to K-1; "
+        "`stackelberg inspect` lists the classes). Needed only by a label-conditioned "
+        "generator (the cpu-em preset's), which adds one learned pattern per class; an x-only "
+        "generator (presets cpu-paper-game, paper) protects any photo without a label",
     )
     protect.add_argument(
         "--tile",

@@ -193,3 +193,28 @@ def test_unlearnable_example_on_digits_and_a_missing_archive(tmp_path: Path) -> 
     )
     assert missing.returncode != 0
     assert "cifar-10-python.tar.gz" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_gpu_check_script_runs_on_the_cpu(tmp_path: Path) -> None:
+    """The GPU check is run rarely (only when a GPU is lent): keep it from rotting."""
+    output = tmp_path / "gpu_check.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--device", "cpu",
+            "--preset", "smoke",
+            "--steps", "2",
+            "--images", "2,1",
+            "--skip-tests",
+            "--output", str(output),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )  # fmt: skip
+    report = json.loads(output.read_text())
+    assert report["preset_steps"]["steps"] == 2
+    assert report["preset_steps"]["seconds_per_step_median"] > 0
+    assert [r["size"] for r in report["protect"]] == [32, 512]
+    assert all(r["images_per_second"] > 0 for r in report["protect"])

@@ -542,3 +542,21 @@ def test_presets_build_and_the_paper_models_take_a_bome_step() -> None:
     config = TrainingConfig(epochs=1, batch_size=4, solver_options={"inner_steps": 1}, log_every=1)
     history = GeneratorTraining(game, config, train).run(progress=False)
     assert len(history) == 1 and np.isfinite(history[0]["leader_loss"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bome_inner_loop_never_waits_on_the_cuda_device() -> None:
+    game = small_game().to("cuda")
+    solver = _bome(game)
+    data = tuple(t.to("cuda") for t in batch(16))
+    w = tuple(p.detach() for p in solver.leader_params())
+    inner_batch = solver.fixed_leader_batch(w, data)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        theta_T = solver.inner_solution(data, inner_batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(t.is_cuda for t in theta_T)
+    info = solver.step(data)  # the whole step, with its one read-back, still works
+    assert math.isfinite(info["q"])

@@ -78,7 +78,7 @@ SCALES: dict[str, TableScale] = {
         victim_schedule=VictimSchedule.scaled(15, lr=0.02),
         surrogate="convnet-small",
         transfer_victims=("convnet-small", "convnet-lite", "convnet"),
-        gue_preset="cpu",
+        gue_preset="cpu-em",
         gue_epochs=8,
         adversarial_steps=2,
         attack_options={

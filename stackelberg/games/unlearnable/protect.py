@@ -126,6 +126,23 @@ def perturb_image(
     return delta
 
 
+def _label_needed(info: dict[str, Any]) -> str:
+    """Why a label-conditioned generator needs ``--label``, and what to pass."""
+    classes = info.get("classes")
+    count = info.get("num_classes", "K")
+    listed = (
+        ": " + ", ".join(f"{i} = {name}" for i, name in enumerate(classes))
+        if isinstance(classes, list)
+        else f" (0 to {count} - 1, in the order of its training data's classes)"
+    )
+    return (
+        "this generator is label-conditioned: it adds one learned pattern per class of its "
+        f"training data, so it needs the images' class. Pass --label with its index{listed}. "
+        "To protect photos that have no such class, train an x-only generator instead "
+        "(preset cpu-paper-game or paper)."
+    )
+
+
 def _read(path: Path) -> Image.Image:
     with Image.open(path) as image:
         image.load()
@@ -182,7 +199,7 @@ def protect_folder(
     overlap = min(64, tile // 4) if overlap is None else overlap
     conditional = bool(getattr(generator, "conditional", False))
     if conditional and label is None:
-        raise ValueError("this generator is label-conditioned: give the images' class (--label)")
+        raise ValueError(_label_needed(generator_info or {}))
     channels = int(getattr(getattr(generator, "base", generator), "in_channels", 3))
     device = next(generator.parameters()).device
     inputs = sorted(p for p in in_dir.rglob("*") if p.is_file())

@@ -36,10 +36,10 @@ __all__ = [
     "make_solver",
 ]
 
-#: Each solver's options for the GUE game. BOME's are the paper's (T = 10 inner Adam steps,
-#: η = 1.5, φ = η‖∇q‖²); inner lr 1e-3 as in the paper's text (its code uses 1e-4).
+#: Each solver's options for the GUE game. BOME's are the official GUE code's (T = 10 inner
+#: Adam steps at lr 1e-4, η = 1.5, φ = η‖∇q‖²); the paper's text says inner lr 1e-3.
 SOLVER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "bome": {"inner_steps": 10, "inner_lr": 1e-3, "inner_optimizer": "adam", "eta": 1.5},
+    "bome": {"inner_steps": 10, "inner_lr": 1e-4, "inner_optimizer": "adam", "eta": 1.5},
     "backgradient": {"inner_steps": 5, "inner_lr": 0.01, "mode": "store", "follower_steps": 1},
     "total_gradient": {"linear_solver": "cg", "solver_iterations": 10, "damping": 1.0},
     "gda": {"alternating": True},

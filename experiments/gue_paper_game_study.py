@@ -1,0 +1,348 @@
+"""Does the paper's GUE game make CIFAR-10 unlearnable at CPU scale, given enough steps?
+
+The paper's game (κ = 0, an x-only generator, BOME, the leader's loss on clean data) with the
+official code's settings, run for up to 10 000 outer steps, with a victim trained on the
+generator's poisons at fixed milestones. Each run varies one thing against ``official``.
+
+    python experiments/gue_paper_game_study.py train official \\
+        --data-dir ../shared/data/cifar10-jpeg.tar.gz --runs-dir ~/runs/gue-paper-game-study
+    # after an interruption, the same command with --resume
+    python experiments/gue_paper_game_study.py report \\
+        --runs-dir ~/runs/gue-paper-game-study --output-dir docs/results/gue-paper-game-study
+
+``train`` checkpoints every generator epoch (≈ 110 outer steps) into ``RUNS_DIR/NAME`` and,
+at each milestone, saves the generator (``snapshots/step-NNNNN.pt``), poisons the training
+set with it (rounded to uint8, as exported) and trains the preset's victim on the poisons
+(the ``cpu`` victim protocol: ``convnet``, 15 epochs), scored on the clean test split and on
+the clean validation split. ``train clean`` trains the same victim on clean data once.
+``report`` writes one JSON per run (the follower's poisoned − clean accuracy gap against
+outer steps, the milestone victims), ``README.md`` with the table and ``study.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stackelberg.data import load_dataset
+from stackelberg.games.unlearnable.checkpoint import save_generator
+from stackelberg.games.unlearnable.export import poison_images, quantize_poison
+from stackelberg.games.unlearnable.presets import (
+    PRESETS,
+    Preset,
+    build_classifier,
+    build_game,
+    split_preset_data,
+)
+from stackelberg.games.unlearnable.training import SOLVER_DEFAULTS, GeneratorTraining
+from stackelberg.games.unlearnable.victim import accuracy, train_victim
+from stackelberg.utils.io import write_json, write_text
+
+BASE_PRESET = "cpu-paper-game"
+MILESTONES = (1250, 2500, 5000, 10_000)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of the study: what it changes against ``official`` and how far it goes."""
+
+    description: str
+    steps: int = 10_000
+    classifier: str | None = None
+    solver_options: dict[str, Any] = field(default_factory=dict)
+    generator_lr: float | None = None
+
+    def preset(self, name: str) -> Preset:
+        base = PRESETS[BASE_PRESET]
+        training = dataclasses.replace(
+            base.training,
+            quick_test_every=0,  # the milestone victims replace the quick tests
+            solver_options={**SOLVER_DEFAULTS["bome"], **self.solver_options},
+            generator_lr=self.generator_lr or base.training.generator_lr,
+        )
+        changes: dict[str, Any] = {"name": f"study-{name}", "training": training}
+        if self.classifier is not None:
+            changes["classifier"] = self.classifier
+        return base.with_changes(**changes)
+
+
+RUNS: dict[str, Run] = {
+    "official": Run("the official code's settings (inner Adam 1e-4, generator SGD 0.1)"),
+    "inner-lr-1e-3": Run(
+        "inner Adam lr 1e-3 (the paper's text)", solver_options={"inner_lr": 1e-3}
+    ),
+    "generator-lr-1": Run("generator SGD lr 1.0 (the old cpu-paper-game)", generator_lr=1.0),
+    "follower-convnet": Run("follower convnet (289 k parameters)", 2500, classifier="convnet"),
+    "follower-convnet-wide": Run(
+        "follower convnet-wide (1.1 M parameters)", 1250, classifier="convnet-wide"
+    ),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("train", "report"))
+    parser.add_argument("run", nargs="?", choices=(*RUNS, "clean"), help="which run (train)")
+    parser.add_argument("--data-dir", type=Path, help="the CIFAR-10 image folder or .tar.gz")
+    parser.add_argument("--runs-dir", type=Path, required=True, help="checkpoints and results")
+    parser.add_argument("--output-dir", type=Path, help="report: where the results go")
+    parser.add_argument("--steps", type=int, help="train: outer steps (default: the run's)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "train" and (args.run is None or args.data_dir is None):
+        parser.error("train needs a run name and --data-dir")
+    if args.command == "report" and args.output_dir is None:
+        parser.error("report needs --output-dir")
+    return args
+
+
+def evaluate_victim(
+    preset: Preset, images: torch.Tensor, data: dict[str, Any], seed: int, progress: bool
+) -> dict[str, Any]:
+    """Train the preset's victim on ``images`` (uint8) and score it on clean test and
+    validation images."""
+    train, validation, test = data["train"], data["validation"], data["test"]
+    channels, num_classes = train.images.shape[1], len(train.classes)
+    torch.manual_seed(seed + 1)  # every victim starts from the same weights
+    model = build_classifier(preset.victim, channels, num_classes)
+    start = time.perf_counter()
+    result = train_victim(
+        model,
+        images,
+        train.labels,
+        test.images,
+        test.labels,
+        preset.victim_schedule,
+        seed=seed,
+        progress=progress,
+        description="victim",
+    )
+    return {
+        "test_accuracy": result.final,
+        "test_curve": result.test_accuracy,
+        "validation_accuracy": accuracy(model, validation.images, validation.labels),
+        "victim_seconds": time.perf_counter() - start,
+    }
+
+
+def train_run(args: argparse.Namespace) -> None:
+    run_dir: Path = args.runs_dir / args.run
+    torch.set_num_threads(args.threads)
+    run = RUNS.get(args.run, RUNS["official"])
+    preset = run.preset(args.run)
+    splits = load_dataset("folder", args.data_dir)
+    train, _, validation, test = split_preset_data(splits, preset, args.seed)
+    data = {"train": train, "validation": validation, "test": test}
+    config = {
+        "run": args.run,
+        "description": "clean victim" if args.run == "clean" else run.description,
+        "preset": preset.to_dict(),
+        "seed": args.seed,
+        "threads": args.threads,
+        "data_dir": str(args.data_dir),
+        "command": " ".join(sys.argv),
+        "torch": torch.__version__,
+    }
+    print(f"seed {args.seed}; config:\n{json.dumps(config, indent=2)}", flush=True)
+    progress = not args.no_progress
+    if args.run == "clean":
+        result = evaluate_victim(preset, train.images, data, args.seed, progress)
+        write_json(args.runs_dir / "clean.json", {**config, **result})
+        print(f"clean victim: test accuracy {result['test_accuracy']:.4f}", flush=True)
+        return
+
+    if (run_dir / "checkpoint.pt").exists() and not args.resume:
+        sys.exit(f"{run_dir / 'checkpoint.pt'} exists: pass --resume to continue it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config)
+    channels, num_classes = train.images.shape[1], len(train.classes)
+    torch.manual_seed(args.seed)
+    game = build_game(preset, channels, num_classes)
+    training = GeneratorTraining(game, preset.training, train, run_dir=run_dir)
+    if args.resume and training.resume():
+        print(f"resumed at epoch {training.epoch} ({training.solver.steps_taken} steps)")
+    steps_per_epoch = len(train) // preset.training.batch_size
+    steps = args.steps or run.steps
+    milestones = sorted({m for m in MILESTONES if m < steps} | {steps})
+    victims_path = run_dir / "victims.json"
+    victims = json.loads(victims_path.read_text()) if victims_path.is_file() else {}
+    for milestone in milestones:
+        epochs = math.ceil(milestone / steps_per_epoch)
+        if training.epoch < epochs:
+            training.config = dataclasses.replace(training.config, epochs=epochs)
+            start = time.perf_counter()
+            training.run(progress=progress)
+            print(
+                f"step {training.solver.steps_taken}: {time.perf_counter() - start:.0f} s "
+                f"since the last milestone",
+                flush=True,
+            )
+        key = str(epochs * steps_per_epoch)
+        if key in victims or training.epoch != epochs:
+            continue  # evaluated already, or the run went past this milestone earlier
+        snapshot = run_dir / "snapshots" / f"step-{int(key):05d}.pt"
+        snapshot.parent.mkdir(exist_ok=True)
+        save_generator(
+            snapshot,
+            game.leader,
+            {
+                "architecture": preset.generator,
+                "label_conditioned": False,
+                "num_classes": num_classes,
+                "epsilon": preset.epsilon,
+                "in_channels": channels,
+                "epoch": training.epoch,
+                "steps": int(key),
+                "preset": preset.name,
+                "solver": preset.training.solver,
+                "seed": args.seed,
+            },
+        )
+        clean = train.images
+        poisoned = quantize_poison(clean, poison_images(game.leader, clean), preset.epsilon)
+        linf = int((poisoned.int() - clean.int()).abs().max())
+        result = evaluate_victim(preset, poisoned, data, args.seed, progress)
+        victims[key] = {"measured_linf_levels": linf, **result}
+        write_json(victims_path, victims)
+        print(
+            f"step {key}: poisoned victim test accuracy {result['test_accuracy']:.4f} "
+            f"(validation {result['validation_accuracy']:.4f}, ‖δ‖∞ = {linf}/255)",
+            flush=True,
+        )
+
+
+def _gap_curve(history: list[dict[str, float]], window: int) -> list[list[float]]:
+    """``[step, mean gap]`` over consecutive windows of the logged history."""
+    curve = []
+    for i in range(0, len(history) - window + 1, window):
+        chunk = history[i : i + window]
+        gap = sum(h["poisoned_accuracy"] - h["clean_accuracy"] for h in chunk) / len(chunk)
+        clean = sum(h["clean_accuracy"] for h in chunk) / len(chunk)
+        curve.append([chunk[-1]["step"], round(gap, 4), round(clean, 4)])
+    return curve
+
+
+def report(args: argparse.Namespace) -> None:
+    out: Path = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    clean_path = args.runs_dir / "clean.json"
+    clean = json.loads(clean_path.read_text()) if clean_path.is_file() else None
+    rows, results = [], {}
+    for name, run in RUNS.items():
+        run_dir = args.runs_dir / name
+        if not (run_dir / "training.json").is_file():
+            continue
+        training = json.loads((run_dir / "training.json").read_text())
+        victims_path = run_dir / "victims.json"
+        victims = json.loads(victims_path.read_text()) if victims_path.is_file() else {}
+        config = json.loads((run_dir / "config.json").read_text())
+        history = training["history"]
+        result = {
+            "run": name,
+            "description": run.description,
+            "planned_steps": run.steps,
+            "steps_done": history[-1]["step"] if history else 0,
+            "config": config,
+            "gap_curve": _gap_curve(history, 5),  # [step, poisoned − clean gap, clean acc]
+            "victims": victims,
+            "clean_victim_test_accuracy": None if clean is None else clean["test_accuracy"],
+        }
+        write_json(out / f"{name}.json", result)
+        results[name] = result
+        rows.append((name, run.description, result["steps_done"], victims))
+    if clean is not None:
+        write_json(out / "clean.json", clean)
+    write_text(out / "README.md", _markdown(rows, clean))
+    _plot(out / "study.png", results, clean)
+    print(f"wrote {out}")
+
+
+def _milestone_keys(victims: dict[str, Any]) -> list[int]:
+    return sorted(int(k) for k in victims)
+
+
+def _markdown(rows: list[tuple[str, str, int, dict[str, Any]]], clean: dict | None) -> str:
+    lines = [
+        "# The paper's GUE game at CPU scale: results so far",
+        "",
+        "Generated by `experiments/gue_paper_game_study.py report`; the commands, the state "
+        "of each run and the reading are in the README section of the same name "
+        "(`docs/results/gue-paper-game-study/NOTES.md`).",
+        "",
+    ]
+    if clean is not None:
+        lines.append(f"Clean victim: **{100 * clean['test_accuracy']:.1f} %** clean test accuracy.")
+        lines.append("")
+    lines += [
+        "Poisoned victim's clean test accuracy (%) after the generator's outer steps:",
+        "",
+        "| run | what it changes | steps done | victim at step (test %) |",
+        "|---|---|---:|---|",
+    ]
+    for name, description, steps, victims in rows:
+        cells = ", ".join(
+            f"{k}: {100 * victims[str(k)]['test_accuracy']:.1f}" for k in _milestone_keys(victims)
+        )
+        lines.append(f"| `{name}` | {description} | {steps} | {cells or '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(path: Path, results: dict[str, dict[str, Any]], clean: dict | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stackelberg.utils.io import atomic_path
+
+    fig, (gap_ax, victim_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, result in results.items():
+        curve = result["gap_curve"]
+        gap_ax.plot([c[0] for c in curve], [100 * c[1] for c in curve], lw=1, label=name)
+        keys = _milestone_keys(result["victims"])
+        victim_ax.plot(
+            keys,
+            [100 * result["victims"][str(k)]["test_accuracy"] for k in keys],
+            marker="o",
+            label=name,
+        )
+    if clean is not None:
+        victim_ax.axhline(100 * clean["test_accuracy"], color="k", ls="--", label="clean victim")
+    victim_ax.axhline(35, color="r", ls=":", label="goal (35 %)")
+    gap_ax.set_xlabel("outer step")
+    gap_ax.set_ylabel("follower: poisoned − clean accuracy (points)")
+    gap_ax.grid(alpha=0.3)
+    gap_ax.legend(fontsize=8)
+    victim_ax.set_xlabel("outer step (generator snapshot)")
+    victim_ax.set_ylabel("poisoned victim, clean test accuracy (%)")
+    victim_ax.set_ylim(0, 100)
+    victim_ax.grid(alpha=0.3)
+    victim_ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.command == "train":
+        train_run(args)
+    else:
+        report(args)
+
+
+if __name__ == "__main__":
+    main()
