@@ -63,20 +63,26 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _epsilon(text: str) -> float:
-    """ε as a fraction (0.0314) or in pixel levels (8/255)."""
+    """ε as a fraction (0.0314) or as a ratio of two numbers (8/255)."""
+    from stackelberg.games.unlearnable.budget import check_epsilon
+
+    parts = text.split("/")
     try:
-        value = (
-            float(text.split("/")[0]) / float(text.split("/")[1]) if "/" in text else float(text)
-        )
-    except (ValueError, ZeroDivisionError) as error:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from error
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"ε must be in (0, 1], got {text}")
-    return value
+        if len(parts) > 2:
+            raise ValueError("more than one '/'")
+        value = float(parts[0]) / float(parts[1]) if len(parts) == 2 else float(text)
+        return check_epsilon(value, name="ε")
+    except (ValueError, ZeroDivisionError, TypeError) as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a budget: {error} (write it like 8/255 or 0.0314)"
+        ) from None
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value

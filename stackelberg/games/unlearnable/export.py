@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from stackelberg.games.unlearnable.budget import budget_levels, enforce_budget, measured_levels
 from stackelberg.games.unlearnable.game import apply_perturbation
 from stackelberg.utils.io import atomic_directory, atomic_path, write_json
 
@@ -71,27 +71,14 @@ def poison_images(
     return torch.cat(out) if out else images.float()
 
 
-def quantize_poison(clean: Tensor, poisoned: Tensor, epsilon: float) -> Tensor:
+def quantize_poison(
+    clean: Tensor, poisoned: Tensor, epsilon: float, *, source: str | None = None
+) -> Tensor:
     """The poisoned images as uint8: ``round(255·x̃)``, with the change from the clean uint8
-    images clipped to ``⌊255·ε⌋`` levels (a no-op when 255·ε is an integer)."""
-    if clean.dtype != torch.uint8:
-        raise TypeError(f"clean images must be uint8, got {clean.dtype}")
-    if clean.shape != poisoned.shape:
-        raise ValueError(
-            f"shapes differ: clean {tuple(clean.shape)}, poisoned {tuple(poisoned.shape)}"
-        )
-    levels = math.floor(255 * epsilon + 1e-6)
-    rounded = torch.round(poisoned.float() * 255).clamp(0, 255)
-    base = clean.to(rounded.device, torch.float32)
-    delta = (rounded - base).clamp(-levels, levels)
-    return (base + delta).to(torch.uint8)
-
-
-def _as_uint8(poisoned: Tensor, clean: Tensor, epsilon: float) -> Tensor:
-    """``poisoned`` itself if already uint8, else :func:`quantize_poison`."""
-    if poisoned.dtype == torch.uint8:
-        return poisoned
-    return quantize_poison(clean, poisoned, epsilon)
+    images clipped to ``⌊255·ε⌋`` levels (a no-op when 255·ε is an integer), checked by
+    :func:`~stackelberg.games.unlearnable.budget.enforce_budget` (non-finite poisons and
+    budget violations are errors naming ``source``)."""
+    return enforce_budget(clean, poisoned, epsilon, source=source)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -113,13 +100,13 @@ def _manifest(
     fmt: str,
 ) -> dict[str, Any]:
     poisoned, clean, labels = poisoned.cpu(), clean.cpu(), labels.cpu()
-    linf = int((poisoned.int() - clean.int()).abs().amax()) if len(labels) else 0
+    linf = measured_levels(poisoned, clean)
     counts = Counter(labels.tolist())
     return {
         "format": fmt,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "epsilon": epsilon,
-        "epsilon_levels": math.floor(255 * epsilon + 1e-6),
+        "epsilon_levels": budget_levels(epsilon),
         "measured_linf_levels": linf,
         "images": len(labels),
         "per_class": {str(k): counts[k] for k in sorted(counts)},
@@ -150,7 +137,7 @@ def export_npz(
     Returns the manifest.
     """
     path = Path(path)
-    quantized = _as_uint8(poisoned, clean, epsilon)
+    quantized = quantize_poison(clean, poisoned, epsilon)
     indices = torch.arange(len(labels)) if indices is None else indices
     if not (len(quantized) == len(labels) == len(indices)):
         raise ValueError("poisoned images, labels and indices must have the same length")
@@ -185,7 +172,7 @@ def export_png_folder(
     Raises:
         FileExistsError: ``root`` exists and ``overwrite`` is off.
     """
-    quantized = _as_uint8(poisoned, clean, epsilon)
+    quantized = quantize_poison(clean, poisoned, epsilon)
     width = max(len(str(len(labels) - 1)), 1)
     with atomic_directory(root, overwrite=overwrite) as tmp:
         for class_name in classes:

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from stackelberg.game import Game
 from stackelberg.games._checks import check_unit_interval
 from stackelberg.games.adversarial import pgd_attack
+from stackelberg.games.unlearnable.budget import check_epsilon
 from stackelberg.games.unlearnable.losses import (
     ATTACKER_LOSSES,
     DEFAULT_CE_CLIP,
@@ -102,8 +103,6 @@ class UnlearnableGame(Game):
         error_minimizing_weight: float = 0.0,
     ) -> None:
         super().__init__(leader=generator, follower=classifier)
-        if not 0.0 < float(epsilon) <= 1.0:
-            raise ValueError(f"epsilon must be in (0, 1] (images live in [0, 1]), got {epsilon}")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
         default = "cw" if variant == "accuracy" else "sur"
@@ -126,7 +125,7 @@ class UnlearnableGame(Game):
             raise ValueError(f"ce_clip must be > 0, got {ce_clip}")
         if not error_minimizing_weight >= 0:
             raise ValueError(f"error_minimizing_weight must be >= 0, got {error_minimizing_weight}")
-        self.epsilon = float(epsilon)
+        self.epsilon = check_epsilon(epsilon)
         self.variant = variant
         self.attacker_loss = attacker_loss
         self.ce_clip = float(ce_clip)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from stackelberg.games.unlearnable.budget import check_epsilon
 from stackelberg.games.unlearnable.export import quantize_poison
 from stackelberg.games.unlearnable.game import apply_perturbation
 from stackelberg.utils.io import atomic_path, write_json
@@ -189,6 +190,7 @@ def protect_folder(
     Raises ``FileNotFoundError`` if ``in_dir`` is not a folder, ``FileExistsError`` if an
     output exists (checked for all files before any is written) and ``overwrite`` is off, and
     ``ValueError`` if ``out_dir`` would write into ``in_dir`` or the generator needs a label."""
+    epsilon = check_epsilon(epsilon)
     in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
     if not in_dir.is_dir():
         raise FileNotFoundError(f"input folder {in_dir} does not exist")

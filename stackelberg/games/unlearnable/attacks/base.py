@@ -8,13 +8,13 @@ An attack maps clean uint8 images ``(N, C, H, W)`` and labels to perturbations `
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from stackelberg.games.unlearnable.budget import check_epsilon
 from stackelberg.games.unlearnable.export import quantize_poison
 from stackelberg.games.unlearnable.game import apply_perturbation
 
@@ -40,8 +40,7 @@ def check_attack_inputs(images: Tensor, labels: Tensor, epsilon: float, num_clas
         raise ValueError(
             f"labels must be ({images.shape[0]},) to match the images, got {tuple(labels.shape)}"
         )
-    if not (isinstance(epsilon, float | int) and math.isfinite(epsilon) and 0 < epsilon <= 1):
-        raise ValueError(f"epsilon must be in (0, 1], got {epsilon!r}")
+    check_epsilon(epsilon)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
