@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         indices=train_indices,
         generator_checkpoint=generator_path,
         source={"dataset": args.dataset, "data_dir": config["data_dir"], "split": "train"},
+        overwrite=True,  # only reached on --resume; an export not written by us is refused
     )
     print(
         f"exported {manifest['images']} poisoned images, ‖δ‖∞ = "

@@ -88,10 +88,20 @@ def _positive(text: str) -> int:
     return value
 
 
+def _tile(text: str) -> int:
+    value = _positive(text)
+    if value < 64:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 64 (smaller tiles are all overlap and never finish), got {text}"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stackelberg.games.unlearnable import VARIANTS
     from stackelberg.games.unlearnable.defenses import DEFENSES
     from stackelberg.games.unlearnable.presets import CLASSIFIERS, PRESETS
+    from stackelberg.games.unlearnable.protect import DEFAULT_MAX_PIXELS
     from stackelberg.games.unlearnable.training import SOLVER_DEFAULTS
 
     parser = argparse.ArgumentParser(
@@ -165,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--epochs", type=_positive, default=15)
     evaluate.add_argument("--lr", type=float, default=0.02, help="SGD learning rate")
     evaluate.add_argument("--output", type=Path, help="write the result as JSON here")
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier report at --output"
+    )
     _add_data_options(evaluate)
     _add_common(evaluate)
     evaluate.set_defaults(handler=_evaluate)
@@ -190,11 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     protect.add_argument(
         "--tile",
-        type=_positive,
+        type=_tile,
         default=1024,
-        help="images larger than TILE×TILE are processed in tiles",
+        help="images larger than TILE×TILE are processed in tiles (at least 64; default "
+        "%(default)s)",
     )
-    protect.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    protect.add_argument(
+        "--max-pixels",
+        type=_positive,
+        default=DEFAULT_MAX_PIXELS,
+        help="skip (and list) images with more pixels than this (default %(default)s; memory "
+        "grows by about 100 bytes per pixel)",
+    )
+    written = protect.add_mutually_exclusive_group()
+    written.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo outputs an earlier protect run wrote (never other files)",
+    )
+    written.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: skip images whose output an earlier run wrote",
+    )
     _add_common(protect)
     protect.set_defaults(handler=_protect)
 
@@ -241,6 +272,18 @@ def _train(args: argparse.Namespace) -> int:
             f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
             "RUN_DIR"
         )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"RUN_DIR {run_dir} exists and is not a folder")
+    if not started and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise FileExistsError(
+            f"{run_dir} already holds files that are not a training run (first: "
+            f"{next(iter(sorted(run_dir.iterdir()))).name}): train writes only into a new or "
+            "empty RUN_DIR"
+        )
+    if args.data_dir is not None:
+        from stackelberg.utils.ownership import check_disjoint
+
+        check_disjoint({"--data-dir": args.data_dir}, {"RUN_DIR": run_dir})
     config = {
         "command": "train",
         "preset": preset.to_dict(),
@@ -288,9 +331,23 @@ def _poison(args: argparse.Namespace) -> int:
         poison_images,
         quantize_poison,
     )
+    from stackelberg.utils.ownership import check_disjoint
 
-    if args.format == "npz" and args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists: pass --overwrite to replace it")
+    outputs = {"--output": args.output}
+    if args.format == "npz":
+        if args.output.suffix != ".npz":
+            raise ValueError(f"--output must name a .npz file for --format npz, got {args.output}")
+        outputs["the manifest"] = args.output.with_suffix(".json")
+        if args.output.exists() and not args.overwrite:
+            raise FileExistsError(f"{args.output} exists: pass --overwrite to replace it")
+    check_disjoint(
+        {
+            "--data-dir": args.data_dir,
+            "--generator": args.generator,
+            "the generator's metadata": args.generator.with_suffix(".json"),
+        },
+        outputs,
+    )
     generator, metadata = load_generator(args.generator, args.device)
     split = _load(args)[args.split]
     _check_compatible(metadata, split.images.shape[1], len(split.classes))
@@ -299,6 +356,7 @@ def _poison(args: argparse.Namespace) -> int:
         split.images,
         poison_images(generator, split.images, split.labels, progress=not args.no_progress),
         epsilon,
+        source=str(args.generator),
     )
     source = {"dataset": args.dataset, "data_dir": str(args.data_dir), "split": args.split}
     if args.format == "npz":
@@ -310,6 +368,7 @@ def _poison(args: argparse.Namespace) -> int:
             epsilon,
             source=source,
             generator_checkpoint=args.generator,
+            overwrite=args.overwrite,
         )
     else:
         manifest = export_png_folder(
@@ -348,7 +407,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     from stackelberg.games.unlearnable.presets import build_classifier
     from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
     from stackelberg.utils.io import write_json
+    from stackelberg.utils.ownership import check_disjoint, owned_json
 
+    if args.output is not None:
+        check_disjoint(
+            {"--poisoned": args.poisoned, "--data-dir": args.data_dir}, {"--output": args.output}
+        )
+        ours = owned_json(
+            args.output,
+            lambda r: r.get("command") == "evaluate",
+            "a report written by `stackelberg evaluate`",
+        )
+        if ours and not args.overwrite:
+            raise FileExistsError(f"{args.output} exists: pass --overwrite to replace it")
     parallel = distributed.setup()
     device = _rank_device(args.device) if parallel else args.device
     splits = _load(args)
@@ -432,7 +503,9 @@ def _protect(args: argparse.Namespace) -> int:
         epsilon=float(metadata["epsilon"]),
         label=args.label if metadata["label_conditioned"] else None,
         overwrite=args.overwrite,
+        resume=args.resume,
         tile=args.tile,
+        max_pixels=args.max_pixels,
         generator_info={
             **metadata,
             "path": str(args.generator),
@@ -442,6 +515,8 @@ def _protect(args: argparse.Namespace) -> int:
     )
     for skipped in report.skipped:
         print(f"skipped {skipped['input']}: {skipped['reason']}", file=sys.stderr)
+    if report.resumed:
+        print(f"{len(report.resumed)} image(s) already protected by the interrupted run")
     worst = max((p["linf_levels"] for p in report.protected), default=0)
     print(
         f"protected {len(report.protected)} image(s) into {args.out_dir} "

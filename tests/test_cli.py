@@ -166,13 +166,14 @@ def test_protect_keeps_the_budget_after_png_round_trip_and_reports_bad_files(
         "--generator",
         str(tmp_path / "g.pt"),
         "--tile",
-        "16",
+        "64",
         "--no-progress",
     ]
     assert main(command) == 0
     captured = capsys.readouterr()
     assert "broken.png" in captured.err and "notes.txt" in captured.err
-    manifest = json.loads((out / "protect_manifest.json").read_text())
+    manifest = json.loads((out / "protect_manifest.json").read_text())["batches"][-1]
+    assert manifest["finished"]
     assert {s["input"] for s in manifest["skipped"]} == {"trip/broken.png", "notes.txt"}
     assert len(manifest["protected"]) == 4
     for name, clean in originals.items():

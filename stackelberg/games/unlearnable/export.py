@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from stackelberg.games.unlearnable.budget import budget_levels, enforce_budget, measured_levels
 from stackelberg.games.unlearnable.game import apply_perturbation
 from stackelberg.utils.io import atomic_directory, atomic_path, write_json
+from stackelberg.utils.ownership import OwnershipError, owned_json
 
 __all__ = [
     "export_npz",
@@ -129,14 +131,36 @@ def export_npz(
     indices: Tensor | None = None,
     source: Mapping[str, Any] | None = None,
     generator_checkpoint: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write ``x`` (uint8 NHWC), ``y`` and ``indices`` (into the source dataset) to ``path``
     (``.npz``) and the manifest to ``path`` with suffix ``.json``; both atomically.
 
     ``poisoned`` is float in [0, 1] (quantized here) or uint8; ``clean`` is the uint8 source.
     Returns the manifest.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is off.
+        OwnershipError: ``path`` or its ``.json`` exists but is not an export of this
+            function (identified by the manifest): it is never replaced.
     """
     path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"the poisoned dataset's file name must end in .npz, got {path}")
+    manifest_path = path.with_suffix(".json")
+    ours = owned_json(
+        manifest_path,
+        lambda r: r.get("format") == "npz" and r.get("file") == path.name,
+        f"the manifest of {path.name} written by `stackelberg poison`",
+    )
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists: pass --overwrite to replace it")
+        if not ours or not path.is_file():
+            raise OwnershipError(
+                f"{path} exists without the manifest {manifest_path.name} that `poison` "
+                "writes beside its exports: it is not replaced, even with --overwrite"
+            )
     quantized = quantize_poison(clean, poisoned, epsilon)
     indices = torch.arange(len(labels)) if indices is None else indices
     if not (len(quantized) == len(labels) == len(indices)):
@@ -149,7 +173,7 @@ def export_npz(
     manifest = _manifest(quantized, clean, labels, epsilon, source, generator_checkpoint, "npz")
     manifest["file"] = path.name
     manifest["sha256"] = file_sha256(path)
-    write_json(path.with_suffix(".json"), manifest)
+    write_json(manifest_path, manifest)
     return manifest
 
 
@@ -171,9 +195,14 @@ def export_png_folder(
 
     Raises:
         FileExistsError: ``root`` exists and ``overwrite`` is off.
+        OwnershipError: ``root`` holds anything but an earlier export's files (the ones its
+            ``manifest.json`` lists): nothing is replaced or deleted, even with ``overwrite``.
     """
+    root = Path(root)
+    _check_replaceable_png_folder(root, overwrite)
     quantized = quantize_poison(clean, poisoned, epsilon)
     width = max(len(str(len(labels) - 1)), 1)
+    files: list[str] = []
     with atomic_directory(root, overwrite=overwrite) as tmp:
         for class_name in classes:
             (tmp / class_name).mkdir()
@@ -182,8 +211,38 @@ def export_png_folder(
             picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
             buffer = io.BytesIO()
             picture.save(buffer, format="PNG")
-            (tmp / classes[label] / f"{i:0{width}d}.png").write_bytes(buffer.getvalue())
+            name = f"{classes[label]}/{i:0{width}d}.png"
+            (tmp / name).write_bytes(buffer.getvalue())
+            files.append(name)
         manifest = _manifest(quantized, clean, labels, epsilon, source, generator_checkpoint, "png")
         manifest["classes"] = list(classes)
+        manifest["files"] = files
         write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _check_replaceable_png_folder(root: Path, overwrite: bool) -> None:
+    """``root`` may be (re)written: it does not exist, is empty, or holds exactly an earlier
+    PNG export (its ``manifest.json`` lists every file in it) and ``overwrite`` is on."""
+    if not root.exists() and not root.is_symlink():
+        return
+    if root.is_symlink() or not root.is_dir():
+        raise OwnershipError(f"{root} exists and is not a folder: choose another output folder")
+    present = sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
+    if not present:
+        return
+    if not overwrite:
+        raise FileExistsError(f"{root} exists: pass --overwrite to replace an earlier export")
+    owned_json(
+        root / "manifest.json",
+        lambda r: r.get("format") == "png" and isinstance(r.get("files"), list),
+        "the manifest of a PNG export written by `stackelberg poison`",
+    )
+    listed = set(json.loads((root / "manifest.json").read_text())["files"]) | {"manifest.json"}
+    foreign = [name for name in present if name not in listed]
+    if foreign:
+        raise OwnershipError(
+            f"{root} holds {len(foreign)} file(s) that `poison` did not write (first: "
+            f"{foreign[0]}): the folder is not replaced, even with --overwrite; choose another "
+            "output folder"
+        )

@@ -2,19 +2,28 @@
 
 Every readable image (any size, PNG/JPEG/anything Pillow opens) is perturbed by the generator at
 its own resolution, ``x̃ = round(255·clamp(x + g(x), 0, 1))`` with the change clipped to
-``⌊255ε⌋`` levels, and written as a lossless PNG under the same relative path (suffix ``.png``).
-The generator is fully convolutional: an image is reflect-padded to a multiple of its
-down-sampling factor and cropped back; images larger than ``tile × tile`` pixels are processed
-in tiles overlapping by ``min(64, tile/4)`` pixels, each output pixel taken from the tile where
-it lies farthest from an edge (a label-conditioned generator's class pattern then repeats per
-tile). An alpha channel is kept
-unchanged. Files that cannot be read as images are reported and skipped, never dropped
-silently; nothing is overwritten without ``overwrite=True``. A manifest records, per file, the
-‖δ‖∞ measured by reading the written PNG back.
+``⌊255ε⌋`` levels (:mod:`~stackelberg.games.unlearnable.budget`), and written as a lossless
+PNG under the same relative path (suffix ``.png``). The generator is fully convolutional: an
+image is reflect-padded to a multiple of its down-sampling factor and cropped back; images
+larger than ``tile × tile`` pixels are processed in tiles overlapping by ``min(64, tile/4)``
+pixels, each output pixel taken from the tile where it lies farthest from an edge (a
+label-conditioned generator's class pattern then repeats per tile).
+
+Photos as people have them: the EXIF orientation is applied first, so the output displays
+upright; the ICC colour profile is kept; other metadata (EXIF: camera, date, GPS position) is
+not copied, which also keeps a published photo from giving away where it was taken. An alpha
+channel is kept unchanged. Animated images, images of more than 8 bits per channel (which an
+8-bit PNG could not reproduce within ε) and images over ``max_pixels`` are skipped and listed,
+as are files that cannot be read and dangling links; nothing is dropped silently.
+
+Nothing is written into the input folder or replaced that protect did not write. The manifest
+``protect_manifest.json`` records every batch written into the output folder, with, per file,
+the ‖δ‖∞ measured by reading the written PNG back against the source pixels.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,15 +32,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from stackelberg.games.unlearnable.budget import check_epsilon
+from stackelberg.games.unlearnable.budget import BudgetError, budget_levels, check_epsilon
 from stackelberg.games.unlearnable.export import quantize_poison
 from stackelberg.games.unlearnable.game import apply_perturbation
 from stackelberg.utils.io import atomic_path, write_json
+from stackelberg.utils.ownership import OwnershipError, check_disjoint, owned_json
 
 __all__ = ["ProtectReport", "perturb_image", "protect_folder"]
 
@@ -41,10 +51,12 @@ MANIFEST = "protect_manifest.json"
 @dataclass
 class ProtectReport:
     """What :func:`protect_folder` did: ``protected`` (one dict per written file, with its
-    measured ``linf_levels``), ``skipped`` (input, reason) and the time it took."""
+    measured ``linf_levels``), ``skipped`` (input, reason), ``resumed`` (inputs an earlier
+    batch had protected) and the time it took."""
 
     protected: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -144,10 +156,46 @@ def _label_needed(info: dict[str, Any]) -> str:
     )
 
 
-def _read(path: Path) -> Image.Image:
+#: Images with more pixels than this are skipped (and listed) unless ``max_pixels`` is raised:
+#: protecting one takes about 100 bytes of memory per pixel (≈ 4 GB at this limit).
+DEFAULT_MAX_PIXELS = 40_000_000
+
+_HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class _Unsupported(Exception):
+    """An input that is an image but cannot be protected faithfully; the reason is listed."""
+
+
+def _read(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The image at ``path``, upright (its EXIF orientation applied), as 8-bit pixels.
+
+    Raises :class:`_Unsupported` for animations, images of more than 8 bits per channel and
+    images over ``max_pixels``, checked from the header before any pixel is decoded.
+    """
     with Image.open(path) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise _Unsupported(
+                f"{width}×{height} = {width * height} pixels is over the limit of {max_pixels} "
+                "(raise it with --max-pixels; memory grows with the pixel count)"
+            )
+        frames = int(getattr(image, "n_frames", 1))
+        if frames > 1:
+            raise _Unsupported(
+                f"an animated image ({frames} frames): protect handles still images only and "
+                "would drop all frames but the first"
+            )
+        rawmode = image.tile[0][3] if image.tile and len(image.tile[0]) > 3 else ""
+        if image.mode in _HIGH_DEPTH_MODES or ";16" in str(rawmode):
+            raise _Unsupported(
+                f"a high-bit-depth image (mode {image.mode}, {rawmode or 'more than 8 bits'}): "
+                "protect writes 8-bit PNGs, which would change it by more than ε; convert it to "
+                "8 bits per channel first"
+            )
         image.load()
-        return image.copy()
+        upright = ImageOps.exif_transpose(image)
+        return (upright if upright is not None else image).copy()
 
 
 def _split_alpha(image: Image.Image, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -179,64 +227,123 @@ def protect_folder(
     epsilon: float,
     label: int | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     tile: int = 1024,
     overlap: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     generator_info: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> ProtectReport:
-    """Protect every image under ``in_dir`` into ``out_dir`` (see the module doc) and write
-    ``out_dir/protect_manifest.json``.
+    """Protect every image under ``in_dir`` into ``out_dir`` (see the module doc) and record
+    the batch in ``out_dir/protect_manifest.json``.
+
+    The manifest keeps every batch written into ``out_dir`` (``batches``, appended, never
+    replaced) and is saved every few images, so an interrupted run can be continued with
+    ``resume=True``: inputs whose output an earlier batch recorded are skipped. Only outputs
+    a batch recorded are ever replaced (with ``overwrite=True``); any other existing file is
+    refused, and so is any overlap of ``in_dir`` and ``out_dir`` (links resolved).
 
     Raises ``FileNotFoundError`` if ``in_dir`` is not a folder, ``FileExistsError`` if an
-    output exists (checked for all files before any is written) and ``overwrite`` is off, and
-    ``ValueError`` if ``out_dir`` would write into ``in_dir`` or the generator needs a label."""
+    output exists (checked for all files before any is written) and neither ``overwrite``
+    nor ``resume`` applies, :class:`~stackelberg.utils.ownership.OwnershipError` if it was not
+    written by ``protect``, and ``ValueError`` for overlapping folders, a bad ε, or a missing
+    label."""
     epsilon = check_epsilon(epsilon)
+    if overwrite and resume:
+        raise ValueError("choose one of overwrite (redo every image) and resume (skip done ones)")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+    if not Path(in_dir).is_dir():
+        kind = "is not a folder" if Path(in_dir).exists() else "does not exist"
+        raise FileNotFoundError(f"input folder {in_dir} {kind}")
+    check_disjoint({"the input folder": in_dir}, {"the output folder": out_dir})
     in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
-    if not in_dir.is_dir():
-        raise FileNotFoundError(f"input folder {in_dir} does not exist")
-    if out_dir == in_dir or in_dir in out_dir.parents:
-        raise ValueError(
-            f"the output folder {out_dir} lies inside the input folder {in_dir}: choose another"
-        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"the output folder {out_dir} exists and is not a folder")
     overlap = min(64, tile // 4) if overlap is None else overlap
     conditional = bool(getattr(generator, "conditional", False))
     if conditional and label is None:
         raise ValueError(_label_needed(generator_info or {}))
+    manifest_path = out_dir / MANIFEST
+    batches = _earlier_batches(manifest_path)
+    recorded = {entry["output"] for batch in batches for entry in batch.get("protected", [])}
     channels = int(getattr(getattr(generator, "base", generator), "in_channels", 3))
     device = next(generator.parameters()).device
-    inputs = sorted(p for p in in_dir.rglob("*") if p.is_file())
+    found = sorted(in_dir.rglob("*"))
+    inputs = [p for p in found if p.is_file()]
+    dangling = [p for p in found if p.is_symlink() and not p.exists()]
     targets = {p: out_dir / p.relative_to(in_dir).with_suffix(".png") for p in inputs}
     clashes = _clashing_targets(targets)
-    existing = [t for t in targets.values() if t.exists()]
-    if existing and not overwrite:
+    existing = [t for t in targets.values() if t.exists() or t.is_symlink()]
+    foreign = [t for t in existing if str(t.relative_to(out_dir)) not in recorded]
+    if foreign:
+        raise OwnershipError(
+            f"{len(foreign)} output file(s) exist that protect did not write (first: "
+            f"{foreign[0]}): they are never replaced, not even with --overwrite; choose another "
+            "output folder"
+        )
+    if existing and not (overwrite or resume):
         raise FileExistsError(
-            f"{len(existing)} output file(s) already exist (first: {existing[0]}); pass "
-            "--overwrite to replace them"
+            f"{len(existing)} output file(s) from an earlier protect run already exist (first: "
+            f"{existing[0]}): pass --resume to continue that run, or --overwrite to redo them"
         )
     report = ProtectReport()
+    report.skipped += [
+        {"input": str(p.relative_to(in_dir)), "reason": "a link to nothing (dangling)"}
+        for p in dangling
+    ]
+    batch: dict[str, Any] = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "input_dir": str(in_dir),
+        "epsilon": epsilon,
+        "epsilon_levels": budget_levels(epsilon),
+        "label": label,
+        "generator": generator_info or {},
+        "protected": report.protected,
+        "skipped": report.skipped,
+        "finished": False,
+    }
+    source = str((generator_info or {}).get("path", "the generator"))
     generator.eval()
     start = time.perf_counter()
-    for path in tqdm(inputs, desc="protect", disable=not progress):
+    for count, path in enumerate(tqdm(inputs, desc="protect", disable=not progress)):
         relative = str(path.relative_to(in_dir))
+        target = targets[path]
         if path in clashes:
             report.skipped.append({"input": relative, "reason": clashes[path]})
             continue
+        if resume and target.exists():
+            report.resumed.append(relative)
+            continue
         try:
-            pixels, alpha = _split_alpha(_read(path), channels)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+            image = _read(path, max_pixels)
+            pixels, alpha = _split_alpha(image, channels)
+        except _Unsupported as reason:
+            report.skipped.append({"input": relative, "reason": str(reason)})
+            continue
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+                SyntaxError) as error:  # fmt: skip
             report.skipped.append({"input": relative, "reason": f"not a readable image: {error}"})
             continue
         clean = torch.from_numpy(pixels).permute(2, 0, 1)[None]
         x = clean.to(device).float() / 255.0
         delta = perturb_image(generator, x, label=label, tile=tile, overlap=overlap)
-        protected = quantize_poison(clean, apply_perturbation(x, delta).cpu(), epsilon)
-        target = targets[path]
+        protected = quantize_poison(
+            clean, apply_perturbation(x, delta).cpu(), epsilon, source=source
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
-        image = _to_image(protected[0].permute(1, 2, 0).numpy(), alpha)
+        picture = _to_image(protected[0].permute(1, 2, 0).numpy(), alpha)
+        icc = image.info.get("icc_profile")
         with atomic_path(target) as tmp:
-            image.save(tmp, format="PNG")
-        written, _ = _split_alpha(_read(target), channels)
+            picture.save(tmp, format="PNG", **({"icc_profile": icc} if icc else {}))
+        written, _ = _split_alpha(_read(target, max(max_pixels, pixels.size)), channels)
         linf = int(np.abs(written.astype(np.int16) - pixels.astype(np.int16)).max())
+        if linf > budget_levels(epsilon):  # the invariant, checked on the bytes written
+            target.unlink()
+            raise BudgetError(
+                f"{target} changed a pixel by {linf} levels, over the budget of "
+                f"{budget_levels(epsilon)}; it was removed"
+            )
         report.protected.append(
             {
                 "input": relative,
@@ -246,23 +353,40 @@ def protect_folder(
                 "linf_levels": linf,
             }
         )
-    report.seconds = time.perf_counter() - start
-    write_json(
-        out_dir / MANIFEST,
-        {
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "input_dir": str(in_dir),
-            "epsilon": epsilon,
-            "epsilon_levels": int(np.floor(255 * epsilon + 1e-6)),
-            "label": label,
-            "generator": generator_info or {},
-            "protected": report.protected,
-            "skipped": report.skipped,
-            "seconds": report.seconds,
-            "images_per_second": report.images_per_second,
-        },
-    )
+        if count % 25 == 24:
+            _write_manifest(manifest_path, batches, batch, report, start)
+    batch["finished"] = True
+    _write_manifest(manifest_path, batches, batch, report, start)
     return report
+
+
+def _earlier_batches(path: Path) -> list[dict[str, Any]]:
+    """The batches an existing manifest records (a manifest of the first format, one batch
+    at the top level, counts as one); refuses a file of that name protect did not write."""
+    if not owned_json(
+        path,
+        lambda r: isinstance(r.get("batches"), list) or isinstance(r.get("protected"), list),
+        "a manifest written by `stackelberg protect`",
+    ):
+        return []
+    record = json.loads(path.read_text())
+    return list(record["batches"]) if "batches" in record else [record]
+
+
+def _write_manifest(
+    path: Path,
+    earlier: list[dict[str, Any]],
+    batch: dict[str, Any],
+    report: ProtectReport,
+    start: float,
+) -> None:
+    report.seconds = time.perf_counter() - start
+    batch.update(
+        seconds=report.seconds,
+        images_per_second=report.images_per_second,
+        resumed=len(report.resumed),
+    )
+    write_json(path, {"format": "stackelberg-protect", "batches": [*earlier, batch]})
 
 
 def _clashing_targets(targets: dict[Path, Path]) -> dict[Path, str]:
