@@ -12,6 +12,7 @@ import dataclasses
 import json
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -296,6 +297,8 @@ def _train(args: argparse.Namespace) -> int:
     }
     if distributed.is_main_process():
         print(f"seed {args.seed}; config:\n{json.dumps(config, indent=2)}", flush=True)
+    if started and (run_dir / "config.json").is_file():
+        _check_same_run(run_dir / "config.json", config)
     splits = _load(args)
     train, _ = subset(splits["train"], preset.train_size, args.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -314,6 +317,31 @@ def _train(args: argparse.Namespace) -> int:
     if distributed.is_main_process():
         print(f"generator: {run_dir / 'generator.pt'} (epoch {metadata['epoch']})")
     return 0
+
+
+#: What may change when a run is resumed: how long, where and how it runs, not what it trains.
+_RESUMABLE_CHANGES = ("epochs", "device", "processes", "data_dir")
+
+
+def _check_same_run(path: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume a run whose defining settings (preset, ε, variant, solver, data set
+    and its size, seed) differ from the saved ones, naming each key that differs."""
+    from stackelberg.games.unlearnable.training import differing_keys
+
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} cannot be read ({error}); the run cannot be resumed") from None
+
+    def defining(c: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in c.items() if k not in _RESUMABLE_CHANGES}
+
+    differing = differing_keys(defining(saved), defining(config))
+    if differing:
+        raise ValueError(
+            f"--resume: the run in {path.parent} was started with other settings: "
+            f"{'; '.join(differing)}. Resume with the same settings, or start a new RUN_DIR"
+        )
 
 
 def _rank_device(device: str) -> str:
@@ -434,6 +462,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
     torch.manual_seed(args.seed)
     num_classes = len(train.classes)
+    if len(labels) == 0:
+        raise ValueError("the training set is empty: there is nothing to train a victim on")
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) for this dataset's {num_classes} classes, "
+            f"got [{int(labels.min())}, {int(labels.max())}]"
+        )
     model = build_classifier(args.victim, images.shape[1], num_classes).to(device)
     schedule = VictimSchedule.scaled(args.epochs, lr=args.lr)
     start = time.perf_counter()
@@ -478,10 +513,10 @@ def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with np.load(path, allow_pickle=False) as stored:
             x, y = stored["x"], stored["y"]
-    except (KeyError, ValueError, OSError) as error:
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
         raise ValueError(
             f"{path} is not a dataset written by `stackelberg poison`: {error}"
-        ) from error
+        ) from None
     if x.dtype != np.uint8 or x.ndim != 4 or y.shape != (x.shape[0],):
         raise ValueError(f"{path}: need uint8 x (N, H, W, C) and labels y (N,)")
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long()
@@ -567,6 +602,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse exits with 2 on bad usage)."""
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    device = getattr(args, "device", "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"error: --device {device}, but PyTorch sees no CUDA device here (its build: "
+            f"{torch.__version__}); use --device cpu",
+            file=sys.stderr,
+        )
+        return 1
     try:
         return handler(args)
     except _USER_ERRORS as error:

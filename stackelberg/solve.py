@@ -58,6 +58,11 @@ def solve(
     Returns:
         One diagnostics dict per step taken, each with its ``"step"`` index added.
     """
+    if not isinstance(solver, Solver):
+        raise TypeError(
+            f"solver must be a solver object such as stackelberg.BOME(game, leader_optimizer, "
+            f"follower_optimizer), got {type(solver).__name__} {solver!r}"
+        )
     if solver.game is not game:
         raise ValueError("solver was built for a different game than the one passed to solve")
     check_int("steps", steps, 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +48,12 @@ def _archive_members(path: Path, splits: Sequence[str]) -> Iterator[tuple[str, s
     pattern = re.compile(
         rf"^(?:.*/)?({alternatives})/([^/]+)/([^/]+)$"
     )  # [prefix/]split/class/file
-    with tarfile.open(path, "r:*") as archive:
-        for member in archive:
+    try:
+        archive = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by the with below)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise ValueError(f"{path} is not a readable .tar.gz archive: {error}") from None
+    with archive:
+        for member in _checked_members(archive, path):
             if not member.isfile() or not member.name.lower().endswith(IMAGE_SUFFIXES):
                 continue
             match = pattern.match(member.name)
@@ -56,6 +61,14 @@ def _archive_members(path: Path, splits: Sequence[str]) -> Iterator[tuple[str, s
                 handle = archive.extractfile(member)
                 if handle is not None:
                     yield match.group(1), match.group(2), member.name, handle.read()
+
+
+def _checked_members(archive: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
+    """The archive's members, with a damaged archive reported as one error naming the file."""
+    try:
+        yield from archive
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise ValueError(f"{path} is a damaged archive: {error}") from None
 
 
 def _directory_members(path: Path, splits: Sequence[str]) -> Iterator[tuple[str, str, str, bytes]]:

@@ -33,6 +33,7 @@ __all__ = [
     "SOLVER_DEFAULTS",
     "GeneratorTraining",
     "TrainingConfig",
+    "differing_keys",
     "make_solver",
 ]
 
@@ -237,10 +238,15 @@ class GeneratorTraining:
             return False
         state = torch.load(path, map_location=self.device, weights_only=True)
         saved, current = state.get("config"), self.config.to_dict()
-        if saved is not None and _comparable(saved) != _comparable(current):
+        differing = (
+            [] if saved is None else differing_keys(_comparable(saved), _comparable(current))
+        )
+        if state.get("epsilon") is not None and float(state["epsilon"]) != self.game.epsilon:
+            differing.append(f"epsilon ({state['epsilon']} → {self.game.epsilon})")
+        if differing:
             raise ValueError(
-                f"{path} was written with another configuration; use a new run folder or the "
-                f"same settings (saved: {saved})"
+                f"{path} was written by a run with other settings: {', '.join(differing)}; "
+                "resume with the same settings, or start a new run folder"
             )
         self.load_state_dict(state)
         return True
@@ -322,6 +328,26 @@ class GeneratorTraining:
             return self.epoch
         self.game.leader.load_state_dict(self.best_generator)
         return self.best_epoch
+
+
+def differing_keys(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts, each with both values
+    (``"training.generator_lr (1.0 → 0.1)"``)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = sorted(set(saved) | set(current))
+        return [
+            d for k in keys for d in differing_keys(saved.get(k), current.get(k), f"{prefix}{k}.")
+        ]
+    if _normalized(saved) != _normalized(current):
+        return [f"{prefix.rstrip('.')} ({saved!r} → {current!r})"]
+    return []
+
+
+def _normalized(value: Any) -> Any:
+    """JSON round trips turn tuples into lists; compare them as equal."""
+    if isinstance(value, tuple | list):
+        return [_normalized(v) for v in value]
+    return value
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
