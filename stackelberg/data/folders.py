@@ -51,7 +51,8 @@ def _archive_members(path: Path, splits: Sequence[str]) -> Iterator[tuple[str, s
     try:
         archive = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by the with below)
     except (tarfile.TarError, EOFError, OSError) as error:
-        raise ValueError(f"{path} is not a readable .tar.gz archive: {error}") from None
+        reason = str(error).splitlines()[0]
+        raise ValueError(f"{path} is not a readable .tar.gz archive ({reason})") from None
     with archive:
         for member in _checked_members(archive, path):
             if not member.isfile() or not member.name.lower().endswith(IMAGE_SUFFIXES):
@@ -68,7 +69,8 @@ def _checked_members(archive: tarfile.TarFile, path: Path) -> Iterator[tarfile.T
     try:
         yield from archive
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
-        raise ValueError(f"{path} is a damaged archive: {error}") from None
+        reason = str(error).splitlines()[0]
+        raise ValueError(f"{path} is a damaged archive ({reason})") from None
 
 
 def _directory_members(path: Path, splits: Sequence[str]) -> Iterator[tuple[str, str, str, bytes]]:

@@ -233,11 +233,15 @@ def _check_replaceable_png_folder(root: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise FileExistsError(f"{root} exists: pass --overwrite to replace an earlier export")
-    owned_json(
+    if not owned_json(
         root / "manifest.json",
         lambda r: r.get("format") == "png" and isinstance(r.get("files"), list),
         "the manifest of a PNG export written by `stackelberg poison`",
-    )
+    ):
+        raise OwnershipError(
+            f"{root} holds files that `poison` did not write (first: {present[0]}): the folder "
+            "is not replaced, even with --overwrite; choose another output folder"
+        )
     listed = set(json.loads((root / "manifest.json").read_text())["files"]) | {"manifest.json"}
     foreign = [name for name in present if name not in listed]
     if foreign:
