@@ -25,13 +25,14 @@ from stackelberg.utils import distributed
 
 __all__ = ["main", "run"]
 
+#: What a user's mistake raises (a missing or unreadable file, bad data or settings, a refused
+#: overwrite): one line on stderr and exit status 1. Anything else (TypeError, RuntimeError,
+#: ...) is a programming error and keeps its traceback.
 _USER_ERRORS = (
     FileNotFoundError,
     FileExistsError,
     NotADirectoryError,
     ValueError,
-    TypeError,
-    RuntimeError,
     ImportError,
     OSError,
 )

@@ -135,7 +135,7 @@ def test_epsilon_true_in_generator_json_names_the_file_and_field(
     meta = gray_generator.with_suffix(".json")
     record = json.loads(meta.read_text())
     meta.write_text(json.dumps({**record, "epsilon": True}))
-    with pytest.raises(TypeError, match=r"the field 'epsilon'.*generator\.json"):
+    with pytest.raises(ValueError, match=r"the field 'epsilon'.*generator\.json"):
         load_generator(gray_generator)
     meta.write_text(json.dumps({**record, "in_channels": "three"}))
     assert main(poison_command(gray_generator, tmp_path / "o.npz")) == 1

@@ -117,7 +117,8 @@ def download_cifar(name: str, root: str | Path) -> Path:
     path; an archive already there with the right checksum is reused.
 
     Raises:
-        RuntimeError: the download failed (offline?) or the checksum does not match.
+        ConnectionError: the download failed (offline?).
+        ValueError: the checksum does not match.
     """
     source = _source(name)
     root = Path(root)
@@ -131,14 +132,14 @@ def download_cifar(name: str, root: str | Path) -> Path:
         try:
             urllib.request.urlretrieve(source.url, tmp)
         except (urllib.error.URLError, OSError) as error:
-            raise RuntimeError(
+            raise ConnectionError(
                 f"could not download {source.url} ({error}). Without internet, download "
                 f"{source.archive} elsewhere and pass its path (or its folder) as the data "
                 "directory."
             ) from error
         got = _md5(Path(tmp))
         if got != source.md5:
-            raise RuntimeError(
+            raise ValueError(
                 f"{source.url} downloaded with md5 {got}, expected {source.md5}: the file is "
                 "corrupt or not the official archive; nothing was kept"
             )

@@ -81,7 +81,10 @@ def load_generator(
 
 def _check_metadata(metadata: dict[str, Any], meta_path: Path) -> None:
     """Each field that rebuilds the generator has the right type; errors name file and field."""
-    check_epsilon(metadata["epsilon"], name="the field 'epsilon'", source=str(meta_path))
+    try:
+        check_epsilon(metadata["epsilon"], name="the field 'epsilon'", source=str(meta_path))
+    except TypeError as error:  # a wrong type in a file is bad data, not a programming error
+        raise ValueError(str(error)) from None
     for key in ("in_channels", "num_classes"):
         value = metadata[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
