@@ -398,7 +398,7 @@ def test_checkpoints_load_with_weights_only_and_refuse_other_settings(tmp_path: 
     assert (tmp_path / "training.json").is_file()
     other = _training(tmp_path, epochs=2)
     other.config.generator_lr = 0.5
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match=r"other settings: generator_lr \(0\.1 → 0\.5\)"):
         other.resume()
 
 
