@@ -15,9 +15,11 @@ from PIL import Image
 from torch import nn
 
 from stackelberg.cli import main
+from stackelberg.games.unlearnable.budget import enforce_budget
 from stackelberg.games.unlearnable.checkpoint import save_generator
+from stackelberg.games.unlearnable.game import apply_perturbation
 from stackelberg.games.unlearnable.presets import build_generator
-from stackelberg.games.unlearnable.protect import perturb_image
+from stackelberg.games.unlearnable.protect import perturb_image, protect_pixels
 
 EPS = 8 / 255
 LEVELS = 8
@@ -201,22 +203,50 @@ def test_protect_keeps_the_budget_after_png_round_trip_and_reports_bad_files(
     )
 
 
-def test_tiling_equals_the_whole_image_for_a_pointwise_generator() -> None:
-    class Pointwise(nn.Module):
-        downsampling = 1
+class _Local(nn.Module):
+    """Two 3×3 convolutions: each output pixel depends on inputs at most 2 pixels away. Records
+    the size of every input it sees."""
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.mix = nn.Conv2d(3, 3, 1)
+    downsampling = 1
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return EPS * torch.tanh(10 * self.mix(x))
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 3, 3, padding=1)
+        )
+        self.seen: list[tuple[int, int]] = []
 
-    generator = Pointwise()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(x.shape[-2:]))
+        return EPS * torch.tanh(10 * self.net(x))
+
+
+def test_tiling_equals_the_whole_image_when_the_halo_covers_the_receptive_field() -> None:
+    torch.manual_seed(0)
+    generator = _Local()
     x = torch.rand(1, 3, 70, 45)
     whole = perturb_image(generator, x, tile=1024)
-    tiled = perturb_image(generator, x, tile=16, overlap=4)
-    assert torch.allclose(whole, tiled)
+    tiled = perturb_image(generator, x, tile=16, overlap=6)  # halo 3 > receptive radius 2
+    assert max(max(size) for size in generator.seen[1:]) <= 16
+    assert torch.allclose(whole, tiled, atol=1e-6)
+    too_thin = perturb_image(generator, x, tile=16, overlap=2)  # halo 1 < 2: seams differ
+    assert not torch.allclose(whole, too_thin, atol=1e-6)
+
+
+def test_protect_pixels_streams_the_tiles_and_equals_quantizing_the_whole_image() -> None:
+    torch.manual_seed(1)
+    generator = _Local()
+    pixels = np.random.default_rng(0).integers(0, 256, (150, 97, 3), dtype=np.uint8)
+    protected = protect_pixels(generator, pixels, EPS, tile=64, overlap=16)
+    assert max(max(size) for size in generator.seen) <= 64  # never more than one tile
+    clean = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    x = clean.float() / 255
+    reference = enforce_budget(
+        clean, apply_perturbation(x, perturb_image(generator, x, tile=64, overlap=16)), EPS
+    )
+    assert np.array_equal(protected, reference[0].permute(1, 2, 0).numpy())
+    change = np.abs(protected.astype(int) - pixels.astype(int))
+    assert change.max() == 8 and change.mean() > 1  # the budget is used and held
 
 
 def test_usage_errors_exit_with_2_and_missing_files_with_1(tmp_path: Path, capsys) -> None:

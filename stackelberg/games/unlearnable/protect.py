@@ -4,10 +4,12 @@ Every readable image (any size, PNG/JPEG/anything Pillow opens) is perturbed by 
 its own resolution, ``x̃ = round(255·clamp(x + g(x), 0, 1))`` with the change clipped to
 ``⌊255ε⌋`` levels (:mod:`~stackelberg.games.unlearnable.budget`), and written as a lossless
 PNG under the same relative path (suffix ``.png``). The generator is fully convolutional: an
-image is reflect-padded to a multiple of its down-sampling factor and cropped back; images
-larger than ``tile × tile`` pixels are processed in tiles overlapping by ``min(64, tile/4)``
-pixels, each output pixel taken from the tile where it lies farthest from an edge (a
-label-conditioned generator's class pattern then repeats per tile).
+image is reflect-padded to a multiple of its down-sampling factor and cropped back. Images
+larger than ``tile × tile`` pixels are streamed tile by tile: the image is cut into cores, each
+perturbed inside a window that widens it by ``min(64, tile/4) / 2`` pixels on each inner side,
+quantized and checked against the budget, and written into the output, so the working memory
+beyond the decoded input and the output (a few bytes per pixel) is one tile's, whatever the
+image's size (a label-conditioned generator's class pattern then repeats per tile).
 
 Photos as people have them: the EXIF orientation is applied first, so the output displays
 upright; the ICC colour profile is kept; other metadata (EXIF: camera, date, GPS position) is
@@ -37,13 +39,17 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from stackelberg.games.unlearnable.budget import BudgetError, budget_levels, check_epsilon
-from stackelberg.games.unlearnable.export import quantize_poison
+from stackelberg.games.unlearnable.budget import (
+    BudgetError,
+    budget_levels,
+    check_epsilon,
+    enforce_budget,
+)
 from stackelberg.games.unlearnable.game import apply_perturbation
 from stackelberg.utils.io import atomic_path, write_json
 from stackelberg.utils.ownership import OwnershipError, check_disjoint, owned_json
 
-__all__ = ["ProtectReport", "perturb_image", "protect_folder"]
+__all__ = ["ProtectReport", "perturb_image", "protect_folder", "protect_pixels"]
 
 MANIFEST = "protect_manifest.json"
 
@@ -84,19 +90,40 @@ def _run(generator: nn.Module, x: Tensor, label: int | None) -> Tensor:
     return delta[..., :height, :width]
 
 
-def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+def _windows(size: int, tile: int, overlap: int) -> list[tuple[slice, slice]]:
+    """Along one axis of ``size`` pixels: ``(core, window)`` pairs. The cores partition the
+    axis; each window is its core widened by ``overlap // 2`` pixels on each side (clipped at
+    the border) and at most ``tile`` long, so every core pixel lies at least ``overlap // 2``
+    pixels from any window edge inside the image."""
     if size <= tile:
-        return [0]
-    step = tile - overlap
-    return sorted({*range(0, size - tile, step), size - tile})
+        return [(slice(0, size), slice(0, size))]
+    halo = overlap // 2
+    core = tile - 2 * halo
+    return [
+        (
+            slice(start, min(start + core, size)),
+            slice(max(start - halo, 0), min(start + core + halo, size)),
+        )
+        for start in range(0, size, core)
+    ]
 
 
-def _edge_depth(index: Tensor, start: int, stop: int, size: int) -> Tensor:
-    """How far each coordinate in ``[start, stop)`` lies from the tile's inner edges (an edge
-    on the image border does not count)."""
-    before = index - start if start > 0 else torch.full_like(index, size)
-    after = stop - 1 - index if stop < size else torch.full_like(index, size)
-    return torch.minimum(before, after)
+def _tiles(
+    height: int, width: int, tile: int, overlap: int
+) -> list[tuple[tuple[slice, slice], tuple[slice, slice], tuple[slice, slice]]]:
+    """The image's tiles: ``(core, window, core within window)``, each a ``(rows, columns)``
+    pair of slices; the cores partition the image and every window fits in ``tile × tile``."""
+    if not 0 <= overlap < tile:
+        raise ValueError(f"need 0 <= overlap < tile, got {overlap}, {tile}")
+    tiles = []
+    for rows, window_rows in _windows(height, tile, overlap):
+        for cols, window_cols in _windows(width, tile, overlap):
+            inner = (
+                slice(rows.start - window_rows.start, rows.stop - window_rows.start),
+                slice(cols.start - window_cols.start, cols.stop - window_cols.start),
+            )
+            tiles.append(((rows, cols), (window_rows, window_cols), inner))
+    return tiles
 
 
 @torch.no_grad()
@@ -109,34 +136,59 @@ def perturb_image(
     overlap: int = 64,
 ) -> Tensor:
     """``g(x)`` for one image ``x`` ``(1, C, H, W)`` in ``[0, 1]`` of any size: whole if it
-    fits in ``tile × tile``, else in tiles overlapping by ``overlap`` pixels, each pixel from
-    the tile where it is most interior."""
+    fits in ``tile × tile``, else tile by tile, each tile's core taken from a window that
+    extends it by ``overlap // 2`` pixels on every inner side (neighbouring windows overlap by
+    ``overlap``), so no output pixel comes from near a window's inner edge."""
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"need one image (1, C, H, W), got {tuple(x.shape)}")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"need 0 <= overlap < tile, got {overlap}, {tile}")
     height, width = x.shape[-2:]
-    if height <= tile and width <= tile:
+    tiles = _tiles(height, width, tile, overlap)
+    if len(tiles) == 1:
         return _run(generator, x, label)
-    delta = torch.zeros_like(x)
-    best = torch.full((height, width), -1.0, device=x.device)
-    rows = torch.arange(height, device=x.device)[:, None]
-    cols = torch.arange(width, device=x.device)[None, :]
-    for top in _tile_starts(height, tile, overlap):
-        for left in _tile_starts(width, tile, overlap):
-            bottom, right = min(top + tile, height), min(left + tile, width)
-            piece = _run(generator, x[..., top:bottom, left:right], label)
-            depth = torch.minimum(
-                _edge_depth(rows[top:bottom], top, bottom, height),
-                _edge_depth(cols[:, left:right], left, right, width),
-            ).float()
-            region = best[top:bottom, left:right]
-            take = depth > region
-            delta[..., top:bottom, left:right] = torch.where(
-                take, piece, delta[..., top:bottom, left:right]
-            )
-            best[top:bottom, left:right] = torch.where(take, depth, region)
+    delta = torch.empty_like(x)
+    for (rows, cols), (window_rows, window_cols), (inner_rows, inner_cols) in tiles:
+        piece = _run(generator, x[..., window_rows, window_cols], label)
+        delta[..., rows, cols] = piece[..., inner_rows, inner_cols]
     return delta
+
+
+@torch.no_grad()
+def protect_pixels(
+    generator: nn.Module,
+    pixels: np.ndarray,
+    epsilon: float,
+    *,
+    label: int | None = None,
+    tile: int = 1024,
+    overlap: int = 64,
+    source: str | None = None,
+) -> np.ndarray:
+    """The protected image, ``(H, W, C)`` uint8, computed tile by tile (the tiles of
+    :func:`perturb_image`): for each tile, ``round(255·clamp(x + g(x), 0, 1))`` with the change
+    clipped to ``⌊255ε⌋`` levels and checked
+    (:func:`~stackelberg.games.unlearnable.budget.enforce_budget`), written into the output.
+
+    Equal to quantizing ``clamp(x + perturb_image(x), 0, 1)`` as a whole, but the working
+    memory beyond the input and output arrays (one byte per pixel and channel each) is that of
+    one ``tile × tile`` window, whatever the image's size.
+
+    Raises:
+        BudgetError: the generator's output is not finite (naming ``source``).
+    """
+    epsilon = check_epsilon(epsilon)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3:
+        raise ValueError(f"need (H, W, C) uint8 pixels, got {pixels.dtype} {pixels.shape}")
+    device = next(generator.parameters()).device
+    height, width = pixels.shape[:2]
+    protected = np.empty_like(pixels)
+    for (rows, cols), window, (inner_rows, inner_cols) in _tiles(height, width, tile, overlap):
+        clean = torch.from_numpy(np.ascontiguousarray(pixels[window])).permute(2, 0, 1)[None]
+        x = clean.to(device, torch.float32) / 255.0
+        delta = _run(generator, x, label)[..., inner_rows, inner_cols]
+        poisoned = apply_perturbation(x[..., inner_rows, inner_cols], delta).cpu()
+        core = enforce_budget(clean[..., inner_rows, inner_cols], poisoned, epsilon, source=source)
+        protected[rows, cols] = core[0].permute(1, 2, 0).numpy()
+    return protected
 
 
 def _label_needed(info: dict[str, Any]) -> str:
@@ -157,7 +209,8 @@ def _label_needed(info: dict[str, Any]) -> str:
 
 
 #: Images with more pixels than this are skipped (and listed) unless ``max_pixels`` is raised:
-#: protecting one takes about 100 bytes of memory per pixel (≈ 4 GB at this limit).
+#: besides one tile's work, protecting takes about 11 bytes per pixel (the decoded image, its
+#: protected copy, the read-back check), ≈ 0.45 GB at this limit.
 DEFAULT_MAX_PIXELS = 40_000_000
 
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -207,6 +260,15 @@ def _split_alpha(image: Image.Image, channels: int) -> tuple[np.ndarray, np.ndar
     alpha = np.asarray(image.convert("RGBA"))[..., 3].copy() if has_alpha else None
     colour = np.asarray(image.convert("RGB" if channels == 3 else "L"))
     return (colour if colour.ndim == 3 else colour[..., None]).copy(), alpha
+
+
+def _levels_changed(written: np.ndarray, source: np.ndarray, rows: int = 256) -> int:
+    """``max |written − source|`` in intensity levels, ``rows`` image rows at a time (so the
+    int16 differences never take more than a strip of memory)."""
+    return max(
+        int(np.abs(written[i : i + rows].astype(np.int16) - source[i : i + rows]).max())
+        for i in range(0, len(source), rows)
+    )
 
 
 def _to_image(pixels: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
@@ -268,7 +330,6 @@ def protect_folder(
     batches = _earlier_batches(manifest_path)
     recorded = {entry["output"] for batch in batches for entry in batch.get("protected", [])}
     channels = int(getattr(getattr(generator, "base", generator), "in_channels", 3))
-    device = next(generator.parameters()).device
     found = sorted(in_dir.rglob("*"))
     inputs = [p for p in found if p.is_file()]
     dangling = [p for p in found if p.is_symlink() and not p.exists()]
@@ -325,19 +386,19 @@ def protect_folder(
                 SyntaxError) as error:  # fmt: skip
             report.skipped.append({"input": relative, "reason": f"not a readable image: {error}"})
             continue
-        clean = torch.from_numpy(pixels).permute(2, 0, 1)[None]
-        x = clean.to(device).float() / 255.0
-        delta = perturb_image(generator, x, label=label, tile=tile, overlap=overlap)
-        protected = quantize_poison(
-            clean, apply_perturbation(x, delta).cpu(), epsilon, source=source
+        icc = image.info.get("icc_profile")
+        del image  # the decoded pixels are all that is needed from here on
+        protected = protect_pixels(
+            generator, pixels, epsilon, label=label, tile=tile, overlap=overlap, source=source
         )
         target.parent.mkdir(parents=True, exist_ok=True)
-        picture = _to_image(protected[0].permute(1, 2, 0).numpy(), alpha)
-        icc = image.info.get("icc_profile")
+        picture = _to_image(protected, alpha)
+        del protected
         with atomic_path(target) as tmp:
             picture.save(tmp, format="PNG", **({"icc_profile": icc} if icc else {}))
+        del picture
         written, _ = _split_alpha(_read(target, max(max_pixels, pixels.size)), channels)
-        linf = int(np.abs(written.astype(np.int16) - pixels.astype(np.int16)).max())
+        linf = _levels_changed(written, pixels)
         if linf > budget_levels(epsilon):  # the invariant, checked on the bytes written
             target.unlink()
             raise BudgetError(
