@@ -49,6 +49,8 @@ from stackelberg.utils.io import write_json, write_text
 
 BASE_PRESET = "cpu-paper-game"
 MILESTONES = (1250, 2500, 5000, 10_000)
+GOAL = 0.35  # the issue's goal: the poisoned victim at most 35 % on clean test data
+SECONDS_PER_STEP = 0.85  # one BOME step of the official run, measured on 2 cores
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,45 @@ def _gap_curve(history: list[dict[str, float]], window: int) -> list[list[float]
     return curve
 
 
+def extrapolate(victims: dict[str, Any], goal: float = GOAL) -> dict[str, Any] | None:
+    """Least-squares fit of the victim's test accuracy against ``log2(steps)`` over the
+    milestones (learning curves are closer to linear in log-steps than in steps), and the
+    outer steps at which the fitted line would reach ``goal``: ``None`` when the fit does not
+    fall. ``None`` altogether with fewer than two milestones."""
+    keys = _milestone_keys(victims)
+    if len(keys) < 2:
+        return None
+    xs = [math.log2(k) for k in keys]
+    ys = [victims[str(k)]["test_accuracy"] for k in keys]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mean_x) ** 2 for x in xs
+    )
+    intercept = mean_y - slope * mean_x
+    steps_to_goal = round(2 ** ((goal - intercept) / slope)) if slope < 0 else None
+    return {
+        "model": "test_accuracy = intercept + slope · log2(steps)",
+        "milestones": keys,
+        "intercept": intercept,
+        "slope_per_doubling": slope,
+        "goal": goal,
+        "steps_to_goal": steps_to_goal,
+    }
+
+
+def _extrapolation_text(fit: dict[str, Any] | None) -> str:
+    if fit is None:
+        return "fewer than two milestones: no fit yet"
+    change = f"{100 * fit['slope_per_doubling']:+.2f} points per doubling of the steps"
+    if fit["steps_to_goal"] is None:
+        return f"{change}: the fitted line does not fall, so it never reaches the goal"
+    hours = fit["steps_to_goal"] * SECONDS_PER_STEP / 3600
+    return (
+        f"{change}: the fitted line reaches {100 * fit['goal']:.0f} % after about "
+        f"{fit['steps_to_goal']:.3g} outer steps (≈ {hours:.3g} h of BOME steps on 2 cores)"
+    )
+
+
 def report(args: argparse.Namespace) -> None:
     out: Path = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -257,6 +298,7 @@ def report(args: argparse.Namespace) -> None:
             "config": config,
             "gap_curve": _gap_curve(history, 5),  # [step, poisoned − clean gap, clean acc]
             "victims": victims,
+            "extrapolation": extrapolate(victims),
             "clean_victim_test_accuracy": None if clean is None else clean["test_accuracy"],
         }
         write_json(out / f"{name}.json", result)
@@ -303,6 +345,10 @@ def _markdown(rows: list[tuple[str, str, int, dict[str, Any]]], clean: dict | No
         lines.append(
             f"| `{name}` | {description} | {steps} / {RUNS[name].steps} | {cells or '—'} |"
         )
+    lines += ["", "Extrapolation (least squares, accuracy against log2 of the steps):", ""]
+    lines += [
+        f"- `{name}`: {_extrapolation_text(extrapolate(victims))}" for name, _, _, victims in rows
+    ]
     lines += [
         "",
         "`NAME.json` holds each run's configuration, the follower's poisoned − clean accuracy "
@@ -332,6 +378,9 @@ def _markdown(rows: list[tuple[str, str, int, dict[str, Any]]], clean: dict | No
             "--data-dir ../shared/data/cifar10-jpeg.tar.gz --runs-dir ~/runs/gue-paper-game-study"
         )
     lines += [
+        f"# clean victim: {'done' if clean is not None else 'not run'}",
+        ".venv/bin/python experiments/gue_paper_game_study.py train clean "
+        "--data-dir ../shared/data/cifar10-jpeg.tar.gz --runs-dir ~/runs/gue-paper-game-study",
         "# then",
         ".venv/bin/python experiments/gue_paper_game_study.py report "
         "--runs-dir ~/runs/gue-paper-game-study --output-dir docs/results/gue-paper-game-study",

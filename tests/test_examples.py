@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,54 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path: Path) -> None:
     assert report["preset_steps"]["seconds_per_step_median"] > 0
     assert [r["size"] for r in report["protect"]] == [32, 512]
     assert all(r["images_per_second"] > 0 for r in report["protect"])
+
+
+def _load_study():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gue_paper_game_study", ROOT / "experiments" / "gue_paper_game_study.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_extrapolation_recovers_a_log_linear_curve() -> None:
+    study = _load_study()
+    # accuracy = 0.9 − 0.05·log2(steps): 35 % at log2(steps) = 11, i.e. 2048 steps
+    victims = {str(k): {"test_accuracy": 0.9 - 0.05 * math.log2(k)} for k in (128, 256, 1024)}
+    fit = study.extrapolate(victims)
+    assert fit["slope_per_doubling"] == pytest.approx(-0.05)
+    assert fit["intercept"] == pytest.approx(0.9)
+    assert fit["steps_to_goal"] == 2048
+    flat = study.extrapolate({"1287": {"test_accuracy": 0.749}, "2574": {"test_accuracy": 0.751}})
+    assert flat["steps_to_goal"] is None
+    assert study.extrapolate({"1287": {"test_accuracy": 0.7}}) is None
+
+
+def test_study_report_writes_json_readme_and_plot(tmp_path: Path) -> None:
+    study = _load_study()
+    run_dir = tmp_path / "runs" / "official"
+    run_dir.mkdir(parents=True)
+    history = [
+        {"step": 20 * (i + 1), "clean_accuracy": 0.4, "poisoned_accuracy": 0.4 + 0.01 * i}
+        for i in range(10)
+    ]
+    (run_dir / "training.json").write_text(json.dumps({"history": history}))
+    (run_dir / "config.json").write_text(json.dumps({"seed": 0}))
+    victims = {"1287": {"test_accuracy": 0.749}, "2574": {"test_accuracy": 0.7505}}
+    (run_dir / "victims.json").write_text(json.dumps(victims))
+    (tmp_path / "runs" / "clean.json").write_text(json.dumps({"test_accuracy": 0.767}))
+    out = tmp_path / "report"
+    study.main(["report", "--runs-dir", str(tmp_path / "runs"), "--output-dir", str(out)])
+    result = json.loads((out / "official.json").read_text())
+    assert result["steps_done"] == 200 and result["victims"] == victims
+    assert result["gap_curve"] == [[100, 0.02, 0.4], [200, 0.07, 0.4]]
+    assert result["extrapolation"]["steps_to_goal"] is None
+    text = (out / "README.md").read_text()
+    assert "| `official` |" in text and "1287: 74.9, 2574: 75.0" in text
+    assert "never reaches the goal" in text and "Clean victim: **76.7 %**" in text
+    assert "train official --resume" in text and "# clean victim: done" in text
+    assert (out / "study.png").stat().st_size > 0
