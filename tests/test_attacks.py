@@ -19,6 +19,8 @@ from stackelberg.games.unlearnable.attacks import (
     error_minimizing_noise,
     finish_poison,
     lsp_noise,
+    robust_error_minimizing_noise,
+    robust_loss,
     shortcutgen_poison,
     targeted_adversarial_poison,
 )
@@ -41,6 +43,7 @@ def toy_data(n: int = 64, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, 
 FAST_OPTIONS = {
     "em": {"max_rounds": 3, "pgd_steps": 2},
     "em-classwise": {"max_rounds": 3, "pgd_steps": 2},
+    "rem": {"train_steps": 2, "pgd_steps": 1, "attack_steps": 1, "eot_samples": 1},
     "tap": {"crafting_schedule": VictimSchedule.scaled(1, lr=0.05), "steps": 2},
     "deepconfuse": {"epochs": 1, "batch_size": 32},
     "deepconfuse-ls": {"epochs": 1, "batch_size": 32},
@@ -227,3 +230,46 @@ def test_classwise_em_sets_each_class_noise_to_the_mean_of_its_images_pgd_result
     )
     torch.testing.assert_close(noise, expected, atol=1e-6, rtol=0)
     assert torch.equal(noise[K - 1], expected[K - 1])  # an absent class keeps its noise
+
+
+@pytest.mark.parametrize("eot_samples", [0, 2])
+def test_rem_lowers_the_surrogates_robust_loss_below_random_noise(eot_samples: int) -> None:
+    images, labels = toy_data(64)
+    models: list[nn.Module] = []
+
+    def factory() -> nn.Module:
+        models.append(build_classifier("convnet-small", 3, K))
+        return models[-1]
+
+    rho = 2 / 255
+    out = robust_error_minimizing_noise(
+        images,
+        labels,
+        EPS,
+        num_classes=K,
+        adversarial_epsilon=rho,
+        model_factory=factory,
+        train_steps=30,
+        batch_size=32,
+        lr=0.05,
+        pgd_steps=3,
+        attack_steps=2,
+        eot_samples=eot_samples,
+    )
+    assert out.delta.shape == images.shape and float(out.delta.abs().max()) <= EPS + 1e-7
+    assert out.info["adversarial_epsilon"] == rho and out.info["eot_samples"] == eot_samples
+    (surrogate,) = models
+    random = (torch.rand(images.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1) * EPS
+    rem_loss = robust_loss(surrogate, images, out.delta, labels, rho)
+    random_loss = robust_loss(surrogate, images, random, labels, rho)
+    # measured: 0.40 against 1.60 without transformations, 3.3 against 4.4 with (the
+    # surrogate trained on crops and flips, the loss taken on the images as they are)
+    assert rem_loss < (0.5 if eot_samples == 0 else 0.85) * random_loss, (rem_loss, random_loss)
+
+
+def test_rem_checks_its_options() -> None:
+    images, labels = toy_data(8)
+    with pytest.raises(ValueError, match="adversarial_epsilon must be in"):
+        robust_error_minimizing_noise(images, labels, EPS, num_classes=K, adversarial_epsilon=-0.1)
+    with pytest.raises(ValueError, match="train_steps must be >= 1"):
+        robust_error_minimizing_noise(images, labels, EPS, num_classes=K, train_steps=0)

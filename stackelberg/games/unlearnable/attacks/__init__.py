@@ -11,6 +11,7 @@ random         sample-wise uniform noise                    —
 classwise      class-wise uniform noise                     Huang et al. 2021
 em             error-minimizing noise, sample-wise          Huang et al. 2021
 em-classwise   error-minimizing noise, class-wise           Huang et al. 2021
+rem            robust error-minimizing noise (vs. adv. tr.) Fu et al. 2022
 tap            targeted adversarial poisoning               Fowl et al. 2021
 deepconfuse    DeepConfuse generator                        Feng, Cai & Zhou 2019
 deepconfuse-ls DeepConfuse, label-specific (toward y + 1)   Feng, Cai & Zhou 2019
@@ -52,6 +53,7 @@ from stackelberg.games.unlearnable.attacks.optimized import (
     error_minimizing_noise,
     targeted_adversarial_poison,
 )
+from stackelberg.games.unlearnable.attacks.robust import robust_error_minimizing_noise, robust_loss
 
 __all__ = [
     "ATTACKS",
@@ -68,6 +70,8 @@ __all__ = [
     "generator_poison",
     "lsp_noise",
     "random_noise",
+    "robust_error_minimizing_noise",
+    "robust_loss",
     "shortcutgen_poison",
     "targeted_adversarial_poison",
 ]
@@ -81,6 +85,7 @@ ATTACKS: dict[str, AttackFunction] = {
     "classwise": classwise_noise,
     "em": error_minimizing_noise,
     "em-classwise": partial(error_minimizing_noise, classwise=True),
+    "rem": robust_error_minimizing_noise,
     "tap": targeted_adversarial_poison,
     "deepconfuse": deepconfuse_poison,
     "deepconfuse-ls": partial(deepconfuse_poison, label_specific=True),
