@@ -7,6 +7,9 @@ generator's poisons at fixed milestones. Each run varies one thing against ``off
     python experiments/gue_paper_game_study.py train official \\
         --data-dir ../shared/data/cifar10-jpeg.tar.gz --runs-dir ~/runs/gue-paper-game-study
     # after an interruption, the same command with --resume
+    # --defer-victims: only save the milestone generators; evaluate them later with
+    python experiments/gue_paper_game_study.py victims official \\
+        --data-dir ../shared/data/cifar10-jpeg.tar.gz --runs-dir ~/runs/gue-paper-game-study
     python experiments/gue_paper_game_study.py report \\
         --runs-dir ~/runs/gue-paper-game-study --output-dir docs/results/gue-paper-game-study
 
@@ -14,7 +17,9 @@ generator's poisons at fixed milestones. Each run varies one thing against ``off
 at each milestone, saves the generator (``snapshots/step-NNNNN.pt``), poisons the training
 set with it (rounded to uint8, as exported) and trains the preset's victim on the poisons
 (the ``cpu`` victim protocol: ``convnet``, 15 epochs), scored on the clean test split and on
-the clean validation split. ``train clean`` trains the same victim on clean data once.
+the clean validation split (``--defer-victims`` leaves that to ``victims``, which evaluates
+the snapshots that have no victim yet, so the generator trains without pauses). ``train
+clean`` trains the same victim on clean data once.
 ``report`` writes one JSON per run (the follower's poisoned − clean accuracy gap against
 outer steps, the milestone victims), ``README.md`` with the table and ``study.png``.
 """
@@ -34,7 +39,7 @@ from typing import Any
 import torch
 
 from stackelberg.data import load_dataset
-from stackelberg.games.unlearnable.checkpoint import save_generator
+from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
 from stackelberg.games.unlearnable.export import poison_images, quantize_poison
 from stackelberg.games.unlearnable.presets import (
     PRESETS,
@@ -92,19 +97,24 @@ RUNS: dict[str, Run] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("train", "report"))
+    parser.add_argument("command", choices=("train", "victims", "report"))
     parser.add_argument("run", nargs="?", choices=(*RUNS, "clean"), help="which run (train)")
     parser.add_argument("--data-dir", type=Path, help="the CIFAR-10 image folder or .tar.gz")
     parser.add_argument("--runs-dir", type=Path, required=True, help="checkpoints and results")
     parser.add_argument("--output-dir", type=Path, help="report: where the results go")
     parser.add_argument("--steps", type=int, help="train: outer steps (default: the run's)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument(
+        "--defer-victims",
+        action="store_true",
+        help="train: only save the generator at milestones; `victims` evaluates it later",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.command == "train" and (args.run is None or args.data_dir is None):
-        parser.error("train needs a run name and --data-dir")
+    if args.command in ("train", "victims") and (args.run is None or args.data_dir is None):
+        parser.error(f"{args.command} needs a run name and --data-dir")
     if args.command == "report" and args.output_dir is None:
         parser.error("report needs --output-dir")
     return args
@@ -179,8 +189,8 @@ def train_run(args: argparse.Namespace) -> None:
     steps = args.steps or run.steps
     milestones = sorted({m for m in MILESTONES if m < steps} | {steps})
     victims_path = run_dir / "victims.json"
-    victims = json.loads(victims_path.read_text()) if victims_path.is_file() else {}
     for milestone in milestones:
+        victims = json.loads(victims_path.read_text()) if victims_path.is_file() else {}
         epochs = math.ceil(milestone / steps_per_epoch)
         if training.epoch < epochs:
             training.config = dataclasses.replace(training.config, epochs=epochs)
@@ -192,8 +202,9 @@ def train_run(args: argparse.Namespace) -> None:
                 flush=True,
             )
         key = str(epochs * steps_per_epoch)
-        if key in victims or training.epoch != epochs:
-            continue  # evaluated already, or the run went past this milestone earlier
+        snapshot_done = (run_dir / "snapshots" / f"step-{int(key):05d}.pt").is_file()
+        if key in victims or training.epoch != epochs or (snapshot_done and args.defer_victims):
+            continue  # evaluated or saved already, or the run went past this milestone earlier
         snapshot = run_dir / "snapshots" / f"step-{int(key):05d}.pt"
         snapshot.parent.mkdir(exist_ok=True)
         save_generator(
@@ -212,17 +223,56 @@ def train_run(args: argparse.Namespace) -> None:
                 "seed": args.seed,
             },
         )
-        clean = train.images
-        poisoned = quantize_poison(clean, poison_images(game.leader, clean), preset.epsilon)
-        linf = int((poisoned.int() - clean.int()).abs().max())
-        result = evaluate_victim(preset, poisoned, data, args.seed, progress)
-        victims[key] = {"measured_linf_levels": linf, **result}
-        write_json(victims_path, victims)
-        print(
-            f"step {key}: poisoned victim test accuracy {result['test_accuracy']:.4f} "
-            f"(validation {result['validation_accuracy']:.4f}, ‖δ‖∞ = {linf}/255)",
-            flush=True,
-        )
+        if not args.defer_victims:
+            evaluate_milestone(run_dir, key, game.leader, preset, data, args.seed, progress)
+
+
+def evaluate_milestone(
+    run_dir: Path,
+    key: str,
+    generator: torch.nn.Module,
+    preset: Preset,
+    data: dict[str, Any],
+    seed: int,
+    progress: bool,
+) -> None:
+    """Poison the training set with ``generator`` (rounded to uint8, as exported), train the
+    victim on it and record the result under ``key`` in ``run_dir/victims.json``."""
+    victims_path = run_dir / "victims.json"
+    victims = json.loads(victims_path.read_text()) if victims_path.is_file() else {}
+    clean = data["train"].images
+    poisoned = quantize_poison(clean, poison_images(generator, clean), preset.epsilon)
+    linf = int((poisoned.int() - clean.int()).abs().max())
+    result = evaluate_victim(preset, poisoned, data, seed, progress)
+    victims[key] = {"measured_linf_levels": linf, **result}
+    write_json(victims_path, victims)
+    print(
+        f"step {key}: poisoned victim test accuracy {result['test_accuracy']:.4f} "
+        f"(validation {result['validation_accuracy']:.4f}, ‖δ‖∞ = {linf}/255)",
+        flush=True,
+    )
+
+
+def evaluate_snapshots(args: argparse.Namespace) -> None:
+    """The victims of the saved milestone snapshots that have none yet (``--steps``: only
+    that milestone), newest first."""
+    run_dir: Path = args.runs_dir / args.run
+    torch.set_num_threads(args.threads)
+    preset = RUNS[args.run].preset(args.run)
+    splits = load_dataset("folder", args.data_dir)
+    train, _, validation, test = split_preset_data(splits, preset, args.seed)
+    data = {"train": train, "validation": validation, "test": test}
+    victims_path = run_dir / "victims.json"
+    done = json.loads(victims_path.read_text()) if victims_path.is_file() else {}
+    snapshots = sorted((run_dir / "snapshots").glob("step-*.pt"), reverse=True)
+    pending = [p for p in snapshots if str(int(p.stem.split("-")[1])) not in done]
+    if args.steps is not None:
+        pending = [p for p in pending if int(p.stem.split("-")[1]) == args.steps]
+    print(f"seed {args.seed}; run {args.run}; evaluating {[p.name for p in pending]}", flush=True)
+    for path in pending:
+        generator, _ = load_generator(path)
+        key = str(int(path.stem.split("-")[1]))
+        evaluate_milestone(run_dir, key, generator, preset, data, args.seed, not args.no_progress)
 
 
 def _gap_curve(history: list[dict[str, float]], window: int) -> list[list[float]]:
@@ -387,7 +437,9 @@ def _markdown(rows: list[tuple[str, str, int, dict[str, Any]]], clean: dict | No
         "```",
         "",
         "A run's `--resume` continues from its last completed epoch, bit for bit; milestones "
-        "already evaluated are not redone.",
+        "already evaluated are not redone. With `--defer-victims` a run only saves the "
+        "milestone generators (`snapshots/`); `victims NAME` (same `--data-dir` and "
+        "`--runs-dir`) trains the victims of those that have none yet.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -433,6 +485,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.command == "train":
         train_run(args)
+    elif args.command == "victims":
+        evaluate_snapshots(args)
     else:
         report(args)
 

@@ -270,3 +270,39 @@ def test_study_report_writes_json_readme_and_plot(tmp_path: Path) -> None:
     assert "never reaches the goal" in text and "Clean victim: **76.7 %**" in text
     assert "train official --resume" in text and "# clean victim: done" in text
     assert (out / "study.png").stat().st_size > 0
+
+
+def test_study_victims_evaluates_only_the_snapshots_without_one(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from stackelberg.data.folders import ImageDataset
+    from stackelberg.games.unlearnable.checkpoint import save_generator
+    from stackelberg.games.unlearnable.presets import build_generator
+
+    study = _load_study()
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    data = ImageDataset(images, torch.arange(12) % 10, tuple(str(k) for k in range(10)))
+    monkeypatch.setattr(study, "load_dataset", lambda *args: {"train": data, "test": data})
+    monkeypatch.setattr(study, "split_preset_data", lambda *args: (data, None, data, data))
+    seen: list[torch.Tensor] = []
+
+    def fake_victim(preset, poisoned, data, seed, progress):
+        seen.append(poisoned)
+        return {"test_accuracy": 0.5, "validation_accuracy": 0.5}
+
+    monkeypatch.setattr(study, "evaluate_victim", fake_victim)
+    run_dir = tmp_path / "official"
+    (run_dir / "snapshots").mkdir(parents=True)
+    generator = build_generator("unet-small", 8 / 255, 3)
+    metadata = {"architecture": "unet-small", "label_conditioned": False, "num_classes": 10}
+    metadata.update({"epsilon": 8 / 255, "in_channels": 3})
+    for step in (1287, 2574):
+        save_generator(run_dir / "snapshots" / f"step-{step:05d}.pt", generator, metadata)
+    earlier = {"1287": {"test_accuracy": 0.75}}
+    (run_dir / "victims.json").write_text(json.dumps(earlier))
+    study.main(["victims", "official", "--data-dir", "x", "--runs-dir", str(tmp_path)])
+    victims = json.loads((run_dir / "victims.json").read_text())
+    assert victims["1287"] == earlier["1287"]  # evaluated before: kept, not redone
+    assert victims["2574"]["test_accuracy"] == 0.5 and len(seen) == 1
+    assert victims["2574"]["measured_linf_levels"] <= 8
+    assert (seen[0].int() - images.int()).abs().max() <= 8
