@@ -57,6 +57,8 @@ SETTINGS = {
     ),
     "BackGradient": Setting("BackGradient", {"inner_steps": 50, "inner_lr": 0.15}, 1.0, 0.15, 1000),
     "TotalGradient": Setting("TotalGradient", {"solver_iterations": 100}, 1.0, 0.15, 1000),
+    # single loop: a leader lr of 0.3 or more diverges while v still lags its system
+    "SOBA": Setting("SOBA", {}, 0.1, 0.15, 3000),
 }
 
 

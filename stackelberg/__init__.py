@@ -15,11 +15,12 @@ The public API::
 from stackelberg import data, games, models, solvers, utils
 from stackelberg.game import Game, Variable
 from stackelberg.solve import solve
-from stackelberg.solvers import BOME, GDA, BackGradient, TotalGradient
+from stackelberg.solvers import BOME, GDA, SOBA, BackGradient, TotalGradient
 
 __all__ = [
     "BOME",
     "GDA",
+    "SOBA",
     "BackGradient",
     "Game",
     "TotalGradient",

@@ -14,6 +14,7 @@ SOLVERS = {
     "BOME": sg.BOME,
     "BackGradient": sg.BackGradient,
     "TotalGradient": sg.TotalGradient,
+    "SOBA": sg.SOBA,
 }
 
 

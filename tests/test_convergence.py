@@ -25,8 +25,9 @@ SETTINGS = {
     "BOME": ({"inner_steps": 30, "inner_lr": 0.5}, 0.05, 0.05, 1500),
     "TotalGradient": ({}, 0.1, 0.5, 400),
     "BackGradient": ({"inner_steps": 40, "inner_lr": 0.4}, 0.1, 0.5, 400),
+    "SOBA": ({}, 0.1, 0.5, 400),  # single loop: one follower, v and leader step per outer step
 }
-TOLERANCE = {"BOME": 1e-2, "TotalGradient": 1e-4, "BackGradient": 1e-4}
+TOLERANCE = {"BOME": 1e-2, "TotalGradient": 1e-4, "BackGradient": 1e-4, "SOBA": 1e-4}
 
 
 def _solve(name: str, game: sg.Game) -> sg.Game:

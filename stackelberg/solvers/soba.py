@@ -1,0 +1,148 @@
+"""SOBA: a single-loop solver that amortizes the implicit-function linear system.
+
+Dagréou, Ablin, Vaiter & Moreau, "A framework for bilevel optimization that enables stochastic
+and global variance reduction algorithms", NeurIPS 2022 (Eq. 6 and Algorithm 1). Total gradient
+descent (:class:`~stackelberg.solvers.TotalGradient`) solves ``(∇²_θθ h) v = ∇_θ l`` to
+tolerance at every step; SOBA keeps ``v`` as a third variable and moves the follower, ``v``
+and the leader by *one* step each, all from the same point ``(w, θ, v)``::
+
+    D_θ = ∇_θ h(w, θ)
+    D_v = (∇²_θθ h(w, θ) + μ I) v − ∇_θ l(w, θ)         (the gradient of ½ vᵀ(H + μI)v − vᵀ∇_θ l)
+    D_w = ∇_w l(w, θ) − ∇²_wθ h(w, θ) v                 (eq. (1) of total_gradient with v)
+
+    θ ← θ − ρ D_θ,    v ← v − ρ_v D_v,    w ← w − γ D_w.
+
+``θ`` and ``w`` move by their optimizers (``ρ``, ``γ`` their learning rates, so momentum or
+Adam apply); ``v`` by plain gradient descent with step ``linear_lr``. Its fixed points are
+exactly those of total gradient descent: ``∇_θ h = 0``, ``v`` solving the damped system and the
+total gradient vanishing, i.e. the Stackelberg points. One step costs one leader and one
+follower gradient plus one Hessian-vector product, whose two blocks ``∇²_θθ h · v`` and
+``∇²_wθ h · v`` come from a single double-backward pass of ``⟨∇_θ h, v⟩``.
+
+``v`` starts at zero; :meth:`SOBA.state_dict` saves it so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from stackelberg.game import Game
+from stackelberg.solvers.base import (
+    Solver,
+    StepInfo,
+    TensorTuple,
+    check_positive,
+    gradients,
+    tree_add,
+    tree_norm,
+)
+
+__all__ = ["SOBA"]
+
+
+def _detached(tensors: TensorTuple) -> TensorTuple:
+    return tuple(t.detach() for t in tensors)
+
+
+class SOBA(Solver):
+    """Single-loop bilevel solver: follower, linear-system estimate ``v`` and leader move one
+    step each per outer step (see the module doc).
+
+    Args:
+        game, leader_optimizer, follower_optimizer: see :class:`~stackelberg.solvers.Solver`.
+        linear_lr: ``ρ_v``, the step of ``v``; by default the follower optimizer's learning
+            rate (the paper uses the same step for both). Stability needs
+            ``ρ_v < 2 / λ_max(∇²_θθ h + μI)``.
+        damping: ``μ ≥ 0``, added to the follower's Hessian in the system for ``v``.
+
+    Diagnostics: ``leader_loss`` and ``follower_loss`` (before the step), ``follower_grad_norm``
+    ``‖D_θ‖``, ``linear_residual`` ``‖D_v‖ / ‖∇_θ l‖`` (how well ``v`` solves its system),
+    ``hypergrad_norm`` ``‖D_w‖``.
+    """
+
+    def __init__(
+        self,
+        game: Game,
+        leader_optimizer: torch.optim.Optimizer,
+        follower_optimizer: torch.optim.Optimizer,
+        *,
+        linear_lr: float | None = None,
+        damping: float = 0.0,
+    ) -> None:
+        super().__init__(game, leader_optimizer, follower_optimizer)
+        if linear_lr is None:
+            linear_lr = float(follower_optimizer.param_groups[0]["lr"])
+        self.linear_lr = check_positive("linear_lr", linear_lr)
+        self.damping = check_positive("damping", damping, allow_zero=True)
+        self.v: TensorTuple = tuple(torch.zeros_like(p) for p in self.follower_params())
+
+    @property
+    def divergence_hint(self) -> str:
+        return (
+            "Try smaller learning rates: linear_lr must stay below 2 / λ_max of the follower's "
+            "Hessian, and the follower's lr too; add damping for a singular Hessian."
+        )
+
+    def directions(
+        self, batch: Any = None
+    ) -> tuple[TensorTuple, TensorTuple, TensorTuple, StepInfo]:
+        """``(D_w, D_θ, D_v)`` at the current point (see the module doc) and diagnostics;
+        changes no parameter."""
+        w, theta = self.leader_params(), self.follower_params()
+        where = f"step {self.steps_taken}"
+        leader_loss = self.leader_loss(w, theta, batch, where)
+        grad_l = gradients(leader_loss, w + theta)
+        grad_w_l, grad_theta_l = grad_l[: len(w)], grad_l[len(w) :]
+        h = self.follower_loss(w, theta, batch, where)
+        grad_theta_h = gradients(h, theta, create_graph=True)
+        second = gradients(grad_theta_h, theta + w, grad_outputs=self.v)
+        hv, cross = second[: len(theta)], second[len(theta) :]
+        if self.damping:
+            hv = tree_add(hv, self.v, alpha=self.damping)
+        d_v = tree_add(hv, grad_theta_l, alpha=-1.0)
+        d_w = tree_add(grad_w_l, cross, alpha=-1.0)
+        d_theta = tuple(g.detach() for g in grad_theta_h)
+        scale = tree_norm(grad_theta_l)
+        info = {
+            "leader_loss": float(leader_loss.detach()),
+            "follower_loss": float(h.detach()),
+            "follower_grad_norm": float(tree_norm(d_theta)),
+            "linear_residual": float(tree_norm(d_v) / torch.clamp(scale, min=1e-30)),
+            "hypergrad_norm": float(tree_norm(d_w)),
+        }
+        return _detached(d_w), d_theta, _detached(d_v), info
+
+    def step(self, batch: Any = None) -> StepInfo:
+        d_w, d_theta, d_v, info = self.directions(batch)
+        d_v = self.reduce(d_v)
+        if not bool(torch.stack([torch.isfinite(d).all() for d in d_v]).all()):
+            raise ValueError(
+                f"{self.name} computed a non-finite update for v at step {self.steps_taken}; "
+                f"no parameter was changed. {self.divergence_hint}"
+            )
+        self.apply_updates(
+            (self.leader_optimizer, self.leader_params(), d_w),
+            (self.follower_optimizer, self.follower_params(), d_theta),
+        )
+        self.v = tree_add(self.v, d_v, alpha=-self.linear_lr)
+        self.steps_taken += 1
+        return info
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs beyond the game and the optimizers: ``v`` and the step
+        count (tensors only, loadable with ``torch.load(weights_only=True)``)."""
+        return {"v": [t.detach().clone() for t in self.v], "steps_taken": self.steps_taken}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; the shapes must match the follower's."""
+        v = state["v"]
+        shapes = [tuple(p.shape) for p in self.follower_params()]
+        if [tuple(t.shape) for t in v] != shapes:
+            raise ValueError(
+                f"saved v has shapes {[tuple(t.shape) for t in v]}, the follower {shapes}"
+            )
+        params = self.follower_params()
+        self.v = tuple(t.to(p.device, p.dtype).clone() for t, p in zip(v, params, strict=True))
+        self.steps_taken = int(state["steps_taken"])
