@@ -127,6 +127,18 @@ def test_benchmark_caches_poisons_and_victims(tmp_path: Path, monkeypatch) -> No
         Benchmark("huge", splits["train"], splits["test"], tmp_path)
 
 
+def test_every_scale_sizes_the_costly_attacks(tmp_path: Path) -> None:
+    """REM at the authors' settings would take days on a CPU: every CPU-sized scale overrides
+    it, and the smoke scale crafts it in seconds against the scale's surrogate."""
+    for scale in ("cpu", "smoke"):
+        assert benchmark_module.SCALES[scale].attack_options["rem"]["eot_samples"] == 0
+    splits = load_digits()
+    bench = Benchmark("smoke", splits["train"], splits["test"], tmp_path, progress=False)
+    poison = bench.poison("rem")
+    assert poison.info["train_steps"] == 2 and poison.images.shape == bench.train.images.shape
+    assert (poison.images.int() - bench.train.images.int()).abs().max() <= 8
+
+
 def run_table(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, str(ROOT / "experiments" / "unlearnable_tables.py"), *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
