@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,6 +28,7 @@ from stackelberg.game import (
 
 __all__ = [
     "HypergradientSolver",
+    "ImplicitTerms",
     "Solver",
     "StepInfo",
     "TensorTuple",
@@ -45,6 +46,18 @@ __all__ = [
 
 TensorTuple = tuple[Tensor, ...]
 StepInfo = dict[str, float]
+
+
+class ImplicitTerms(NamedTuple):
+    """What :meth:`Solver.implicit_terms` returns."""
+
+    w: TensorTuple
+    theta: TensorTuple
+    leader_loss: Tensor
+    grad_w_l: TensorTuple
+    grad_theta_l: TensorTuple
+    follower_loss: Tensor
+    grad_theta_h: TensorTuple  # differentiable in (w, θ)
 
 
 def tree_dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
@@ -272,6 +285,26 @@ class Solver:
         """``h(w, θ)`` on ``batch``, checked to be a finite scalar (finiteness left to the
         caller with ``check_finite=False``)."""
         return self._loss("follower_loss", w, theta, batch, where, requires_grad, check_finite)
+
+    def implicit_terms(self, batch: Any) -> ImplicitTerms:
+        """The first-order terms of the implicit-function hypergradient at the current point:
+        ``l`` with ``∇_w l`` and ``∇_θ l``, and ``h`` with ``∇_θ h`` kept differentiable, so
+        Hessian-vector products ``∇²_θθ h·v`` and ``∇²_wθ h·v`` follow from one more backward
+        pass of ``⟨∇_θ h, v⟩``."""
+        w, theta = self.leader_params(), self.follower_params()
+        where = f"step {self.steps_taken}"
+        leader_loss = self.leader_loss(w, theta, batch, where)
+        grad_l = gradients(leader_loss, w + theta)
+        follower_loss = self.follower_loss(w, theta, batch, where)
+        return ImplicitTerms(
+            w,
+            theta,
+            leader_loss,
+            grad_l[: len(w)],
+            grad_l[len(w) :],
+            follower_loss,
+            gradients(follower_loss, theta, create_graph=True),
+        )
 
     def fixed_leader_batch(self, w: Sequence[Tensor], batch: Any) -> Any:
         """The game's :meth:`~stackelberg.Game.follower_batch` at leader parameters ``w``,

@@ -90,13 +90,7 @@ class SOBA(Solver):
     ) -> tuple[TensorTuple, TensorTuple, TensorTuple, StepInfo]:
         """``(D_w, D_θ, D_v)`` at the current point (see the module doc) and diagnostics;
         changes no parameter."""
-        w, theta = self.leader_params(), self.follower_params()
-        where = f"step {self.steps_taken}"
-        leader_loss = self.leader_loss(w, theta, batch, where)
-        grad_l = gradients(leader_loss, w + theta)
-        grad_w_l, grad_theta_l = grad_l[: len(w)], grad_l[len(w) :]
-        h = self.follower_loss(w, theta, batch, where)
-        grad_theta_h = gradients(h, theta, create_graph=True)
+        w, theta, leader_loss, grad_w_l, grad_theta_l, h, grad_theta_h = self.implicit_terms(batch)
         second = gradients(grad_theta_h, theta + w, grad_outputs=self.v)
         hv, cross = second[: len(theta)], second[len(theta) :]
         if self.damping:

@@ -88,13 +88,7 @@ class TotalGradient(HypergradientSolver):
         )
 
     def _hypergradient(self, batch: Any) -> tuple[TensorTuple, StepInfo]:
-        w, theta = self.leader_params(), self.follower_params()
-        where = f"step {self.steps_taken}"
-        leader_loss = self.leader_loss(w, theta, batch, where)
-        grad_l = gradients(leader_loss, w + theta)
-        grad_w_l, grad_theta_l = grad_l[: len(w)], grad_l[len(w) :]
-        h = self.follower_loss(w, theta, batch, where)
-        grad_theta_h = gradients(h, theta, create_graph=True)
+        w, theta, leader_loss, grad_w_l, grad_theta_l, h, grad_theta_h = self.implicit_terms(batch)
 
         def hessian_vector(v: TensorTuple) -> TensorTuple:
             hv = gradients(grad_theta_h, theta, grad_outputs=v, retain_graph=True)
