@@ -55,7 +55,10 @@ from stackelberg.utils.io import write_json, write_text
 BASE_PRESET = "cpu-paper-game"
 MILESTONES = (1250, 2500, 5000, 10_000)
 GOAL = 0.35  # the goal: the poisoned victim at most 35 % on clean test data
-SECONDS_PER_STEP = 0.85  # one BOME step of the official run, measured on 2 cores
+SECONDS_PER_STEP = 1.2  # one BOME step of the official run, measured on 2 cores (0.85–1.2)
+#: Two runs of the same command (``official``, seed 0, two sessions) gave victims of 74.93 %
+#: and 75.56 % at step 1 287, and 75.05 % and 75.07 % at step 2 574.
+RUN_TO_RUN_NOISE = 0.0063
 
 
 @dataclass(frozen=True)
@@ -319,10 +322,17 @@ def _extrapolation_text(fit: dict[str, Any] | None) -> str:
     if fit["steps_to_goal"] is None:
         return f"{change}: the fitted line does not fall, so it never reaches the goal"
     hours = fit["steps_to_goal"] * SECONDS_PER_STEP / 3600
-    return (
-        f"{change}: the fitted line reaches {100 * fit['goal']:.0f} % after about "
+    reach = (
+        f"the fitted line reaches {100 * fit['goal']:.0f} % after about "
         f"{fit['steps_to_goal']:.3g} outer steps (≈ {hours:.3g} h of BOME steps on 2 cores)"
     )
+    if abs(fit["slope_per_doubling"]) < RUN_TO_RUN_NOISE:
+        return (
+            f"{change}, within the run-to-run noise ({100 * RUN_TO_RUN_NOISE:.1f} points between "
+            f"two runs of the same command at one milestone): no trend toward the goal "
+            f"(formally, {reach})"
+        )
+    return f"{change}: {reach}"
 
 
 def report(args: argparse.Namespace) -> None:
@@ -414,7 +424,7 @@ def _markdown(rows: list[tuple[str, str, int, dict[str, Any]]], clean: dict | No
         "```bash",
     ]
     for name, run in RUNS.items():
-        flag = " --resume" if name in done else ""
+        flag = " --resume --defer-victims" if name in done else " --defer-victims"
         state = (
             "finished"
             if done.get(name, 0) >= run.steps
@@ -423,10 +433,12 @@ def _markdown(rows: list[tuple[str, str, int, dict[str, Any]]], clean: dict | No
             else "not started"
         )
         lines.append(f"# {name}: {state}")
-        lines.append(
-            f".venv/bin/python experiments/gue_paper_game_study.py train {name}{flag} "
-            "--data-dir ../shared/data/cifar10-jpeg.tar.gz --runs-dir ~/runs/gue-paper-game-study"
-        )
+        for command in (f"train {name}{flag}", f"victims {name}"):
+            lines.append(
+                f".venv/bin/python experiments/gue_paper_game_study.py {command} "
+                "--data-dir ../shared/data/cifar10-jpeg.tar.gz "
+                "--runs-dir ~/runs/gue-paper-game-study"
+            )
     lines += [
         f"# clean victim: {'done' if clean is not None else 'not run'}",
         ".venv/bin/python experiments/gue_paper_game_study.py train clean "

@@ -244,6 +244,12 @@ def test_study_extrapolation_recovers_a_log_linear_curve() -> None:
     flat = study.extrapolate({"1287": {"test_accuracy": 0.749}, "2574": {"test_accuracy": 0.751}})
     assert flat["steps_to_goal"] is None
     assert study.extrapolate({"1287": {"test_accuracy": 0.7}}) is None
+    measured = study.extrapolate(
+        {"1287": {"test_accuracy": 0.7556}, "2574": {"test_accuracy": 0.7507}}
+    )
+    assert measured["steps_to_goal"] > 1e20  # falls, but by half a point per doubling
+    assert "within the run-to-run noise" in study._extrapolation_text(measured)
+    assert "within" not in study._extrapolation_text(fit)
 
 
 def test_study_report_writes_json_readme_and_plot(tmp_path: Path) -> None:
@@ -268,7 +274,8 @@ def test_study_report_writes_json_readme_and_plot(tmp_path: Path) -> None:
     text = (out / "README.md").read_text()
     assert "| `official` |" in text and "1287: 74.9, 2574: 75.0" in text
     assert "never reaches the goal" in text and "Clean victim: **76.7 %**" in text
-    assert "train official --resume" in text and "# clean victim: done" in text
+    assert "train official --resume --defer-victims" in text and "victims official" in text
+    assert "# clean victim: done" in text
     assert (out / "study.png").stat().st_size > 0
 
 
