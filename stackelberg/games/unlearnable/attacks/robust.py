@@ -29,6 +29,8 @@ makes a step about ``eot_samples`` times cheaper.
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -153,8 +155,7 @@ def robust_error_minimizing_noise(
         "generator": generator,
     }
     batches = _endless_batches(len(labels), batch_size, generator)
-    recent: list[tuple[float, float]] = []
-    window = max(train_steps // 10, 1)
+    recent: deque[tuple[float, float]] = deque(maxlen=max(train_steps // 10, 1))
     for _ in tqdm(range(train_steps), desc="REM", disable=not progress, leave=False):
         index = next(batches)
         x, y = _float(images[index], device), labels_cpu[index].to(device)
@@ -173,7 +174,7 @@ def robust_error_minimizing_noise(
         optimizer.step()
         schedule.step()
         correct = (logits.detach().argmax(1) == y).float().mean()
-        recent = [*recent[-(window - 1) :], (float(loss.detach()), float(correct))]
+        recent.append((float(loss.detach()), float(correct)))
     noise = torch.empty(images.shape, dtype=torch.float32)
     for index in torch.arange(len(labels)).split(batch_size):
         x, y = _float(images[index], device), labels_cpu[index].to(device)
