@@ -3,12 +3,14 @@ export and victim training."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SOLVERS, make_solver
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
@@ -152,6 +154,32 @@ def test_adversarial_variant_trains_on_worse_points(loss: str) -> None:
     assert adversarial > clean
     grads = torch.autograd.grad(adversarial, list(game.leader.parameters()), allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)  # the poison still matters
+
+
+@pytest.mark.parametrize("loss", ["pgd", "trades"])
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_every_solver_steps_the_adversarial_variant(solver: str, loss: str) -> None:
+    """The attack inside ``L_c`` takes its own gradients, so the losses a solver reports under
+    ``torch.no_grad()`` (BackGradient's end-of-unroll loss, for one) work too."""
+    game = small_game("adversarial", adversarial_epsilon=4 / 255, adversarial_loss=loss)
+    leader = torch.cat([p.detach().flatten() for p in game.leader.parameters()])
+    follower = torch.cat([p.detach().flatten() for p in game.follower.parameters()])
+    stepper = make_solver(solver, game, 0.05, 0.05)
+    for _ in range(3):  # BOME's λ is 0 on the first steps of this game: ∇_w f = 0
+        info = stepper.step(batch(16))
+        assert math.isfinite(info["follower_loss"]) and math.isfinite(info["leader_loss"])
+    leader_moved = torch.cat([p.detach().flatten() for p in game.leader.parameters()]) - leader
+    follower_moved = torch.cat([p.detach().flatten() for p in game.follower.parameters()])
+    assert (follower_moved - follower).abs().max() > 1e-4
+    # GDA's leader gradient is ∇_w F = 0: the leader loss is on clean data (the naive baseline)
+    assert (leader_moved.abs().max() > 1e-6) == (solver != "GDA")
+    twin = copy.deepcopy(game)  # the loss updates batch-norm statistics the attack reads
+    with torch.no_grad():
+        torch.manual_seed(0)
+        quiet = game.follower_loss(game.leader, game.follower, batch(16))
+    torch.manual_seed(0)
+    loud = twin.follower_loss(twin.leader, twin.follower, batch(16))
+    assert torch.equal(quiet, loud.detach())
 
 
 def test_bad_configuration_is_refused() -> None:

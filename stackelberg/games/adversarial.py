@@ -120,9 +120,11 @@ def _signed_ascent(
     generator: torch.Generator | None,
 ) -> Tensor:
     """``steps`` projected ℓ∞ steepest-ascent steps ``δ ← Π(δ + α·sign ∇_δ objective(f(x + δ)))``
-    from a random start in the feasible set (or zero); returns ``δ``."""
+    from a random start in the feasible set (or zero); returns ``δ``. The attack takes its own
+    gradients whatever the caller's grad mode (a loss reported under ``torch.no_grad()`` still
+    trains at the attack point)."""
     delta = _random_start(x, epsilon, generator) if random_start else torch.zeros_like(x)
-    with _EvalMode(model):
+    with _EvalMode(model), torch.enable_grad():
         for _ in range(steps):
             delta.requires_grad_(True)
             (grad,) = torch.autograd.grad(objective(model(x + delta)), delta)

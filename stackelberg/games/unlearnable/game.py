@@ -251,12 +251,14 @@ def _trades_attack(
     classifier: Any, x: Tensor, target: Tensor, epsilon: float, steps: int, step_size: float
 ) -> Tensor:
     """TRADES' inner maximization: signed ascent on ``KL(target ‖ softmax f(x'))`` over the
-    ℓ∞ ball ∩ box, from a small random start (Zhang et al. 2019, Algorithm 1)."""
+    ℓ∞ ball ∩ box, from a small random start (Zhang et al. 2019, Algorithm 1), with its own
+    gradients whatever the caller's grad mode."""
     x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        kl = F.kl_div(F.log_softmax(classifier(x_adv), dim=1), target, reduction="sum")
-        (grad,) = torch.autograd.grad(kl, x_adv)
+        with torch.enable_grad():
+            kl = F.kl_div(F.log_softmax(classifier(x_adv), dim=1), target, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, x_adv)
         x_adv = x_adv.detach() + step_size * grad.sign()
         x_adv = torch.min(torch.max(x_adv, x - epsilon), x + epsilon).clamp(0, 1)
     return x_adv.detach()
