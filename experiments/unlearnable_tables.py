@@ -13,6 +13,12 @@ Commands (each writes ``NAME.md``, ``NAME.json`` and ``NAME.png`` into ``--outpu
 - ``table4``: generalization: a GUE generator trained on part of the training set poisons all
   of it (Figure 3);
 - ``table5``: test accuracy per epoch of victims trained on each attack (Figure 2);
+- ``table4-at``: the paper's Table 4: victims trained adversarially at ε_a ∈ {0, 2, 4}/255
+  (``robust_steps`` PGD steps of ε_a/4) on clean data, REM(8-2), GUE-AT(8-2), REM(8-4),
+  GUE-AT(8-4) and the standard GUE, with the paper's numbers beside; ``--rows`` makes only
+  some rows (one command per row), the table shows every row made so far;
+- ``accuracy``: the accuracy variant's GUE (the leader maximizes the CW margin) against the
+  standard one, trained on the same budget: victim accuracy and both generators' curves;
 - ``diagnostics``: noise-only accuracy and linear separability of each attack's
   perturbations, and the attacker-loss ablation (Figure 5).
 
@@ -36,6 +42,7 @@ from stackelberg.games.unlearnable.benchmark import (
     SCALES,
     TABLE_ATTACKS,
     TABLE_DEFENSES,
+    VARIANT_POISONS,
     Benchmark,
 )
 from stackelberg.games.unlearnable.diagnostics import (
@@ -47,7 +54,18 @@ from stackelberg.games.unlearnable.losses import DEFAULT_CE_CLIP
 from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, build_generator
 from stackelberg.utils.io import write_json, write_text
 
-TABLES = ("table1", "table2", "table3", "table4", "table5", "diagnostics")
+TABLES = ("table1", "table2", "table3", "table4", "table5", "table4-at", "accuracy", "diagnostics")
+#: The rows and columns of the paper's Table 4 (robustness to adversarial training).
+ROBUST_ROWS = ("clean", "rem-2", "gue-at-2", "rem-4", "gue-at-4", "gue")
+ROBUST_DEFENSES = ("none", "at-2", "at-4")
+#: The GUE paper's Table 4 (CIFAR-10, ResNet-18), the cells this project compares with.
+PAPER_ROBUST = {
+    ("clean", "at-2"): 92.41,
+    ("rem-2", "at-2"): 29.75,
+    ("gue-at-2", "at-2"): 22.27,
+    ("rem-4", "at-4"): 44.91,
+    ("gue-at-4", "at-4"): 52.79,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,6 +91,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--defenses", help=f"table3 only: comma-separated subset of {','.join(TABLE_DEFENSES)}"
     )
     parser.add_argument(
+        "--rows",
+        help=f"table4-at only: the rows to make, a subset of {','.join(ROBUST_ROWS)} "
+        "(default: all); the table shows every row made so far",
+    )
+    parser.add_argument(
+        "--generator",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a saved generator for a variant poison (gue-at-2, gue-at-4, gue-accuracy); "
+        "default: train the scale's GUE preset in that variant",
+    )
+    parser.add_argument(
         "--cached-only",
         action="store_true",
         help="table3 only: write the table from the victims already trained, train none",
@@ -81,6 +112,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.attacks = _choices(args.attacks, TABLE_ATTACKS, "attack", parser)
     args.defenses = _choices(args.defenses, TABLE_DEFENSES, "defense", parser)
+    args.rows = _choices(args.rows, ROBUST_ROWS, "row", parser)
+    args.generators = {}
+    for item in args.generator:
+        name, _, path = item.partition("=")
+        if not path or name not in VARIANT_POISONS or name.startswith("rem"):
+            parser.error(
+                f"--generator takes NAME=PATH with NAME one of gue-at-2, gue-at-4, "
+                f"gue-accuracy; got {item!r}"
+            )
+        args.generators[name] = Path(path)
     args.output_dir = args.output_dir or Path("results") / f"tables-{args.scale}"
     return args
 
@@ -337,6 +378,163 @@ def table5(bench: Benchmark, attacks: tuple[str, ...]) -> None:
     _save(fig, bench.out / "table5.png")
 
 
+def table4_adversarial(bench: Benchmark, rows: tuple[str, ...]) -> None:
+    """The paper's Table 4: make ``rows`` (poisons and victims at ε_a = 0, 2/255, 4/255), then
+    write the table of every row made so far, the paper's cells beside ours."""
+    steps = bench.scale.robust_steps
+    for attack in rows:
+        for defense in ROBUST_DEFENSES:
+            bench.victim_result(attack, defense, adversarial_steps=steps)
+    grid: list[list[float | None]] = []
+    for attack in ROBUST_ROWS:
+        row = []
+        for defense in ROBUST_DEFENSES:
+            key = (
+                defense
+                if defense == "none" or steps == bench.scale.adversarial_steps
+                else (f"{defense}/pgd-{steps}")
+            )
+            cell = bench.cached_result(attack, key)
+            row.append(None if cell is None else cell["accuracy"])
+        grid.append(row)
+    header = ["poison \\ victim's ε_a", *(f"{_epsilon_a(d)} (ours)" for d in ROBUST_DEFENSES)]
+    header += [f"{_epsilon_a(d)} (paper)" for d in ROBUST_DEFENSES[1:]]
+    table_rows = [
+        [
+            _robust_label(attack),
+            *("—" if v is None else _percent(v) for v in row),
+            *(_paper_cell(attack, d) for d in ROBUST_DEFENSES[1:]),
+        ]
+        for attack, row in zip(ROBUST_ROWS, grid, strict=True)
+    ]
+    done = sum(v is not None for row in grid for v in row)
+    status = (
+        ""
+        if done == len(ROBUST_ROWS) * len(ROBUST_DEFENSES)
+        else (
+            f"\nPartial: {done} of {len(ROBUST_ROWS) * len(ROBUST_DEFENSES)} cells done "
+            "(— = not run yet); `--rows NAME` makes a row.\n"
+        )
+    )
+    poisons = {
+        attack: _report(bench, attack)
+        for attack in ROBUST_ROWS
+        if attack != "clean" and (bench.out / "poisons" / f"{attack}.json").is_file()
+    }
+    write_outputs(
+        bench,
+        "table4-at",
+        "Table 4 (GUE paper): victim clean test accuracy (%) under adversarial training",
+        markdown_table(header, table_rows)
+        + f"\nAdversarial training: PGD-{steps} (step ε_a/4). The paper's cells are CIFAR-10 / "
+        "ResNet-18 (only the cells it reports against REM are shown).\n" + status,
+        {
+            "rows": list(ROBUST_ROWS),
+            "defenses": list(ROBUST_DEFENSES),
+            "pgd_steps": steps,
+            "accuracy": grid,
+            "paper": {f"{a}|{d}": v for (a, d), v in PAPER_ROBUST.items()},
+            "poisons": poisons,
+        },
+    )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / len(ROBUST_ROWS)
+    for i, (attack, row) in enumerate(zip(ROBUST_ROWS, grid, strict=True)):
+        positions = [j + (i - len(ROBUST_ROWS) / 2 + 0.5) * width for j in range(len(row))]
+        values = [float("nan") if v is None else _percent(v) for v in row]
+        ax.bar(positions, values, width, label=_robust_label(attack))
+    ax.set_xticks(range(len(ROBUST_DEFENSES)), [_epsilon_a(d) for d in ROBUST_DEFENSES])
+    ax.set_xlabel("the victim's adversarial-training radius")
+    ax.set_ylabel("victim clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=3)
+    _save(fig, bench.out / "table4-at.png")
+
+
+def _paper_cell(attack: str, defense: str) -> str:
+    value = PAPER_ROBUST.get((attack, defense))
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _epsilon_a(defense: str) -> str:
+    return "ε_a = 0" if defense == "none" else f"ε_a = {defense[3:]}/255"
+
+
+def _robust_label(attack: str) -> str:
+    labels = {"rem-2": "REM(8-2)", "rem-4": "REM(8-4)", "gue-at-2": "GUE-AT(8-2)"}
+    labels |= {"gue-at-4": "GUE-AT(8-4)", "gue": "GUE (standard)"}
+    return labels.get(attack, attack)
+
+
+def accuracy_variant(bench: Benchmark) -> None:
+    """The accuracy variant's GUE against the standard one: both generators trained with the
+    scale's GUE preset (or the saved ones given), their victims, and their training curves
+    (the follower's poisoned − clean accuracy gap and the clean CW margin)."""
+    rows, payload = [], {}
+    clean = bench.victim_result("clean")["accuracy"]
+    for attack in ("gue", "gue-accuracy"):
+        cell = bench.victim_result(attack)
+        generator = _report(bench, attack).get("info", {}).get("generator", {})
+        folder = bench.out / attack
+        history = _training_history(folder / "training.json")
+        payload[attack] = {
+            "accuracy": cell["accuracy"],
+            "test_curve": cell["test_curve"],
+            "generator": generator,
+            "training_curve": history,
+        }
+        rows.append(
+            [
+                attack,
+                _percent(cell["accuracy"]),
+                generator.get("epoch", "—"),
+                f"{generator['fit_seconds'] / 60:.0f}" if "fit_seconds" in generator else "—",
+            ]
+        )
+    write_outputs(
+        bench,
+        "accuracy",
+        "The accuracy variant (CW margin) against the standard GUE game, same budget",
+        markdown_table(
+            ["generator", "victim test acc. (%)", "generator epoch kept", "training (min)"],
+            rows,
+        )
+        + f"\nClean victim: {_percent(clean):.1f} %.\n",
+        {"clean": clean, **payload},
+    )
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for attack, info in payload.items():
+        curve = info["training_curve"]
+        if curve:
+            steps = [h["step"] for h in curve]
+            left.plot(
+                steps, [h["poisoned_accuracy"] - h["clean_accuracy"] for h in curve], label=attack
+            )
+        epochs = range(1, len(info["test_curve"]) + 1)
+        right.plot(epochs, [_percent(v) for v in info["test_curve"]], label=attack)
+    left.set_xlabel("outer step")
+    left.set_ylabel("follower: poisoned − clean accuracy")
+    right.axhline(_percent(clean), color="gray", ls="--", label="clean")
+    right.set_xlabel("victim epoch")
+    right.set_ylabel("clean test accuracy (%)")
+    right.set_ylim(0, 100)
+    for ax in (left, right):
+        ax.legend(fontsize=7)
+    _save(fig, bench.out / "accuracy.png")
+
+
+def _training_history(path: Path) -> list[dict[str, Any]]:
+    """A generator run's logged steps (``training.json``), or none if it was loaded."""
+    if not path.is_file():
+        return []
+    return [
+        {k: h[k] for k in ("step", "clean_accuracy", "poisoned_accuracy", "clean_cw_margin")}
+        for h in json.loads(path.read_text())["history"]
+    ]
+
+
 def diagnostics(bench: Benchmark, attacks: tuple[str, ...]) -> None:
     rows, payload = [], {}
     clean = bench.train.images.float() / 255.0
@@ -423,6 +621,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             device=args.device,
             gue_generator=args.gue_generator,
+            variant_generators=args.generators,
             progress=not args.no_progress,
         )
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as error:
@@ -442,6 +641,10 @@ def main(argv: list[str] | None = None) -> None:
         table4(bench)
     elif args.table == "table5":
         table5(bench, args.attacks)
+    elif args.table == "table4-at":
+        table4_adversarial(bench, args.rows)
+    elif args.table == "accuracy":
+        accuracy_variant(bench)
     else:
         diagnostics(bench, args.attacks)
 

@@ -179,6 +179,55 @@ def test_every_table_command_writes_markdown_json_and_png(tmp_path: Path) -> Non
     assert (tmp_path / "gue-50" / "generator.pt").is_file()
 
 
+def test_variant_poisons_keep_the_budget_and_say_how_they_were_made(tmp_path: Path) -> None:
+    splits = load_digits()
+    bench = Benchmark("smoke", splits["train"], splits["test"], tmp_path, progress=False)
+    rem = bench.poison("rem-4")
+    assert rem.info["adversarial_epsilon"] == pytest.approx(4 / 255)
+    gue_at = bench.poison("gue-at-2")
+    generator = gue_at.info["generator"]
+    assert generator["variant"] == "adversarial" and generator["preset"] == "smoke-at2"
+    assert bench.poison("gue-accuracy").info["generator"]["variant"] == "accuracy"
+    for poison in (rem, gue_at):
+        assert (poison.images.int() - bench.train.images.int()).abs().max() <= 8
+    # A PGD step count other than the scale's Table 3 count is its own cell.
+    cell = bench.victim_result("clean", "at-2", adversarial_steps=2)
+    assert cell["pgd_steps"] == 2 and bench.cached_result("clean", "at-2/pgd-2") == cell
+    assert bench.cached_result("clean", "at-2") is None
+    with pytest.raises(ValueError, match="rem-2"):
+        bench.poison("rem-3")
+    with pytest.raises(ValueError, match="variant generators are for"):
+        Benchmark(
+            "smoke", splits["train"], splits["test"], tmp_path, variant_generators={"rem-2": "x"}
+        )
+
+
+def test_table4_at_makes_the_rows_asked_for_and_shows_the_rest_as_missing(
+    tmp_path: Path,
+) -> None:
+    common = ["--scale", "smoke", "--dataset", "digits", "--output-dir", str(tmp_path)]
+    result = run_table("table4-at", *common, "--no-progress", "--rows", "clean,gue-at-2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = json.loads((tmp_path / "table4-at.json").read_text())
+    done = {
+        row: [v is not None for v in values]
+        for row, values in zip(table["rows"], table["accuracy"], strict=True)
+    }
+    assert done["clean"] == done["gue-at-2"] == [True, True, True]
+    assert done["rem-2"] == done["gue"] == [False, False, False]
+    assert table["paper"]["gue-at-2|at-2"] == 22.27
+    markdown = (tmp_path / "table4-at.md").read_text()
+    assert "GUE-AT(8-2)" in markdown and "Partial: 6 of 18 cells" in markdown
+    assert (tmp_path / "table4-at.png").stat().st_size > 0
+    result = run_table("accuracy", *common, "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    accuracy = json.loads((tmp_path / "accuracy.json").read_text())
+    assert accuracy["gue-accuracy"]["generator"]["variant"] == "accuracy"
+    assert accuracy["gue"]["training_curve"] and accuracy["gue-accuracy"]["training_curve"]
+    result = run_table("table4-at", *common, "--generator", "rem-2=x.pt")
+    assert result.returncode == 2 and "NAME=PATH" in result.stderr
+
+
 def test_table_command_rejects_unknown_attacks(tmp_path: Path) -> None:
     result = run_table("table1", "--attacks", "em,magic", "--output-dir", str(tmp_path))
     assert result.returncode == 2 and "magic" in result.stderr

@@ -31,16 +31,40 @@ from stackelberg.data.folders import ImageDataset
 from stackelberg.games.unlearnable.attacks import ATTACKS, Poison, craft_poison
 from stackelberg.games.unlearnable.checkpoint import load_generator
 from stackelberg.games.unlearnable.defenses import DEFENSES, make_defense
-from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, train_preset_generator
+from stackelberg.games.unlearnable.presets import (
+    PRESETS,
+    Preset,
+    accuracy_preset,
+    adversarial_preset,
+    build_classifier,
+    train_preset_generator,
+)
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.utils.io import atomic_path, write_json
 
-__all__ = ["SCALES", "TABLE_ATTACKS", "TABLE_DEFENSES", "Benchmark", "TableScale"]
+__all__ = [
+    "SCALES",
+    "TABLE_ATTACKS",
+    "TABLE_DEFENSES",
+    "VARIANT_POISONS",
+    "Benchmark",
+    "TableScale",
+]
 
 #: The rows of Tables 1, 3 and 5: no poison, then every attack.
 TABLE_ATTACKS = ("clean", *ATTACKS)
 #: The columns of Table 3.
 TABLE_DEFENSES = tuple(DEFENSES)
+#: Poisons beyond :data:`ATTACKS`, by name: REM and GUE-AT against a victim that trains
+#: adversarially at ``ε_a`` (the rows of the GUE paper's Table 4, "REM(8-2)" is ``rem-2``), and
+#: the accuracy variant's GUE. Each is ``(how it is made, ε_a or None)``.
+VARIANT_POISONS: dict[str, tuple[str, float | None]] = {
+    "rem-2": ("rem", 2 / 255),
+    "rem-4": ("rem", 4 / 255),
+    "gue-at-2": ("gue-adversarial", 2 / 255),
+    "gue-at-4": ("gue-adversarial", 4 / 255),
+    "gue-accuracy": ("gue-accuracy", None),
+}
 
 
 @dataclass(frozen=True)
@@ -50,7 +74,9 @@ class TableScale:
     ``surrogate`` is the classifier EM, TAP, DeepConfuse and ShortcutGen craft against;
     ``attack_options`` overrides attack defaults by attack name; ``gue_preset`` is the preset
     a GUE generator trains with when none is given (``gue_epochs`` overrides its epochs);
-    ``adversarial_steps`` is the PGD step count of the adversarial-training defenses."""
+    ``adversarial_steps`` is the PGD step count of Table 3's adversarial-training defenses;
+    ``robust_steps`` that of Table 4's adversarially trained victims and of the GUE-AT
+    follower (the paper's 10, step ``ε_a/4``)."""
 
     name: str
     train_size: int | None
@@ -62,6 +88,7 @@ class TableScale:
     gue_preset: str
     gue_epochs: int | None = None
     adversarial_steps: int = 5
+    robust_steps: int = 10
     generalization_fractions: tuple[float, ...] = (1.0, 0.8, 0.6, 0.4, 0.2)
     attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -126,6 +153,7 @@ SCALES: dict[str, TableScale] = {
         transfer_victims=("convnet-small", "convnet-lite"),
         gue_preset="smoke",
         adversarial_steps=1,
+        robust_steps=1,
         generalization_fractions=(1.0, 0.5),
         attack_options={
             "em": {"max_rounds": 3},
@@ -156,6 +184,8 @@ class Benchmark:
         gue_generator: a saved GUE generator (``generator.pt`` with its ``.json``); without
             one, the scale's GUE preset trains one on the training subset into
             ``out_dir/gue``.
+        variant_generators: saved generators for the variant poisons (``gue-at-2``,
+            ``gue-at-4``, ``gue-accuracy``); the others train like the GUE one.
     """
 
     def __init__(
@@ -169,6 +199,7 @@ class Benchmark:
         seed: int = 0,
         device: str | torch.device = "cpu",
         gue_generator: str | Path | None = None,
+        variant_generators: dict[str, str | Path] | None = None,
         progress: bool = True,
     ) -> None:
         if isinstance(scale, str):
@@ -184,6 +215,15 @@ class Benchmark:
         self.out = Path(out_dir)
         (self.out / "poisons").mkdir(parents=True, exist_ok=True)
         self.gue_generator_path = None if gue_generator is None else Path(gue_generator)
+        self.variant_generator_paths = {
+            name: Path(path) for name, path in (variant_generators or {}).items()
+        }
+        for name in self.variant_generator_paths:
+            if not VARIANT_POISONS.get(name, ("",))[0].startswith("gue-"):
+                generators = [k for k, (how, _) in VARIANT_POISONS.items() if how != "rem"]
+                raise ValueError(
+                    f"variant generators are for {', '.join(generators)}; got {name!r}"
+                )
         self._cells_path = self.out / "cells.json"
         self.cells: dict[str, Any] = (
             json.loads(self._cells_path.read_text()) if self._cells_path.is_file() else {}
@@ -210,10 +250,30 @@ class Benchmark:
         the training subset (resumed from ``out_dir/gue`` if interrupted)."""
         if self.gue_generator_path is not None:
             return load_generator(self.gue_generator_path, self.device)
+        return self._train_generator(PRESETS[self.scale.gue_preset], "gue")
+
+    def variant_generator(self, name: str) -> tuple[nn.Module, dict[str, Any]]:
+        """The generator of the variant poison ``name`` (``gue-at-2``, ``gue-at-4``,
+        ``gue-accuracy``): the checkpoint given for it, or the scale's GUE preset in that
+        variant (GUE-AT with :attr:`TableScale.robust_steps` PGD steps) trained like the
+        standard one into ``out_dir/NAME``."""
+        if name in self.variant_generator_paths:
+            return load_generator(self.variant_generator_paths[name], self.device)
+        how, adversarial_epsilon = VARIANT_POISONS[name]
+        base = PRESETS[self.scale.gue_preset]
+        if how == "gue-accuracy":
+            preset = accuracy_preset(base)
+        elif adversarial_epsilon is not None:
+            preset = adversarial_preset(base, adversarial_epsilon, steps=self.scale.robust_steps)
+        else:
+            raise ValueError(f"{name!r} is not a generator poison")
+        return self._train_generator(preset, name)
+
+    def _train_generator(self, preset: Preset, folder: str) -> tuple[nn.Module, dict[str, Any]]:
         return train_preset_generator(
-            PRESETS[self.scale.gue_preset],
+            preset,
             self.train,
-            self.out / "gue",
+            self.out / folder,
             seed=self.seed,
             device=self.device,
             epochs=self.scale.gue_epochs,
@@ -236,8 +296,9 @@ class Benchmark:
         and then read from ``poisons/``."""
         if attack == "clean":
             return Poison("clean", self.train.images, 0.0, {})
-        if attack not in ATTACKS:
-            raise ValueError(f"attack must be one of {', '.join(TABLE_ATTACKS)}; got {attack!r}")
+        if attack not in ATTACKS and attack not in VARIANT_POISONS:
+            known = ", ".join((*TABLE_ATTACKS, *VARIANT_POISONS))
+            raise ValueError(f"attack must be one of {known}; got {attack!r}")
         images_path = self.out / "poisons" / f"{attack}.npz"
         report_path = images_path.with_suffix(".json")
         if images_path.is_file() and report_path.is_file():
@@ -246,10 +307,16 @@ class Benchmark:
                 images = torch.from_numpy(stored["x"])
             if images.shape == self.train.images.shape:
                 return Poison(attack, images, report["seconds"], report["info"])
-        if attack == "gue":
-            generator, metadata = self.gue_generator()
+        how, adversarial_epsilon = VARIANT_POISONS.get(attack, (attack, None))
+        if how == "gue" or how.startswith("gue-"):
+            generator, metadata = (
+                self.gue_generator() if how == "gue" else self.variant_generator(attack)
+            )
             poison = self._craft("gue", generator=generator, progress=self.progress)
             poison.info["generator"] = metadata
+        elif how == "rem" and adversarial_epsilon is not None:
+            options = {**self._attack_options("rem"), "adversarial_epsilon": adversarial_epsilon}
+            poison = self._craft("rem", **options)
         else:
             poison = self._craft(attack, **self._attack_options(attack))
         with atomic_path(images_path) as tmp, open(tmp, "wb") as handle:
@@ -288,17 +355,25 @@ class Benchmark:
         *,
         train_images: torch.Tensor | None = None,
         key_suffix: str = "",
+        adversarial_steps: int | None = None,
     ) -> dict[str, Any]:
         """Train the ``victim`` architecture (default: the scale's) on ``attack``'s poisons
         (or on ``train_images``) with ``defense``; returns (and caches) its final clean test
         accuracy, per-epoch curve and wall time. Only undefended victims are tested after every
-        epoch (the curves of Table 5); the others only at the end."""
+        epoch (the curves of Table 5); the others only at the end. Adversarial training runs
+        ``adversarial_steps`` PGD steps (default: the scale's ``adversarial_steps``); a
+        different count is a different cell (``at-2/pgd-10``)."""
         victim = victim or self.scale.victim
-        key = self._key(attack + key_suffix, defense, victim)
+        steps = adversarial_steps or self.scale.adversarial_steps
+        if defense.startswith("at-") and steps != self.scale.adversarial_steps:
+            defense_key = f"{defense}/pgd-{steps}"
+        else:
+            defense_key = defense
+        key = self._key(attack + key_suffix, defense_key, victim)
         if key in self.cells:
             return self.cells[key]
         images = self.poison(attack).images if train_images is None else train_images
-        options = {"steps": self.scale.adversarial_steps} if defense.startswith("at-") else {}
+        options = {"steps": steps} if defense.startswith("at-") else {}
         torch.manual_seed(self.seed)
         model = build_classifier(victim, self.channels, self.num_classes).to(self.device)
         start = time.perf_counter()
@@ -318,6 +393,7 @@ class Benchmark:
         cell = {
             "attack": attack + key_suffix,
             "defense": defense,
+            **({"pgd_steps": steps} if defense.startswith("at-") else {}),
             "victim": victim,
             "accuracy": result.final,
             "test_curve": result.test_accuracy,
@@ -363,4 +439,5 @@ class Benchmark:
             "gue_generator": None
             if self.gue_generator_path is None
             else str(self.gue_generator_path),
+            "variant_generators": {k: str(v) for k, v in self.variant_generator_paths.items()},
         }

@@ -13,6 +13,13 @@ Each preset's name says which game it plays:
   generator is label-conditioned (one learned pattern per class, so ``protect`` needs the
   images' class) and back-gradient with a one-step look-ahead solves it
   (docs/results/gue-cpu/).
+- ``cpu-em-at2``, ``cpu-em-at4``: ``cpu-em``'s game in the adversarial variant (GUE-AT): the
+  follower trains at 10-step PGD points of radius ε_a = 2/255 or 4/255 (step ε_a/4, the
+  paper's), so the generator anticipates a victim that trains adversarially. The paper trains
+  GUE-AT for 150 epochs with λ = 1 (BOME on ResNet-18); these keep ``cpu-em``'s 20 epochs
+  and solver. See :func:`adversarial_preset`.
+- ``cpu-em-accuracy``: ``cpu-em``'s game in the accuracy variant (``L_a`` = the
+  Carlini–Wagner margin). See :func:`accuracy_preset`.
 - ``smoke``: seconds; for tests.
 
 The GUE hyperparameters, as the paper's text gives them, as the official code runs them, and
@@ -75,6 +82,8 @@ __all__ = [
     "GENERATORS",
     "PRESETS",
     "Preset",
+    "accuracy_preset",
+    "adversarial_preset",
     "build_classifier",
     "build_game",
     "build_generator",
@@ -210,6 +219,34 @@ PRESETS: dict[str, Preset] = {
         victim_schedule=VictimSchedule.scaled(2, lr=0.05),
     ),
 }
+
+
+def adversarial_preset(
+    base: Preset, adversarial_epsilon: float, *, steps: int = 10, name: str | None = None
+) -> Preset:
+    """``base`` in the adversarial variant (GUE-AT, the paper's Section 4.3): the follower's
+    loss is the CE at a PGD point of radius ``ε_a`` (``steps`` steps of ``ε_a/4``; the
+    paper's 10), so the generator plays against a victim that trains adversarially."""
+    return base.with_changes(
+        name=name or f"{base.name}-at{round(255 * adversarial_epsilon)}",
+        variant="adversarial",
+        game_options={
+            **base.game_options,
+            "adversarial_epsilon": adversarial_epsilon,
+            "adversarial_steps": steps,
+        },
+    )
+
+
+def accuracy_preset(base: Preset, *, name: str | None = None) -> Preset:
+    """``base`` in the accuracy variant: the leader maximizes the Carlini–Wagner margin, a
+    stand-in for the victim's 0-1 error, in place of ``L_sur``."""
+    return base.with_changes(name=name or f"{base.name}-accuracy", variant="accuracy")
+
+
+PRESETS["cpu-em-at2"] = adversarial_preset(PRESETS["cpu-em"], 2 / 255)
+PRESETS["cpu-em-at4"] = adversarial_preset(PRESETS["cpu-em"], 4 / 255)
+PRESETS["cpu-em-accuracy"] = accuracy_preset(PRESETS["cpu-em"])
 
 
 def build_game(preset: Preset, in_channels: int, num_classes: int) -> UnlearnableGame:
