@@ -27,10 +27,11 @@ def main() -> None:
 
     print(
         "| solver | time per step (ms, median) | steps to 1e-2 | steps to 1e-3 "
-        "| wall time to 1e-3 (s) | error at the end |"
+        "| wall time to 1e-3 (s) | error at the end | Hessian-vector products |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
-    for name in ("GDA", "BOME", "BOME-decay", "BackGradient", "TotalGradient"):
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    names = ("GDA", "BOME", "BOME-decay", "BackGradient", "TotalGradient", "TotalGradient-cold")
+    for name in (*names, "SOBA"):
         step = by_test.get(f"test_time_per_step[{name}]")
         tol = by_test.get(f"test_time_to_tolerance[{name}]")
         if step is None or tol is None:
@@ -39,9 +40,10 @@ def main() -> None:
         steps = str(info["steps"]) if info["reached"] else f"not within {info['budget']}"
         wall = f"{info['seconds']:.2f}" if info["reached"] else f"({info['seconds']:.2f})"
         coarse = info["steps_to_1e_2"] or f"not within {info['budget']}"
+        products = f"{info['matvecs']:.0f}" if info.get("matvecs") else "—"
         print(
             f"| {name} | {1e3 * step['stats']['median']:.2f} | {coarse} | {steps} | {wall} | "
-            f"{info['final_error']:.1e} |"
+            f"{info['final_error']:.1e} | {products} |"
         )
 
     print("\nBackGradient, extra peak memory of one step (MLP follower, 8 705 parameters):\n")

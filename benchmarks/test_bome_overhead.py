@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from stackelberg.games.unlearnable.presets import PRESETS, build_game
-from stackelberg.games.unlearnable.training import make_solver
+from stackelberg.solvers import make
 
 BATCH, ROUNDS, INNER_STEPS = 128, 5, 10
 
@@ -46,7 +46,7 @@ def test_bome_step_against_its_floor(benchmark, preset: str) -> None:
     game = build_game(PRESETS[preset], 3, 10)
     generator, classifier = game.leader, game.follower
     x, y = torch.rand(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
-    solver = make_solver(
+    solver = make(
         "bome",
         game,
         torch.optim.SGD(generator.parameters(), lr=0.1),

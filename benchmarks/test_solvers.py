@@ -7,8 +7,9 @@ Not part of the default test run. Run and tabulate with
 
 - ``test_time_per_step``: one outer step of each solver (pytest-benchmark timing).
 - ``test_time_to_tolerance``: steps and wall time until the leader is within 1e-3 relative
-  error of the closed form (``extra_info``: ``steps``, ``reached``, ``final_error``, and
-  ``steps_to_1e_2`` for 1e-2), with a step budget per solver.
+  error of the closed form (``extra_info``: ``steps``, ``reached``, ``final_error``,
+  ``steps_to_1e_2`` for 1e-2 and ``matvecs``, the Hessian-vector products of TotalGradient's
+  linear solves: warm-started and cold), with a step budget per solver.
 - ``test_backgradient_memory``: peak memory of one step in each mode for
   ``inner_steps`` ∈ {10, 100, 1000}, each in a fresh process (``memory_probe.py``).
 """
@@ -50,19 +51,23 @@ class Setting:
 # must stay small: with a constant step it hovers near, not at, the solution (its barrier
 # keeps ∇l + λ∇q̂ from vanishing), hence the variant with a decaying step.
 SETTINGS = {
-    "GDA": Setting("GDA", {}, 1.0, 0.15, 1000),
-    "BOME": Setting("BOME", {"inner_steps": 50, "inner_lr": 0.15}, 0.05, 0.05, 3000),
+    "GDA": Setting("gda", {}, 1.0, 0.15, 1000),
+    "BOME": Setting("bome", {"inner_steps": 50, "inner_lr": 0.15}, 0.05, 0.05, 3000),
     "BOME-decay": Setting(
-        "BOME", {"inner_steps": 50, "inner_lr": 0.15}, 0.2, 0.2, 3000, lr_decay=0.999
+        "bome", {"inner_steps": 50, "inner_lr": 0.15}, 0.2, 0.2, 3000, lr_decay=0.999
     ),
-    "BackGradient": Setting("BackGradient", {"inner_steps": 50, "inner_lr": 0.15}, 1.0, 0.15, 1000),
-    "TotalGradient": Setting("TotalGradient", {"solver_iterations": 100}, 1.0, 0.15, 1000),
+    "BackGradient": Setting("backgradient", {"inner_steps": 50, "inner_lr": 0.15}, 1.0, 0.15, 1000),
+    # CG warm-started from the last step's v (the default), and cold from zero every step
+    "TotalGradient": Setting("total_gradient", {"solver_iterations": 100}, 1.0, 0.15, 1000),
+    "TotalGradient-cold": Setting(
+        "total_gradient", {"solver_iterations": 100, "warm_start": False}, 1.0, 0.15, 1000
+    ),
     # single loop: a leader lr of 0.3 or more diverges while v still lags its system
-    "SOBA": Setting("SOBA", {}, 0.1, 0.15, 3000),
+    "SOBA": Setting("soba", {}, 0.1, 0.15, 3000),
 }
 
 
-def build(name: str) -> tuple[toys.QuadraticGame, Callable[[], object]]:
+def build(name: str) -> tuple[toys.QuadraticGame, Callable[[], dict[str, float]]]:
     """The T1 game and a function doing one outer step (and one scheduler step)."""
     torch.manual_seed(SEED)
     game = toys.QuadraticGame.random(DIM, CONDITION_NUMBER, seed=SEED, dtype=torch.float64)
@@ -71,13 +76,14 @@ def build(name: str) -> tuple[toys.QuadraticGame, Callable[[], object]]:
         torch.optim.SGD(game.leader.parameters(), lr=setting.leader_lr),
         torch.optim.SGD(game.follower.parameters(), lr=setting.follower_lr),
     )
-    solver = getattr(sg, setting.solver)(game, *optimizers, **setting.options)
+    solver = sg.solvers.make(setting.solver, game, *optimizers, **setting.options)
     schedulers = [torch.optim.lr_scheduler.ExponentialLR(o, setting.lr_decay) for o in optimizers]
 
-    def step() -> None:
-        solver.step()
+    def step() -> dict[str, float]:
+        info = solver.step()
         for scheduler in schedulers:
             scheduler.step()
+        return info
 
     return game, step
 
@@ -104,9 +110,9 @@ def test_time_to_tolerance(benchmark, name: str) -> None:
         game, step = build(name)
         solution = game.solution().leader
         start = time.perf_counter()
-        steps, steps_to_1e_2 = 0, None
+        steps, steps_to_1e_2, matvecs = 0, None, 0.0
         while steps < budget:
-            step()
+            matvecs += step().get("matvecs", 0.0)
             steps += 1
             error = leader_error(game, solution)
             if steps_to_1e_2 is None and error < 1e-2:
@@ -119,6 +125,7 @@ def test_time_to_tolerance(benchmark, name: str) -> None:
             reached=error < TOLERANCE,
             final_error=error,
             seconds=time.perf_counter() - start,
+            matvecs=matvecs,
         )
 
     benchmark.group = f"time to {TOLERANCE:g} relative error, T1 d=100"

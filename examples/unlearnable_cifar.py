@@ -39,8 +39,9 @@ from stackelberg.games.unlearnable.presets import (
     build_game,
     split_preset_data,
 )
-from stackelberg.games.unlearnable.training import SOLVER_DEFAULTS, GeneratorTraining
+from stackelberg.games.unlearnable.training import GeneratorTraining
 from stackelberg.games.unlearnable.victim import train_victim
+from stackelberg.solvers import SOLVERS
 from stackelberg.utils.io import write_json
 
 
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--download", action="store_true", help="download CIFAR if missing")
     parser.add_argument("--output-dir", type=Path, default=Path("results/gue"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--solver", choices=sorted(SOLVER_DEFAULTS), default=None)
+    parser.add_argument("--solver", choices=sorted(SOLVERS), default=None)
     parser.add_argument("--epsilon", type=float, default=None, help="ℓ∞ budget (default 8/255)")
     parser.add_argument("--epochs", type=int, default=None, help="generator training epochs")
     parser.add_argument("--victim-epochs", type=int, default=None)

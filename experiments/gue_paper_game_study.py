@@ -48,7 +48,7 @@ from stackelberg.games.unlearnable.presets import (
     build_game,
     split_preset_data,
 )
-from stackelberg.games.unlearnable.training import SOLVER_DEFAULTS, GeneratorTraining
+from stackelberg.games.unlearnable.training import GUE_SOLVER_OPTIONS, GeneratorTraining
 from stackelberg.games.unlearnable.victim import accuracy, train_victim
 from stackelberg.utils.io import write_json, write_text
 
@@ -76,7 +76,10 @@ class Run:
         training = dataclasses.replace(
             base.training,
             quick_test_every=0,  # the milestone victims replace the quick tests
-            solver_options={**SOLVER_DEFAULTS["bome"], **self.solver_options},
+            solver_options={
+                **GUE_SOLVER_OPTIONS["bome"].to_dict(),
+                **self.solver_options,
+            },
             generator_lr=self.generator_lr or base.training.generator_lr,
         )
         changes: dict[str, Any] = {"name": f"study-{name}", "training": training}

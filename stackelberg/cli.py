@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stackelberg.games.unlearnable.defenses import DEFENSES
     from stackelberg.games.unlearnable.presets import CLASSIFIERS, PRESETS
     from stackelberg.games.unlearnable.protect import DEFAULT_MAX_PIXELS
-    from stackelberg.games.unlearnable.training import SOLVER_DEFAULTS
+    from stackelberg.solvers import SOLVERS
 
     parser = argparse.ArgumentParser(
         prog="stackelberg",
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--variant", choices=VARIANTS, help="game variant (default: the preset's)")
     train.add_argument(
-        "--solver", choices=sorted(SOLVER_DEFAULTS), help="bilevel solver (default: the preset's)"
+        "--solver", choices=sorted(SOLVERS), help="bilevel solver (default: the preset's)"
     )
     train.add_argument("--epsilon", type=_epsilon, help="ℓ∞ budget, e.g. 8/255 (default: preset)")
     train.add_argument("--epochs", type=_positive, help="generator epochs (default: preset)")

@@ -148,7 +148,9 @@ def test_bad_options_are_named(solver_name, options, error, message) -> None:
 
 
 def test_unknown_option_is_a_type_error() -> None:
-    with pytest.raises(TypeError, match="unexpected keyword argument 'inner_step'"):
+    with pytest.raises(
+        TypeError, match="BOME got unknown option 'inner_step'; it accepts inner_steps"
+    ):
         make_solver("BOME", toys.StackelbergVsNashGame(), inner_step=3)
 
 

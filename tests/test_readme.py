@@ -24,6 +24,17 @@ def test_readme_snippet_solves_the_duopoly() -> None:
     assert float(game.follower.value.detach()) == pytest.approx(2.25, rel=1e-3)
 
 
+def test_readme_solvers_snippet_reaches_the_closed_form_and_saves_its_state() -> None:
+    section = README.read_text().split("## Solvers", 1)[1]
+    snippet = section.split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(snippet, "README", "exec"), namespace)
+    game = namespace["game"]
+    expected = game.solution().leader
+    assert float((game.leader.value.detach() - expected).abs().max()) < 1e-3
+    assert namespace["state"]["solver"] == "TotalGradient" and namespace["state"]["v"] is not None
+
+
 def test_readme_unlearnable_snippet_trains_poisons_and_exports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

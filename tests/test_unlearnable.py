@@ -371,7 +371,13 @@ def test_every_solver_takes_a_training_step(solver: str) -> None:
 # -- training: checkpoints and resume ----------------------------------------------------------
 
 
-def _training(run_dir: Path, epochs: int, seed: int = 0) -> GeneratorTraining:
+def _training(
+    run_dir: Path,
+    epochs: int,
+    seed: int = 0,
+    solver: str = "bome",
+    solver_options: dict | None = None,
+) -> GeneratorTraining:
     game = small_game(seed=seed)
     g = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (48, 3, 8, 8), generator=g, dtype=torch.uint8)
@@ -381,7 +387,8 @@ def _training(run_dir: Path, epochs: int, seed: int = 0) -> GeneratorTraining:
     config = TrainingConfig(
         epochs=epochs,
         batch_size=16,
-        solver_options={"inner_steps": 2},
+        solver=solver,
+        solver_options={"inner_steps": 2} if solver_options is None else solver_options,
         log_every=1,
         quick_test_every=1,
         quick_test=VictimSchedule.scaled(1, lr=0.05, batch_size=16),
@@ -396,16 +403,23 @@ def _training(run_dir: Path, epochs: int, seed: int = 0) -> GeneratorTraining:
     )
 
 
-def test_resume_after_interrupt_reproduces_the_uninterrupted_run_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("solver", "options"),
+    [("bome", None), ("total_gradient", {"solver_iterations": 2})],  # the latter carries v
+)
+def test_resume_after_interrupt_reproduces_the_uninterrupted_run_exactly(
+    tmp_path: Path, solver: str, options: dict | None
+) -> None:
     torch.manual_seed(123)
-    whole = _training(tmp_path / "whole", epochs=3)
+    whole = _training(tmp_path / "whole", epochs=3, solver=solver, solver_options=options)
     whole.run(progress=False)
 
     torch.manual_seed(123)
-    first = _training(tmp_path / "split", epochs=1)
+    first = _training(tmp_path / "split", epochs=1, solver=solver, solver_options=options)
     first.run(progress=False)  # "interrupted" after epoch 1: only its checkpoint survives
     torch.manual_seed(999)  # the new process starts from another RNG state
-    second = _training(tmp_path / "split", epochs=3, seed=7)  # fresh weights, overwritten
+    # fresh weights, overwritten
+    second = _training(tmp_path / "split", epochs=3, seed=7, solver=solver, solver_options=options)
     assert second.resume() and second.epoch == 1
     second.run(progress=False)
 
@@ -428,6 +442,23 @@ def test_checkpoints_load_with_weights_only_and_refuse_other_settings(tmp_path: 
     other.config.generator_lr = 0.5
     with pytest.raises(ValueError, match=r"other settings: generator_lr \(0\.1 → 0\.5\)"):
         other.resume()
+    other = _training(tmp_path, epochs=2, solver_options={"inner_steps": 3})
+    with pytest.raises(ValueError, match=r"other settings: solver_options\.inner_steps \(2 → 3\)"):
+        other.resume()
+    # The same options spelled out in full are the same settings.
+    spelled = {**sg.solvers.options_for("bome", inner_steps=2).to_dict(), "inner_lr": 1e-4}
+    spelled |= {"inner_optimizer": "adam", "eta": 1.5}
+    assert _training(tmp_path, epochs=2, solver_options=spelled).resume()
+
+
+def test_checkpoints_written_before_solver_state_dicts_still_resume(tmp_path: Path) -> None:
+    training = _training(tmp_path, epochs=1)
+    training.run(progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    solver_state = state.pop("solver")
+    torch.save({**state, "solver_steps": solver_state["steps_taken"]}, tmp_path / "checkpoint.pt")
+    resumed = _training(tmp_path, epochs=2)
+    assert resumed.resume() and resumed.solver.steps_taken == training.solver.steps_taken > 0
 
 
 def test_quick_test_keeps_the_generator_with_the_lowest_validation_accuracy(tmp_path: Path) -> None:

@@ -7,13 +7,41 @@
 ``TotalGradient``  implicit-function hypergradient by CG / Neumann on Hessian-vector products
 ``SOBA``           single loop: follower, linear-system estimate and leader one step each
 =================  ==========================================================================
+
+:func:`make` builds any of them by name (``"gda"``, ``"bome"``, ``"backgradient"``,
+``"total_gradient"``, ``"soba"``); each takes a frozen option record (``BOMEOptions``, ...)
+and has ``state_dict()`` / ``load_state_dict()``. Linear solvers for the implicit-function
+methods are strategy objects: :func:`cg`, :func:`normal_cg`, :func:`neumann`.
 """
 
-from stackelberg.solvers.backgradient import BackGradient
-from stackelberg.solvers.base import Solver, StepInfo
-from stackelberg.solvers.bome import BOME
-from stackelberg.solvers.gda import GDA
-from stackelberg.solvers.soba import SOBA
-from stackelberg.solvers.total_gradient import TotalGradient
+from stackelberg.solvers.backgradient import BackGradient, BackGradientOptions
+from stackelberg.solvers.base import Solver, SolverOptions, StepInfo
+from stackelberg.solvers.bome import BOME, BOMEOptions
+from stackelberg.solvers.gda import GDA, GDAOptions
+from stackelberg.solvers.linsolve import LinearSolver, cg, neumann, normal_cg
+from stackelberg.solvers.registry import SOLVERS, make, options_for
+from stackelberg.solvers.soba import SOBA, SOBAOptions
+from stackelberg.solvers.total_gradient import TotalGradient, TotalGradientOptions
 
-__all__ = ["BOME", "GDA", "SOBA", "BackGradient", "Solver", "StepInfo", "TotalGradient"]
+__all__ = [
+    "BOME",
+    "GDA",
+    "SOBA",
+    "SOLVERS",
+    "BOMEOptions",
+    "BackGradient",
+    "BackGradientOptions",
+    "GDAOptions",
+    "LinearSolver",
+    "SOBAOptions",
+    "Solver",
+    "SolverOptions",
+    "StepInfo",
+    "TotalGradient",
+    "TotalGradientOptions",
+    "cg",
+    "make",
+    "neumann",
+    "normal_cg",
+    "options_for",
+]

@@ -26,6 +26,7 @@ ending with ``∇L = g``. The three modes differ only in how ``θ_t`` is availab
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ import torch
 from stackelberg.game import Game
 from stackelberg.solvers.base import (
     HypergradientSolver,
+    SolverOptions,
     StepInfo,
     TensorTuple,
     check_choice,
@@ -43,7 +45,7 @@ from stackelberg.solvers.base import (
     tree_norm,
 )
 
-__all__ = ["BackGradient"]
+__all__ = ["BackGradient", "BackGradientOptions"]
 
 MODES = ("store", "checkpoint", "reverse")
 
@@ -52,56 +54,93 @@ def _leaves(tensors: TensorTuple) -> TensorTuple:
     return tuple(t.detach().requires_grad_(True) for t in tensors)
 
 
-class BackGradient(HypergradientSolver):
-    """Unrolled-differentiation hypergradient for the leader.
+@dataclass(frozen=True)
+class BackGradientOptions(SolverOptions):
+    """BackGradient's options.
 
     Args:
-        game, leader_optimizer, follower_optimizer: see :class:`~stackelberg.solvers.Solver`.
         inner_steps: ``T``, the unrolled follower steps.
         inner_lr: ``α``, the unrolled steps' learning rate.
         mode: ``"store"``, ``"checkpoint"`` or ``"reverse"`` (see the module docstring).
         warm_start: unroll from the follower's current parameters (default); if ``False``, from
             the parameters it had when the solver was built, every step (the classic
-            hyperparameter-optimization setting, where ``θ_0`` is a fixed initialization).
+            hyperparameter-optimization setting, where ``θ_0`` is a fixed initialization; it is
+            part of :meth:`BackGradient.state_dict`).
         follower_steps: follower-optimizer steps on ``h`` after each leader step (``>= 0``);
             with ``warm_start`` they carry the follower toward its best response between steps.
         inversion_steps: fixed-point iterations per undone step in ``"reverse"`` mode.
+    """
+
+    inner_steps: int = 10
+    inner_lr: float = 0.1
+    mode: str = "store"
+    warm_start: bool = True
+    follower_steps: int = 1
+    inversion_steps: int = 1
+
+    def validate(self) -> None:
+        check_int("inner_steps", self.inner_steps, 1)
+        check_positive("inner_lr", self.inner_lr)
+        check_choice("mode", self.mode, MODES)
+        if not isinstance(self.warm_start, bool):
+            raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}")
+        check_int("follower_steps", self.follower_steps, 0)
+        check_int("inversion_steps", self.inversion_steps, 1)
+
+
+class BackGradient(HypergradientSolver):
+    """Unrolled-differentiation hypergradient for the leader.
+
+    Built as ``BackGradient(game, leader_optimizer, follower_optimizer, options=None,
+    **overrides)`` (see :class:`~stackelberg.solvers.Solver`); the options are
+    :class:`BackGradientOptions`.
 
     Diagnostics: ``leader_loss`` (``l(w, θ_T)``), ``follower_loss`` (``h(w, θ_T)``, or with
     ``follower_steps > 0`` the follower's loss at its last own step, beside
     ``follower_grad_norm``), ``hypergrad_norm``, ``reconstruction_error`` (``"reverse"`` only).
     """
 
+    Options = BackGradientOptions
+    options: BackGradientOptions
+
     def __init__(
         self,
         game: Game,
         leader_optimizer: torch.optim.Optimizer,
         follower_optimizer: torch.optim.Optimizer,
-        *,
-        inner_steps: int = 10,
-        inner_lr: float = 0.1,
-        mode: str = "store",
-        warm_start: bool = True,
-        follower_steps: int = 1,
-        inversion_steps: int = 1,
+        options: BackGradientOptions | None = None,
+        **overrides: Any,
     ) -> None:
-        super().__init__(game, leader_optimizer, follower_optimizer)
-        self.inner_steps = check_int("inner_steps", inner_steps, 1)
-        self.inner_lr = check_positive("inner_lr", inner_lr)
-        self.mode = check_choice("mode", mode, MODES)
-        if not isinstance(warm_start, bool):
-            raise TypeError(f"warm_start must be True or False, got {warm_start!r}")
-        self.warm_start = warm_start
-        self.follower_steps = check_int("follower_steps", follower_steps, 0)
-        self.inversion_steps = check_int("inversion_steps", inversion_steps, 1)
+        super().__init__(game, leader_optimizer, follower_optimizer, options, **overrides)
         # θ_0 of every unroll when not warm-starting (a copy: the follower may still move).
         self._initial_theta: TensorTuple | None = (
-            None if warm_start else tuple(p.detach().clone() for p in self.follower_params())
+            None
+            if self.options.warm_start
+            else tuple(p.detach().clone() for p in self.follower_params())
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step count and, without ``warm_start``, the fixed ``θ_0`` of every unroll."""
+        initial = self._initial_theta
+        return {
+            **super().state_dict(),
+            "initial_theta": None if initial is None else [t.clone() for t in initial],
+        }
+
+    def load_state_dict(self, state: Any) -> None:
+        super().load_state_dict(state)
+        saved = state.get("initial_theta")
+        if (saved is None) != self.options.warm_start:
+            raise ValueError(
+                "the saved state is of a BackGradient with warm_start="
+                f"{saved is None}, this one has warm_start={self.options.warm_start}"
+            )
+        if saved is not None:
+            self._initial_theta = self._matching("initial_theta", saved)
 
     @property
     def divergence_hint(self) -> str:
-        if self.mode == "reverse":
+        if self.options.mode == "reverse":
             return (
                 "Undoing many contracting steps amplifies rounding errors (see the "
                 "reconstruction_error diagnostic): use mode='checkpoint', fewer inner_steps, "
@@ -125,7 +164,9 @@ class BackGradient(HypergradientSolver):
         theta = _leaves(theta)
         return tuple(
             x.detach()
-            for x in tree_add(theta, self._follower_gradient(w, theta, batch, t), -self.inner_lr)
+            for x in tree_add(
+                theta, self._follower_gradient(w, theta, batch, t), -self.options.inner_lr
+            )
         )
 
     def _step_vjp(
@@ -135,7 +176,7 @@ class BackGradient(HypergradientSolver):
         theta_t = _leaves(theta_t)
         grad = self._follower_gradient(w, theta_t, batch, t, create_graph=True)
         products = gradients(grad, w + theta_t, grad_outputs=adjoint)
-        products = tuple(self.inner_lr * p for p in products)
+        products = tuple(self.options.inner_lr * p for p in products)
         return products[: len(w)], products[len(w) :]
 
     def _reconstruct(
@@ -143,10 +184,10 @@ class BackGradient(HypergradientSolver):
     ) -> TensorTuple:
         """Undo one step: solve ``θ = θ_{t+1} + α∇_θ h(w, θ)`` by fixed-point iteration."""
         theta = theta_next
-        for _ in range(self.inversion_steps):
+        for _ in range(self.options.inversion_steps):
             theta = _leaves(theta)
             step = self._follower_gradient(w, theta, batch, t)
-            theta = tuple(x.detach() for x in tree_add(theta_next, step, self.inner_lr))
+            theta = tuple(x.detach() for x in tree_add(theta_next, step, self.options.inner_lr))
         return theta
 
     def _backward(
@@ -158,11 +199,11 @@ class BackGradient(HypergradientSolver):
     ) -> tuple[TensorTuple, TensorTuple, float]:
         """Run the adjoint recursion; returns ``(∇L, θ_0 used, l(w, θ_T))``."""
         theta_T = _leaves(theta_T)
-        leader_loss = self.leader_loss(w, theta_T, batch, self._where(self.inner_steps))
+        leader_loss = self.leader_loss(w, theta_T, batch, self._where(self.options.inner_steps))
         grads = gradients(leader_loss, w + theta_T)
         hypergrad, adjoint = grads[: len(w)], grads[len(w) :]
         theta = tuple(x.detach() for x in theta_T)
-        for t in reversed(range(self.inner_steps)):
+        for t in reversed(range(self.options.inner_steps)):
             theta = history[t] if history is not None else self._reconstruct(w, theta, batch, t)
             cross, curvature = self._step_vjp(w, theta, adjoint, batch, t)
             hypergrad = tree_add(hypergrad, cross, alpha=-1.0)
@@ -173,26 +214,26 @@ class BackGradient(HypergradientSolver):
         w = self.leader_params()
         theta_0 = self._initial_theta or tuple(p.detach().clone() for p in self.follower_params())
         info: StepInfo = {}
-        if self.mode == "store":
+        if self.options.mode == "store":
             theta = _leaves(theta_0)
-            for t in range(self.inner_steps):
+            for t in range(self.options.inner_steps):
                 grad = self._follower_gradient(w, theta, batch, t, create_graph=True)
-                theta = tree_add(theta, grad, -self.inner_lr)
-            leader_loss = self.leader_loss(w, theta, batch, self._where(self.inner_steps))
+                theta = tree_add(theta, grad, -self.options.inner_lr)
+            leader_loss = self.leader_loss(w, theta, batch, self._where(self.options.inner_steps))
             hypergrad = gradients(leader_loss, w)
             info["leader_loss"] = float(leader_loss.detach())
             theta_T = tuple(x.detach() for x in theta)
         else:
-            history: list[TensorTuple] | None = [] if self.mode == "checkpoint" else None
+            history: list[TensorTuple] | None = [] if self.options.mode == "checkpoint" else None
             theta_T = theta_0
-            for t in range(self.inner_steps):
+            for t in range(self.options.inner_steps):
                 if history is not None:
                     history.append(theta_T)
                 theta_T = self._inner_step(w, theta_T, batch, t)
             hypergrad, theta_0_used, info["leader_loss"] = self._backward(
                 w, theta_T, history, batch
             )
-            if self.mode == "reverse":
+            if self.options.mode == "reverse":
                 error = tree_norm(tree_add(theta_0_used, theta_0, alpha=-1.0))
                 info["reconstruction_error"] = float(error)
         with torch.no_grad():

@@ -13,8 +13,9 @@ Parameters travel between the helpers as tuples of tensors in ``module.parameter
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple, Self
 
 import torch
 from torch import Tensor
@@ -30,6 +31,7 @@ __all__ = [
     "HypergradientSolver",
     "ImplicitTerms",
     "Solver",
+    "SolverOptions",
     "StepInfo",
     "TensorTuple",
     "check_choice",
@@ -171,27 +173,88 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     return value
 
 
-class Solver:
-    """Base class of the solvers: holds the game and the two optimizers, applies updates.
+@dataclasses.dataclass(frozen=True)
+class SolverOptions:
+    """Base of the solvers' option records: frozen, and validated once, when built
+    (subclasses check their fields in :meth:`validate`)."""
 
-    Subclasses implement :meth:`step`. Helpers evaluate the players' losses at arbitrary
-    parameter tuples (through functional views) with checks that name the loss and the step.
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``TypeError`` / ``ValueError`` naming the first bad field."""
+
+    @classmethod
+    def accepted(cls) -> tuple[str, ...]:
+        """The option names, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def _check_names(cls, solver: str, names: Sequence[str]) -> None:
+        unknown = [n for n in names if n not in cls.accepted()]
+        if unknown:
+            raise TypeError(
+                f"{solver} got unknown option{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))}; it accepts {', '.join(cls.accepted())}"
+            )
+
+    @classmethod
+    def resolve(
+        cls, solver: str, options: SolverOptions | None, overrides: Mapping[str, Any]
+    ) -> Self:
+        """``options`` (default: all defaults) with ``overrides`` applied, checked: unknown
+        names and a record of another solver's options are refused with the accepted names."""
+        if options is not None and not isinstance(options, cls):
+            raise TypeError(f"{solver} takes {cls.__name__}, got {type(options).__name__}")
+        cls._check_names(solver, list(overrides))
+        if options is None:
+            return cls(**overrides)
+        return dataclasses.replace(options, **overrides) if overrides else options
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes``, checked like a new record."""
+        self._check_names(type(self).__name__, list(changes))
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON-ready values (a strategy object as its ``to_dict()``)."""
+        return {
+            f.name: getattr(v, "to_dict", lambda v=v: v)()
+            for f in dataclasses.fields(self)
+            for v in (getattr(self, f.name),)
+        }
+
+
+class Solver:
+    """Base class of the solvers: holds the game, the two optimizers and the options, applies
+    updates.
+
+    Subclasses set :attr:`Options` (their :class:`SolverOptions` record) and implement
+    :meth:`step`. Helpers evaluate the players' losses at arbitrary parameter tuples (through
+    functional views) with checks that name the loss and the step.
 
     Args:
         game: the game to solve.
         leader_optimizer: a :class:`torch.optim.Optimizer` over (some of) the leader's
             parameters; it applies the leader's update direction.
         follower_optimizer: the same for the follower.
+        options: the solver's option record (default: its defaults).
+        **overrides: options by name, applied on top of ``options``.
     """
+
+    Options: ClassVar[type[SolverOptions]] = SolverOptions
 
     def __init__(
         self,
         game: Game,
         leader_optimizer: torch.optim.Optimizer,
         follower_optimizer: torch.optim.Optimizer,
+        options: SolverOptions | None = None,
+        **overrides: Any,
     ) -> None:
         if not isinstance(game, Game):
             raise TypeError(f"game must be a stackelberg.Game, got {type(game).__name__}")
+        self.options = self.Options.resolve(self.name, options, overrides)
         game.check_players()
         self.game = game
         self.leader_optimizer = self._checked_optimizer("leader", leader_optimizer)
@@ -376,16 +439,44 @@ class Solver:
         """One outer iteration on ``batch``; returns float diagnostics."""
         raise NotImplementedError
 
+    # -- state ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The solver's own state, beyond the game's parameters and the two optimizers':
+        the step count and whatever a subclass carries between steps (tensors, numbers and
+        strings only, so ``torch.load(weights_only=True)`` reads it back). With the game's
+        and the optimizers' state dicts it continues a run exactly."""
+        return {"solver": self.name, "steps_taken": self.steps_taken}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (of a solver of the same class)."""
+        saved = state.get("solver", self.name)
+        if saved != self.name:
+            raise ValueError(f"the state is {saved}'s; it cannot be loaded into {self.name}")
+        self.steps_taken = int(state["steps_taken"])
+
+    def _matching(self, name: str, saved: Sequence[Tensor]) -> TensorTuple:
+        """``saved`` tensors shaped like the follower's parameters, on their device/dtype."""
+        params = self.follower_params()
+        shapes = [tuple(p.shape) for p in params]
+        if [tuple(t.shape) for t in saved] != shapes:
+            raise ValueError(
+                f"saved {name} has shapes {[tuple(t.shape) for t in saved]}, the follower {shapes}"
+            )
+        return tuple(t.to(p.device, p.dtype).clone() for t, p in zip(saved, params, strict=True))
+
 
 class HypergradientSolver(Solver):
     """A solver whose leader descends a hypergradient and whose follower then takes
     ``follower_steps`` gradient steps on ``h`` with its own optimizer.
 
     Subclasses implement :meth:`_hypergradient`, returning the hypergradient (one tensor per
-    leader parameter) and diagnostics, and set ``self.follower_steps``.
+    leader parameter) and diagnostics; their options carry ``follower_steps``.
     """
 
-    follower_steps: int
+    @property
+    def follower_steps(self) -> int:
+        return int(self.options.follower_steps)  # type: ignore[attr-defined]
 
     def _hypergradient(self, batch: Any) -> tuple[TensorTuple, StepInfo]:
         raise NotImplementedError

@@ -22,13 +22,15 @@ gradients per step and O(P) memory: no second-order derivative is ever taken.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from stackelberg.game import Game, check_finite_losses, functional_view
+from stackelberg.game import check_finite_losses, functional_view
 from stackelberg.solvers.base import (
     Solver,
+    SolverOptions,
     StepInfo,
     TensorTuple,
     check_choice,
@@ -40,17 +42,16 @@ from stackelberg.solvers.base import (
     tree_dot,
 )
 
-__all__ = ["BOME"]
+__all__ = ["BOME", "BOMEOptions"]
 
 _INNER_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
-class BOME(Solver):
-    """The BOME value-function method with the dynamic barrier.
+@dataclass(frozen=True)
+class BOMEOptions(SolverOptions):
+    """BOME's options.
 
     Args:
-        game, leader_optimizer, follower_optimizer: see :class:`~stackelberg.solvers.Solver`.
-            Both optimizers apply the joint direction ``d`` (its ``w`` and ``θ`` parts).
         inner_steps: ``T``, the inner optimizer's steps that estimate ``min_θ h(w, θ)``.
         inner_lr: the inner optimizer's learning rate ``α``.
         inner_optimizer: ``"sgd"`` (plain gradient descent, as in the paper's analysis) or
@@ -58,31 +59,37 @@ class BOME(Solver):
         eta: ``η`` of the control barrier ``φ``.
         phi: ``"grad_norm"`` for ``φ = η‖∇q̂‖²`` or ``"value"`` for ``φ = η·q̂``.
         delta: ``δ``, guards the division when ``∇q̂`` vanishes.
+    """
+
+    inner_steps: int = 10
+    inner_lr: float = 0.01
+    inner_optimizer: str = "sgd"
+    eta: float = 0.5
+    phi: str = "grad_norm"
+    delta: float = 1e-12
+
+    def validate(self) -> None:
+        check_int("inner_steps", self.inner_steps, 1)
+        check_positive("inner_lr", self.inner_lr)
+        check_choice("inner_optimizer", self.inner_optimizer, tuple(_INNER_OPTIMIZERS))
+        check_positive("eta", self.eta, allow_zero=True)
+        check_choice("phi", self.phi, ("grad_norm", "value"))
+        check_positive("delta", self.delta)
+
+
+class BOME(Solver):
+    """The BOME value-function method with the dynamic barrier.
+
+    Built as ``BOME(game, leader_optimizer, follower_optimizer, options=None, **overrides)``
+    (see :class:`~stackelberg.solvers.Solver`); the options are :class:`BOMEOptions`. Both
+    optimizers apply the joint direction ``d`` (its ``w`` and ``θ`` parts).
 
     Diagnostics: ``q`` (= q̂ at the current point), ``lambda``, ``grad_dot`` (⟨∇l, ∇q̂⟩),
     ``grad_q_norm`` (‖∇q̂‖), ``phi``, ``leader_loss`` (l), ``follower_loss`` (h).
     """
 
-    def __init__(
-        self,
-        game: Game,
-        leader_optimizer: torch.optim.Optimizer,
-        follower_optimizer: torch.optim.Optimizer,
-        *,
-        inner_steps: int = 10,
-        inner_lr: float = 0.01,
-        inner_optimizer: str = "sgd",
-        eta: float = 0.5,
-        phi: str = "grad_norm",
-        delta: float = 1e-12,
-    ) -> None:
-        super().__init__(game, leader_optimizer, follower_optimizer)
-        self.inner_steps = check_int("inner_steps", inner_steps, 1)
-        self.inner_lr = check_positive("inner_lr", inner_lr)
-        self.inner_optimizer = check_choice("inner_optimizer", inner_optimizer, ("sgd", "adam"))
-        self.eta = check_positive("eta", eta, allow_zero=True)
-        self.phi = check_choice("phi", phi, ("grad_norm", "value"))
-        self.delta = check_positive("delta", delta)
+    Options = BOMEOptions
+    options: BOMEOptions
 
     def inner_solution(self, batch: Any, follower_batch: Any = None) -> TensorTuple:
         """``θ^T``: ``T`` inner-optimizer steps on ``h(w, ·)`` from the current θ, detached.
@@ -95,11 +102,11 @@ class BOME(Solver):
         """
         w = tuple(p.detach() for p in self.leader_params())
         theta = [p.detach().clone().requires_grad_(True) for p in self.follower_params()]
-        optimizer = _INNER_OPTIMIZERS[self.inner_optimizer](theta, lr=self.inner_lr)
+        optimizer = _INNER_OPTIMIZERS[self.options.inner_optimizer](theta, lr=self.options.inner_lr)
         if follower_batch is None:
             follower_batch = self.fixed_leader_batch(w, batch)
         losses = []
-        for t in range(self.inner_steps):
+        for t in range(self.options.inner_steps):
             where = f"step {self.steps_taken} inner step {t}"
             loss = self.follower_loss(w, theta, follower_batch, where, check_finite=False)
             losses.append((loss.detach(), "follower_loss", self.where(where)))
@@ -149,8 +156,12 @@ class BOME(Solver):
 
         grad_dot = tree_dot(grad_l, grad_q)
         grad_q_sq = tree_dot(grad_q, grad_q)
-        phi = self.eta * grad_q_sq if self.phi == "grad_norm" else self.eta * q
-        lam = torch.clamp((phi - grad_dot) / (grad_q_sq + self.delta), min=0.0)
+        phi = (
+            self.options.eta * grad_q_sq
+            if self.options.phi == "grad_norm"
+            else self.options.eta * q
+        )
+        lam = torch.clamp((phi - grad_dot) / (grad_q_sq + self.options.delta), min=0.0)
         d = tree_add(grad_l, grad_q, alpha=lam)
         names = ("q", "lambda", "grad_dot", "grad_q_norm", "phi", "leader_loss", "follower_loss")
         values = (q, lam, grad_dot, torch.sqrt(grad_q_sq), phi, leader_loss, h)

@@ -13,53 +13,62 @@ baseline every other solver must beat.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import torch
+from stackelberg.solvers.base import (
+    Solver,
+    SolverOptions,
+    StepInfo,
+    check_int,
+    gradients,
+    tree_norm,
+)
 
-from stackelberg.game import Game
-from stackelberg.solvers.base import Solver, StepInfo, check_int, gradients, tree_norm
+__all__ = ["GDA", "GDAOptions"]
 
-__all__ = ["GDA"]
+
+@dataclass(frozen=True)
+class GDAOptions(SolverOptions):
+    """GDA's options.
+
+    Args:
+        alternating: if ``True``, the follower moves first and the leader then takes its step at
+            the follower's new parameters; if ``False`` (default), both step from the same point.
+        follower_steps: follower steps per leader step (``>= 1``); in simultaneous mode the
+            steps after the first follow the leader's update.
+    """
+
+    alternating: bool = False
+    follower_steps: int = 1
+
+    def validate(self) -> None:
+        if not isinstance(self.alternating, bool):
+            raise TypeError(f"alternating must be True or False, got {self.alternating!r}")
+        check_int("follower_steps", self.follower_steps, 1)
 
 
 class GDA(Solver):
     """Simultaneous or alternating gradient descent on each player's own loss.
 
-    Args:
-        game, leader_optimizer, follower_optimizer: see :class:`~stackelberg.solvers.Solver`.
-        alternating: if ``True``, the follower moves first and the leader then takes its step at
-            the follower's new parameters; if ``False`` (default), both step from the same point.
-        follower_steps: follower steps per leader step (``>= 1``); in simultaneous mode the
-            steps after the first follow the leader's update.
+    Built as ``GDA(game, leader_optimizer, follower_optimizer, options=None, **overrides)``
+    (see :class:`~stackelberg.solvers.Solver`); the options are :class:`GDAOptions`.
 
     Diagnostics: ``leader_loss``, ``follower_loss``, ``leader_grad_norm``,
     ``follower_grad_norm`` (each at the point where that player's last gradient was taken).
     """
 
-    def __init__(
-        self,
-        game: Game,
-        leader_optimizer: torch.optim.Optimizer,
-        follower_optimizer: torch.optim.Optimizer,
-        *,
-        alternating: bool = False,
-        follower_steps: int = 1,
-    ) -> None:
-        super().__init__(game, leader_optimizer, follower_optimizer)
-        if not isinstance(alternating, bool):
-            raise TypeError(f"alternating must be True or False, got {alternating!r}")
-        self.alternating = alternating
-        self.follower_steps = check_int("follower_steps", follower_steps, 1)
+    Options = GDAOptions
+    options: GDAOptions
 
     def step(self, batch: Any = None) -> StepInfo:
         where = f"step {self.steps_taken}"
-        if self.alternating:
-            follower = self.follower_gradient_steps(batch, self.follower_steps)
+        if self.options.alternating:
+            follower = self.follower_gradient_steps(batch, self.options.follower_steps)
         w, theta = self.leader_params(), self.follower_params()
         leader_loss = self.leader_loss(w, theta, batch, where)
         leader_grad = gradients(leader_loss, w)
-        if self.alternating:
+        if self.options.alternating:
             self.apply_updates((self.leader_optimizer, w, leader_grad))
         else:
             h = self.follower_loss(w, theta, batch, where)
@@ -72,8 +81,8 @@ class GDA(Solver):
                 "follower_loss": float(h.detach()),
                 "follower_grad_norm": float(tree_norm(follower_grad)),
             }
-            if self.follower_steps > 1:
-                follower = self.follower_gradient_steps(batch, self.follower_steps - 1)
+            if self.options.follower_steps > 1:
+                follower = self.follower_gradient_steps(batch, self.options.follower_steps - 1)
         self.steps_taken += 1
         return {
             "leader_loss": float(leader_loss.detach()),

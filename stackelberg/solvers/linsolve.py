@@ -13,12 +13,19 @@ damping), available only through Hessian-vector products. Each solver here takes
   is indefinite or singular.
 - :func:`neumann_series`: ``x = α Σ_{k<K} (I − α H)^k b``, the truncated Neumann series of
   ``H⁻¹`` (Lorraine, Vicol, Duvenaud 2020); converges when ``0 < α < 2/λ_max`` and ``H ≻ 0``.
+
+Strategy objects (as in JAXopt's ``solve=`` and TorchOpt's ``solve=``): :func:`cg`,
+:func:`normal_cg` and :func:`neumann` check their options once and return a
+:class:`LinearSolver`, a callable ``(matvec, b, x0) -> (x, info)``; ``x0`` warm-starts the
+solve (:class:`~stackelberg.solvers.TotalGradient` passes the previous step's solution).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -36,9 +43,15 @@ from stackelberg.solvers.base import (
 
 __all__ = [
     "LINEAR_SOLVERS",
+    "LinearSolveInfo",
     "LinearSolveResult",
+    "LinearSolver",
+    "cg",
     "conjugate_gradient",
+    "linear_solver",
+    "neumann",
     "neumann_series",
+    "normal_cg",
     "normal_conjugate_gradient",
     "solve_linear",
 ]
@@ -125,23 +138,143 @@ def normal_conjugate_gradient(
 def neumann_series(
     matvec: MatVec,
     b: Sequence[Tensor],
+    x0: Sequence[Tensor] | None = None,
     *,
     step: float,
     max_iterations: int = 100,
 ) -> LinearSolveResult:
-    """Approximate ``H⁻¹ b`` by ``α Σ_{k=0}^{K−1} (I − α H)^k b`` with ``K = max_iterations``.
+    """Approximate ``H⁻¹ b`` by ``α Σ_{k=0}^{K−1} (I − α H)^k b`` with ``K = max_iterations``;
+    from a start ``x0``, by ``x0 + α Σ_k (I − α H)^k (b − H x0)`` (the same series on the
+    residual, so a good start needs fewer terms).
 
     Converges geometrically, at rate ``max |1 − α λ_i(H)|``, when ``0 < α < 2/λ_max(H)`` and
     ``H`` is positive definite.
     """
     check_positive("step", step)
     b = tuple(b)
-    term = b
-    x = tree_scale(b, step)
+    term = b if x0 is None else tree_add(b, matvec(tuple(x0)), alpha=-1.0)
+    x = tree_scale(term, step) if x0 is None else tree_add(tuple(x0), term, alpha=step)
     for _ in range(max_iterations - 1):
         term = tree_add(term, matvec(term), alpha=-step)
         x = tree_add(x, term, alpha=step)
     return LinearSolveResult(x, max_iterations, _relative_residual(matvec, x, b))
+
+
+class LinearSolveInfo(NamedTuple):
+    """What a :class:`LinearSolver` reports: iterations taken, Hessian-vector products used
+    (the residual check and a warm start's first residual included) and the true relative
+    residual ``‖Hx − b‖/‖b‖``."""
+
+    iterations: int
+    matvecs: int
+    residual: float
+
+
+class LinearSolver:
+    """A configured linear solver: ``solver(matvec, b, x0=None) -> (x, info)``.
+
+    Built by :func:`cg`, :func:`normal_cg` or :func:`neumann`, which check the options once.
+    """
+
+    name: str = ""
+
+    def __call__(
+        self, matvec: MatVec, b: Sequence[Tensor], x0: Sequence[Tensor] | None = None
+    ) -> tuple[TensorTuple, LinearSolveInfo]:
+        counted, count = _counting(matvec)
+        result = self._solve(counted, b, x0)
+        return result.solution, LinearSolveInfo(result.iterations, count[0], result.residual)
+
+    def _solve(
+        self, matvec: MatVec, b: Sequence[Tensor], x0: Sequence[Tensor] | None
+    ) -> LinearSolveResult:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """The solver's name and options (JSON-ready)."""
+        return {"name": self.name, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+
+
+def _counting(matvec: MatVec) -> tuple[MatVec, list[int]]:
+    count = [0]
+
+    def counted(v: TensorTuple) -> TensorTuple:
+        count[0] += 1
+        return matvec(v)
+
+    return counted, count
+
+
+@dataclass(frozen=True)
+class _CG(LinearSolver):
+    max_iterations: int
+    tol: float
+    name = "cg"
+
+    def _solve(self, matvec: MatVec, b: Sequence[Tensor], x0: Any) -> LinearSolveResult:
+        return conjugate_gradient(matvec, b, x0, max_iterations=self.max_iterations, tol=self.tol)
+
+
+@dataclass(frozen=True)
+class _NormalCG(LinearSolver):
+    max_iterations: int
+    tol: float
+    name = "normal_cg"
+
+    def _solve(self, matvec: MatVec, b: Sequence[Tensor], x0: Any) -> LinearSolveResult:
+        return normal_conjugate_gradient(
+            matvec, b, x0, max_iterations=self.max_iterations, tol=self.tol
+        )
+
+
+@dataclass(frozen=True)
+class _Neumann(LinearSolver):
+    step: float
+    max_iterations: int
+    name = "neumann"
+
+    def _solve(self, matvec: MatVec, b: Sequence[Tensor], x0: Any) -> LinearSolveResult:
+        return neumann_series(matvec, b, x0, step=self.step, max_iterations=self.max_iterations)
+
+
+def cg(max_iterations: int = 50, tol: float = 1e-10) -> LinearSolver:
+    """Conjugate gradients (:func:`conjugate_gradient`) for ``H ≻ 0``: at most
+    ``max_iterations`` iterations, stopping at a relative residual of ``tol``."""
+    return _CG(
+        check_int("max_iterations", max_iterations, 1), check_positive("tol", tol, allow_zero=True)
+    )
+
+
+def normal_cg(max_iterations: int = 50, tol: float = 1e-10) -> LinearSolver:
+    """CG on the normal equations (:func:`normal_conjugate_gradient`), for any ``H``."""
+    return _NormalCG(
+        check_int("max_iterations", max_iterations, 1), check_positive("tol", tol, allow_zero=True)
+    )
+
+
+def neumann(step: float = 0.1, max_iterations: int = 50) -> LinearSolver:
+    """The truncated Neumann series (:func:`neumann_series`) with ``α = step`` and
+    ``max_iterations`` terms; needs ``0 < α < 2/λ_max(H)``."""
+    return _Neumann(check_positive("step", step), check_int("max_iterations", max_iterations, 1))
+
+
+def linear_solver(
+    spec: str | LinearSolver,
+    *,
+    max_iterations: int = 50,
+    tol: float = 1e-10,
+    neumann_step: float = 0.1,
+) -> LinearSolver:
+    """``spec`` itself if it is a :class:`LinearSolver`; for a name in :data:`LINEAR_SOLVERS`
+    (the older string form), the solver built from the keyword options."""
+    if isinstance(spec, LinearSolver):
+        return spec
+    check_choice("linear_solver", spec, LINEAR_SOLVERS)
+    if spec == "cg":
+        return cg(max_iterations, tol)
+    if spec == "normal_cg":
+        return normal_cg(max_iterations, tol)
+    return neumann(neumann_step, max_iterations)
 
 
 def solve_linear(

@@ -24,6 +24,7 @@ follower gradient plus one Hessian-vector product, whose two blocks ``∇²_θθ
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ import torch
 from stackelberg.game import Game
 from stackelberg.solvers.base import (
     Solver,
+    SolverOptions,
     StepInfo,
     TensorTuple,
     check_positive,
@@ -39,43 +41,64 @@ from stackelberg.solvers.base import (
     tree_norm,
 )
 
-__all__ = ["SOBA"]
+__all__ = ["SOBA", "SOBAOptions"]
 
 
 def _detached(tensors: TensorTuple) -> TensorTuple:
     return tuple(t.detach() for t in tensors)
 
 
+@dataclass(frozen=True)
+class SOBAOptions(SolverOptions):
+    """SOBA's options.
+
+    Args:
+        linear_lr: ``ρ_v``, the step of ``v``; by default (``None``) the follower optimizer's
+            learning rate (the paper uses the same step for both). Stability needs
+            ``ρ_v < 2 / λ_max(∇²_θθ h + μI)``.
+        damping: ``μ ≥ 0``, added to the follower's Hessian in the system for ``v``.
+    """
+
+    linear_lr: float | None = None
+    damping: float = 0.0
+
+    def validate(self) -> None:
+        if self.linear_lr is not None:
+            check_positive("linear_lr", self.linear_lr)
+        check_positive("damping", self.damping, allow_zero=True)
+
+
 class SOBA(Solver):
     """Single-loop bilevel solver: follower, linear-system estimate ``v`` and leader move one
     step each per outer step (see the module doc).
 
-    Args:
-        game, leader_optimizer, follower_optimizer: see :class:`~stackelberg.solvers.Solver`.
-        linear_lr: ``ρ_v``, the step of ``v``; by default the follower optimizer's learning
-            rate (the paper uses the same step for both). Stability needs
-            ``ρ_v < 2 / λ_max(∇²_θθ h + μI)``.
-        damping: ``μ ≥ 0``, added to the follower's Hessian in the system for ``v``.
+    Built as ``SOBA(game, leader_optimizer, follower_optimizer, options=None, **overrides)``
+    (see :class:`~stackelberg.solvers.Solver`); the options are :class:`SOBAOptions`.
 
     Diagnostics: ``leader_loss`` and ``follower_loss`` (before the step), ``follower_grad_norm``
     ``‖D_θ‖``, ``linear_residual`` ``‖D_v‖ / ‖∇_θ l‖`` (how well ``v`` solves its system),
     ``hypergrad_norm`` ``‖D_w‖``.
     """
 
+    Options = SOBAOptions
+    options: SOBAOptions
+
     def __init__(
         self,
         game: Game,
         leader_optimizer: torch.optim.Optimizer,
         follower_optimizer: torch.optim.Optimizer,
-        *,
-        linear_lr: float | None = None,
-        damping: float = 0.0,
+        options: SOBAOptions | None = None,
+        **overrides: Any,
     ) -> None:
-        super().__init__(game, leader_optimizer, follower_optimizer)
+        super().__init__(game, leader_optimizer, follower_optimizer, options, **overrides)
+        linear_lr = self.options.linear_lr
         if linear_lr is None:
-            linear_lr = float(follower_optimizer.param_groups[0]["lr"])
-        self.linear_lr = check_positive("linear_lr", linear_lr)
-        self.damping = check_positive("damping", damping, allow_zero=True)
+            linear_lr = check_positive(
+                "the follower optimizer's lr (SOBA's default linear_lr)",
+                follower_optimizer.param_groups[0]["lr"],
+            )
+        self.linear_lr = float(linear_lr)
         self.v: TensorTuple = tuple(torch.zeros_like(p) for p in self.follower_params())
 
     @property
@@ -93,8 +116,8 @@ class SOBA(Solver):
         w, theta, leader_loss, grad_w_l, grad_theta_l, h, grad_theta_h = self.implicit_terms(batch)
         second = gradients(grad_theta_h, theta + w, grad_outputs=self.v)
         hv, cross = second[: len(theta)], second[len(theta) :]
-        if self.damping:
-            hv = tree_add(hv, self.v, alpha=self.damping)
+        if self.options.damping:
+            hv = tree_add(hv, self.v, alpha=self.options.damping)
         d_v = tree_add(hv, grad_theta_l, alpha=-1.0)
         d_w = tree_add(grad_w_l, cross, alpha=-1.0)
         d_theta = tuple(g.detach() for g in grad_theta_h)
@@ -125,18 +148,10 @@ class SOBA(Solver):
         return info
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs beyond the game and the optimizers: ``v`` and the step
-        count (tensors only, loadable with ``torch.load(weights_only=True)``)."""
-        return {"v": [t.detach().clone() for t in self.v], "steps_taken": self.steps_taken}
+        """The step count and ``v``."""
+        return {**super().state_dict(), "v": [t.detach().clone() for t in self.v]}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output; the shapes must match the follower's."""
-        v = state["v"]
-        shapes = [tuple(p.shape) for p in self.follower_params()]
-        if [tuple(t.shape) for t in v] != shapes:
-            raise ValueError(
-                f"saved v has shapes {[tuple(t.shape) for t in v]}, the follower {shapes}"
-            )
-        params = self.follower_params()
-        self.v = tuple(t.to(p.device, p.dtype).clone() for t, p in zip(v, params, strict=True))
-        self.steps_taken = int(state["steps_taken"])
+    def load_state_dict(self, state: Any) -> None:
+        """Restore :meth:`state_dict`'s output; ``v``'s shapes must match the follower's."""
+        super().load_state_dict(state)
+        self.v = self._matching("v", state["v"])

@@ -10,7 +10,9 @@ evaluated at the current follower θ, with damping ``μ ≥ 0`` (μ = 0 is the e
 μ > 0 regularizes a singular Hessian). This is the leader update of total gradient
 descent-ascent (TGDA, Evtushenko 1974; Fiez, Chasnov, Ratliff 2020; Lu, Kamath, Yu 2022).
 ``v`` is found matrix-free from Hessian-vector products (double backward) by CG,
-normal-equation CG or a Neumann series (:mod:`stackelberg.solvers.linsolve`). After each leader
+normal-equation CG or a Neumann series (:mod:`stackelberg.solvers.linsolve`), started from the
+previous step's ``v`` (warm start: the follower and the leader move little between steps, so
+the previous solution is close and the solve needs fewer products). After each leader
 step the follower takes ``follower_steps`` gradient steps on ``h`` with its optimizer, so the
 pair tracks the best-response curve; the fixed points are exactly the Stackelberg points where
 (1) vanishes and ``∇_θ h = 0``.
@@ -18,6 +20,7 @@ pair tracks the best-response curve; the fixed points are exactly the Stackelber
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,6 +28,7 @@ import torch
 from stackelberg.game import Game
 from stackelberg.solvers.base import (
     HypergradientSolver,
+    SolverOptions,
     StepInfo,
     TensorTuple,
     check_choice,
@@ -34,50 +38,86 @@ from stackelberg.solvers.base import (
     tree_add,
     tree_norm,
 )
-from stackelberg.solvers.linsolve import LINEAR_SOLVERS, solve_linear
+from stackelberg.solvers.linsolve import LINEAR_SOLVERS, LinearSolver, linear_solver
 
-__all__ = ["TotalGradient"]
+__all__ = ["TotalGradient", "TotalGradientOptions"]
+
+
+@dataclass(frozen=True)
+class TotalGradientOptions(SolverOptions):
+    """TotalGradient's options.
+
+    Args:
+        linear_solver: a :class:`~stackelberg.solvers.linsolve.LinearSolver` (``cg(...)``,
+            ``normal_cg(...)``, ``neumann(...)``) or, in the older form, a name: ``"cg"``
+            (default; needs ``∇²_θθ h + μI ≻ 0``), ``"normal_cg"`` (any Hessian, slower) or
+            ``"neumann"``, configured by the three options below.
+        solver_iterations: a named linear solver's iteration budget.
+        tol: relative residual at which a named CG stops early.
+        neumann_step: ``α`` of a named Neumann series; it must satisfy ``α < 2/λ_max(∇²_θθ h)``.
+        damping: ``μ ≥ 0`` in eq. (1).
+        follower_steps: follower-optimizer steps on ``h`` after each leader step (``>= 0``).
+        warm_start: start each linear solve from the previous step's solution ``v`` (default);
+            ``v`` is part of :meth:`TotalGradient.state_dict`.
+    """
+
+    linear_solver: str | LinearSolver = "cg"
+    solver_iterations: int = 50
+    tol: float = 1e-10
+    neumann_step: float = 0.1
+    damping: float = 0.0
+    follower_steps: int = 1
+    warm_start: bool = True
+
+    def validate(self) -> None:
+        if not isinstance(self.linear_solver, LinearSolver):
+            check_choice("linear_solver", self.linear_solver, LINEAR_SOLVERS)
+        check_int("solver_iterations", self.solver_iterations, 1)
+        check_positive("tol", self.tol, allow_zero=True)
+        check_positive("neumann_step", self.neumann_step)
+        check_positive("damping", self.damping, allow_zero=True)
+        check_int("follower_steps", self.follower_steps, 0)
+        if not isinstance(self.warm_start, bool):
+            raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}")
+
+    def solver(self) -> LinearSolver:
+        """The linear solver these options name or hold."""
+        return linear_solver(
+            self.linear_solver,
+            max_iterations=self.solver_iterations,
+            tol=self.tol,
+            neumann_step=self.neumann_step,
+        )
 
 
 class TotalGradient(HypergradientSolver):
     """Implicit-function hypergradient for the leader, gradient steps for the follower.
 
-    Args:
-        game, leader_optimizer, follower_optimizer: see :class:`~stackelberg.solvers.Solver`.
-        linear_solver: ``"cg"`` (default; needs ``∇²_θθ h + μI ≻ 0``), ``"normal_cg"`` (any
-            Hessian, slower) or ``"neumann"``.
-        solver_iterations: the linear solver's iteration budget.
-        damping: ``μ ≥ 0`` in eq. (1).
-        follower_steps: follower-optimizer steps on ``h`` after each leader step (``>= 0``).
-        tol: relative residual at which CG stops early.
-        neumann_step: ``α`` of the Neumann series; it must satisfy ``α < 2/λ_max(∇²_θθ h)``.
+    Built as ``TotalGradient(game, leader_optimizer, follower_optimizer, options=None,
+    **overrides)`` (see :class:`~stackelberg.solvers.Solver`); the options are
+    :class:`TotalGradientOptions`.
 
     Diagnostics: ``leader_loss`` (where the hypergradient was taken), ``follower_loss`` (there,
     or with ``follower_steps > 0`` at the follower's last own step, beside
     ``follower_grad_norm``), ``residual`` (relative residual of (1)), ``solver_iterations``
-    (used), ``hypergrad_norm``.
+    (used), ``matvecs`` (Hessian-vector products of the solve), ``hypergrad_norm``.
     """
+
+    Options = TotalGradientOptions
+    options: TotalGradientOptions
 
     def __init__(
         self,
         game: Game,
         leader_optimizer: torch.optim.Optimizer,
         follower_optimizer: torch.optim.Optimizer,
-        *,
-        linear_solver: str = "cg",
-        solver_iterations: int = 50,
-        damping: float = 0.0,
-        follower_steps: int = 1,
-        tol: float = 1e-10,
-        neumann_step: float = 0.1,
+        options: TotalGradientOptions | None = None,
+        **overrides: Any,
     ) -> None:
-        super().__init__(game, leader_optimizer, follower_optimizer)
-        self.linear_solver = check_choice("linear_solver", linear_solver, LINEAR_SOLVERS)
-        self.solver_iterations = check_int("solver_iterations", solver_iterations, 1)
-        self.damping = check_positive("damping", damping, allow_zero=True)
-        self.follower_steps = check_int("follower_steps", follower_steps, 0)
-        self.tol = check_positive("tol", tol, allow_zero=True)
-        self.neumann_step = check_positive("neumann_step", neumann_step)
+        super().__init__(game, leader_optimizer, follower_optimizer, options, **overrides)
+        self.linear_solver = self.options.solver()
+        #: The last solution ``v`` of eq. (1), the next solve's start under ``warm_start``.
+        self.v: TensorTuple | None = None
 
     @property
     def divergence_hint(self) -> str:
@@ -89,26 +129,44 @@ class TotalGradient(HypergradientSolver):
 
     def _hypergradient(self, batch: Any) -> tuple[TensorTuple, StepInfo]:
         w, theta, leader_loss, grad_w_l, grad_theta_l, h, grad_theta_h = self.implicit_terms(batch)
+        damping = self.options.damping
 
         def hessian_vector(v: TensorTuple) -> TensorTuple:
             hv = gradients(grad_theta_h, theta, grad_outputs=v, retain_graph=True)
-            return tree_add(hv, v, alpha=self.damping) if self.damping else hv
+            return tree_add(hv, v, alpha=damping) if damping else hv
 
-        result = solve_linear(
-            self.linear_solver,
-            hessian_vector,
-            grad_theta_l,
-            max_iterations=self.solver_iterations,
-            tol=self.tol,
-            neumann_step=self.neumann_step,
-        )
-        cross = gradients(grad_theta_h, w, grad_outputs=result.solution)
+        start = self.v if self.options.warm_start else None
+        v, solve = self.linear_solver(hessian_vector, grad_theta_l, start)
+        cross = gradients(grad_theta_h, w, grad_outputs=v)
         hypergrad = tree_add(grad_w_l, cross, alpha=-1.0)
+        if self.options.warm_start:
+            self.v = tuple(t.detach() for t in v)
         info = {
             "leader_loss": float(leader_loss.detach()),
             "follower_loss": float(h.detach()),
-            "residual": result.residual,
-            "solver_iterations": float(result.iterations),
+            "residual": solve.residual,
+            "solver_iterations": float(solve.iterations),
+            "matvecs": float(solve.matvecs),
             "hypergrad_norm": float(tree_norm(hypergrad)),
         }
         return tuple(g.detach() for g in hypergrad), info
+
+    def hypergradient(self, batch: Any = None) -> TensorTuple:
+        """The leader's hypergradient at the current point (see
+        :meth:`~stackelberg.solvers.base.HypergradientSolver.hypergradient`); the warm start
+        ``v`` is left as it was."""
+        saved = self.v
+        try:
+            return super().hypergradient(batch)
+        finally:
+            self.v = saved
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step count and the warm start ``v`` (``None`` before the first solve)."""
+        v = self.v
+        return {**super().state_dict(), "v": None if v is None else [t.clone() for t in v]}
+
+    def load_state_dict(self, state: Any) -> None:
+        super().load_state_dict(state)
+        saved = state.get("v")
+        self.v = None if saved is None else self._matching("v", saved)

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from stackelberg.data.folders import ImageDataset
 from stackelberg.games.unlearnable.game import UnlearnableGame
-from stackelberg.games.unlearnable.training import make_solver
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
+from stackelberg.solvers import BackGradient
 
 __all__ = ["attacker_loss_ablation", "linear_separability", "noise_only_accuracy"]
 
@@ -143,13 +143,14 @@ def attacker_loss_ablation(
         game = UnlearnableGame(
             generator_factory(), classifier_factory(), epsilon, attacker_loss=loss_name
         ).to(device)
-        solver = make_solver(
-            "backgradient",
+        solver = BackGradient(
             game,
             torch.optim.Adam(game.leader.parameters(), lr=generator_lr),
             torch.optim.SGD(game.follower.parameters(), lr=classifier_lr),
             inner_steps=1,
             inner_lr=classifier_lr,
+            mode="store",
+            follower_steps=1,
         )
         order = torch.Generator().manual_seed(seed)
         curve: dict[str, list[float]] = {

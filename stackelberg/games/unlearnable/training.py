@@ -11,6 +11,7 @@ scored on a clean held-out split; the generator that leaves the victim least acc
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,48 +25,81 @@ from stackelberg.data.folders import ImageDataset
 from stackelberg.games.unlearnable.export import poison_images
 from stackelberg.games.unlearnable.game import UnlearnableGame
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
-from stackelberg.solvers import BOME, GDA, BackGradient, TotalGradient
-from stackelberg.solvers.base import Solver
+from stackelberg.solvers import (
+    BackGradientOptions,
+    BOMEOptions,
+    GDAOptions,
+    SOBAOptions,
+    TotalGradientOptions,
+    make,
+    options_for,
+)
+from stackelberg.solvers.base import Solver, SolverOptions
 from stackelberg.utils import distributed
 from stackelberg.utils.io import write_json, write_torch
 
 __all__ = [
-    "SOLVER_DEFAULTS",
+    "GUE_SOLVER_OPTIONS",
     "GeneratorTraining",
     "TrainingConfig",
     "differing_keys",
-    "make_solver",
 ]
 
 #: Each solver's options for the GUE game. BOME's are the official GUE code's (T = 10 inner
 #: Adam steps at lr 1e-4, η = 1.5, φ = η‖∇q‖²); the paper's text says inner lr 1e-3.
-SOLVER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "bome": {"inner_steps": 10, "inner_lr": 1e-4, "inner_optimizer": "adam", "eta": 1.5},
-    "backgradient": {"inner_steps": 5, "inner_lr": 0.01, "mode": "store", "follower_steps": 1},
-    "total_gradient": {"linear_solver": "cg", "solver_iterations": 10, "damping": 1.0},
-    "gda": {"alternating": True},
-}
-_SOLVER_CLASSES: dict[str, type[Solver]] = {
-    "bome": BOME,
-    "backgradient": BackGradient,
-    "total_gradient": TotalGradient,
-    "gda": GDA,
+GUE_SOLVER_OPTIONS: dict[str, SolverOptions] = {
+    "bome": BOMEOptions(inner_steps=10, inner_lr=1e-4, inner_optimizer="adam", eta=1.5),
+    "backgradient": BackGradientOptions(
+        inner_steps=5, inner_lr=0.01, mode="store", follower_steps=1
+    ),
+    "total_gradient": TotalGradientOptions(linear_solver="cg", solver_iterations=10, damping=1.0),
+    "soba": SOBAOptions(damping=1.0),
+    "gda": GDAOptions(alternating=True),
 }
 
 
-def make_solver(
+def __getattr__(name: str) -> Any:
+    """Deprecated names: ``SOLVER_DEFAULTS`` (now :data:`GUE_SOLVER_OPTIONS`, option records)
+    and ``make_solver`` (now :func:`stackelberg.solvers.make` with those records)."""
+    if name == "SOLVER_DEFAULTS":
+        warnings.warn(
+            "SOLVER_DEFAULTS is deprecated; use GUE_SOLVER_OPTIONS (option records)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return {k: v.to_dict() for k, v in GUE_SOLVER_OPTIONS.items()}
+    if name == "make_solver":
+        warnings.warn(
+            "make_solver is deprecated; use stackelberg.solvers.make(name, game, "
+            "leader_optimizer, follower_optimizer, GUE_SOLVER_OPTIONS[name], **options)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _make_gue_solver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _make_gue_solver(
     name: str,
     game: UnlearnableGame,
     generator_optimizer: torch.optim.Optimizer,
     classifier_optimizer: torch.optim.Optimizer,
     **options: Any,
 ) -> Solver:
-    """The solver ``name`` (``bome``, ``backgradient``, ``total_gradient``, ``gda``) for
-    ``game``, with :data:`SOLVER_DEFAULTS` updated by ``options``."""
-    if name not in _SOLVER_CLASSES:
-        raise ValueError(f"solver must be one of {', '.join(_SOLVER_CLASSES)}; got {name!r}")
-    merged = {**SOLVER_DEFAULTS[name], **options}
-    return _SOLVER_CLASSES[name](game, generator_optimizer, classifier_optimizer, **merged)
+    return make(
+        name,
+        game,
+        generator_optimizer,
+        classifier_optimizer,
+        GUE_SOLVER_OPTIONS.get(name),
+        **options,
+    )
+
+
+def gue_solver_options(name: str, overrides: dict[str, Any]) -> SolverOptions:
+    """The options a GUE run of solver ``name`` uses: :data:`GUE_SOLVER_OPTIONS` updated by
+    ``overrides``, checked."""
+    return options_for(name, GUE_SOLVER_OPTIONS.get(name), **overrides)
 
 
 @dataclass
@@ -97,6 +131,7 @@ class TrainingConfig:
             raise ValueError("quick_test_every must be >= 0 (0: never)")
         if isinstance(self.quick_test, dict):
             self.quick_test = VictimSchedule(**self.quick_test)
+        gue_solver_options(self.solver, self.solver_options)  # refuse bad options now
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,12 +183,12 @@ class GeneratorTraining:
         self.classifier_optimizer = torch.optim.SGD(
             classifier.parameters(), lr=config.classifier_lr
         )
-        self.solver = make_solver(
+        self.solver = make(
             config.solver,
             game,
             self.generator_optimizer,
             self.classifier_optimizer,
-            **config.solver_options,
+            gue_solver_options(config.solver, config.solver_options),
         )
         if distributed.world_size() > 1:
             # Under torchrun each rank trains on its shard of every global batch and the
@@ -182,7 +217,7 @@ class GeneratorTraining:
         return {
             "format": 1,
             "epoch": self.epoch,
-            "solver_steps": self.solver.steps_taken,
+            "solver": self.solver.state_dict(),
             "generator": self.game.leader.state_dict(),
             "classifier": self.game.follower.state_dict(),
             "generator_optimizer": self.generator_optimizer.state_dict(),
@@ -205,7 +240,10 @@ class GeneratorTraining:
         self.game.follower.load_state_dict(state["classifier"])
         self.generator_optimizer.load_state_dict(state["generator_optimizer"])
         self.classifier_optimizer.load_state_dict(state["classifier_optimizer"])
-        self.solver.steps_taken = int(state["solver_steps"])
+        if "solver" in state:
+            self.solver.load_state_dict(state["solver"])
+        else:  # written before solvers had a state dict: the step count was all there was
+            self.solver.steps_taken = int(state["solver_steps"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.quick_tests = list(state["quick_tests"])
@@ -351,5 +389,12 @@ def _normalized(value: Any) -> Any:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that must match to resume (the epoch count may grow)."""
-    return {k: v for k, v in config.items() if k != "epochs"}
+    """The settings that must match to resume (the epoch count may grow), with the solver's
+    options resolved, so that ``{}`` and the defaults spelled out compare equal."""
+    comparable = {k: v for k, v in config.items() if k != "epochs"}
+    try:
+        options = gue_solver_options(config["solver"], config.get("solver_options", {}))
+    except (KeyError, TypeError, ValueError):
+        return comparable  # an unknown solver or option: compared (and reported) as written
+    comparable["solver_options"] = options.to_dict()
+    return comparable

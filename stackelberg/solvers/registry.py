@@ -1,0 +1,59 @@
+"""The one place solvers are built by name: :func:`make`.
+
+``make("bome", game, leader_optimizer, follower_optimizer, inner_steps=20)`` builds
+:class:`~stackelberg.solvers.BOME` with its defaults updated by the keyword options; an option
+record (``options=BOMEOptions(...)``, for example a game's named defaults) may be given
+instead or as well. Unknown names and unknown or ill-typed options are refused with a one-line
+error that lists what is accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from stackelberg.game import Game
+from stackelberg.solvers.backgradient import BackGradient
+from stackelberg.solvers.base import Solver, SolverOptions
+from stackelberg.solvers.bome import BOME
+from stackelberg.solvers.gda import GDA
+from stackelberg.solvers.soba import SOBA
+from stackelberg.solvers.total_gradient import TotalGradient
+
+__all__ = ["SOLVERS", "make", "options_for"]
+
+#: Every solver by its registry name.
+SOLVERS: dict[str, type[Solver]] = {
+    "bome": BOME,
+    "backgradient": BackGradient,
+    "total_gradient": TotalGradient,
+    "soba": SOBA,
+    "gda": GDA,
+}
+
+
+def _solver_class(name: str) -> type[Solver]:
+    if name not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}; got {name!r}")
+    return SOLVERS[name]
+
+
+def options_for(name: str, options: SolverOptions | None = None, **overrides: Any) -> SolverOptions:
+    """The option record ``make(name, ..., options, **overrides)`` would build, checked,
+    without building a solver (to validate a configuration before a run starts)."""
+    solver = _solver_class(name)
+    return solver.Options.resolve(solver.__name__, options, overrides)
+
+
+def make(
+    name: str,
+    game: Game,
+    leader_optimizer: torch.optim.Optimizer,
+    follower_optimizer: torch.optim.Optimizer,
+    options: SolverOptions | None = None,
+    **overrides: Any,
+) -> Solver:
+    """The solver ``name`` (one of :data:`SOLVERS`) for ``game``, with ``options`` (default:
+    the solver's defaults) updated by ``overrides``."""
+    return _solver_class(name)(game, leader_optimizer, follower_optimizer, options, **overrides)
