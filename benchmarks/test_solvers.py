@@ -57,10 +57,17 @@ SETTINGS = {
         "bome", {"inner_steps": 50, "inner_lr": 0.15}, 0.2, 0.2, 3000, lr_decay=0.999
     ),
     "BackGradient": Setting("backgradient", {"inner_steps": 50, "inner_lr": 0.15}, 1.0, 0.15, 1000),
-    # CG warm-started from the last step's v (the default), and cold from zero every step
-    "TotalGradient": Setting("total_gradient", {"solver_iterations": 100}, 1.0, 0.15, 1000),
+    # CG to TorchOpt's default relative tolerance (1e-5), warm-started from the last step's v
+    # (the default) and cold from zero every step; lr 2.5 is stable here (3.0 too, barely)
+    "TotalGradient": Setting(
+        "total_gradient", {"solver_iterations": 100, "tol": 1e-5}, 2.5, 0.15, 1000
+    ),
     "TotalGradient-cold": Setting(
-        "total_gradient", {"solver_iterations": 100, "warm_start": False}, 1.0, 0.15, 1000
+        "total_gradient",
+        {"solver_iterations": 100, "tol": 1e-5, "warm_start": False},
+        2.5,
+        0.15,
+        1000,
     ),
     # single loop: a leader lr of 0.3 or more diverges while v still lags its system
     "SOBA": Setting("soba", {}, 0.1, 0.15, 3000),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple, Self
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -48,6 +48,7 @@ __all__ = [
 
 TensorTuple = tuple[Tensor, ...]
 StepInfo = dict[str, float]
+_Options = TypeVar("_Options", bound="SolverOptions")
 
 
 class ImplicitTerms(NamedTuple):
@@ -200,8 +201,11 @@ class SolverOptions:
 
     @classmethod
     def resolve(
-        cls, solver: str, options: SolverOptions | None, overrides: Mapping[str, Any]
-    ) -> Self:
+        cls: type[_Options],
+        solver: str,
+        options: SolverOptions | None,
+        overrides: Mapping[str, Any],
+    ) -> _Options:
         """``options`` (default: all defaults) with ``overrides`` applied, checked: unknown
         names and a record of another solver's options are refused with the accepted names."""
         if options is not None and not isinstance(options, cls):
@@ -211,7 +215,7 @@ class SolverOptions:
             return cls(**overrides)
         return dataclasses.replace(options, **overrides) if overrides else options
 
-    def replace(self, **changes: Any) -> Self:
+    def replace(self: _Options, **changes: Any) -> _Options:
         """A copy with ``changes``, checked like a new record."""
         self._check_names(type(self).__name__, list(changes))
         return dataclasses.replace(self, **changes)
