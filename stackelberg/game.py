@@ -157,7 +157,11 @@ class FunctionalView:
 
     ``view.parameters()`` returns those tensors, so a loss can regularize the parameters it is
     evaluated at (``sum(p.pow(2).sum() for p in follower.parameters())``) whether it receives
-    the module itself or a view.
+    the module itself or a view. Attributes read through the view are the view's too: a
+    trainable parameter ``view.weight`` is the substituted tensor, a submodule ``view.encoder``
+    is a view of it with its share of ``params``, and anything else (buffers, frozen
+    parameters, plain attributes) is the module's own. So a loss may read ``leader.labels`` or
+    call ``leader.encoder(x)`` on the argument it is given, never on ``self``.
     """
 
     def __init__(self, module: nn.Module, params: Sequence[Tensor]) -> None:
@@ -176,6 +180,20 @@ class FunctionalView:
     def parameters(self) -> Iterator[Tensor]:
         """The tensors used as the module's trainable parameters, in its order."""
         return iter(self._params)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "module":
+            raise AttributeError(name)
+        mapping = self.__dict__["_mapping"]
+        if name in mapping:
+            return mapping[name]
+        value = getattr(self.__dict__["module"], name)
+        if isinstance(value, nn.Module):
+            prefix = f"{name}."
+            shared = [t for key, t in mapping.items() if key.startswith(prefix)]
+            if shared:
+                return FunctionalView(value, shared)
+        return value
 
 
 def functional_view(module: nn.Module, params: Sequence[Tensor]) -> FunctionalView:

@@ -149,3 +149,23 @@ def test_functional_view_exposes_its_parameters_for_regularizers() -> None:
     view = functional_view(linear, (weight, bias))
     assert [t is s for t, s in zip(view.parameters(), (weight, bias), strict=True)] == [True, True]
     assert sum(float(p.pow(2).sum()) for p in view.parameters()) == 2.0
+
+
+def test_functional_view_attributes_are_the_views_own() -> None:
+    """``view.weight`` is the substituted tensor, ``view.encoder`` a view with its share of the
+    parameters, and buffers and plain attributes are the module's: a loss can read what it
+    needs from the argument it is given, never from ``self``."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential()
+    module.encoder = torch.nn.Linear(3, 2)
+    module.head = torch.nn.Linear(2, 1)
+    module.register_buffer("labels", torch.tensor([1, 0]))
+    module.note = "kept"
+    params = [torch.randn_like(p) for p in module.parameters()]
+    view = functional_view(module, params)
+    assert view.encoder.weight is params[0] and view.head.bias is params[3]
+    x = torch.randn(4, 3)
+    assert torch.allclose(view.encoder(x), x @ params[0].T + params[1])
+    assert torch.equal(view.labels, module.labels) and view.note == "kept"
+    with pytest.raises(AttributeError):
+        _ = view.missing

@@ -298,7 +298,8 @@ class AdversarialTrainingGame(Game):
         self.follower.inputs = repeated
 
     def _logits(self, leader: Any, follower: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
-        return leader(self.follower.inputs + follower())
+        x, _ = batch
+        return leader(_class_copies(x, self.copies) + follower())
 
     def follower_loss(self, leader: Any, follower: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
         """``−Σ_j margin_j`` (BETA) or ``−CE`` (PGD), averaged over the batch."""
@@ -318,8 +319,8 @@ class AdversarialTrainingGame(Game):
                 margins = _targeted_margins(self._logits(leader, follower, batch), y, self.copies)
                 best = _best_targets(margins, y)
             eta = eta.view(self.copies, n, *eta.shape[1:])[best, torch.arange(n, device=y.device)]
-        inputs = self.follower.inputs[:n]
-        return F.cross_entropy(leader(inputs + eta), y)
+        x, _ = batch
+        return F.cross_entropy(leader(x + eta), y)
 
     def project(self) -> None:
         value = self.follower.value

@@ -101,7 +101,7 @@ class PoisoningGame(Game):
     def follower_loss(self, leader: Any, follower: Any, batch: Any = None) -> Tensor:
         """``L(D_tr ∪ D_c, θ) + (λ/2)‖θ‖²``."""
         x = torch.cat([self.train_x, leader()])
-        y = torch.cat([self.train_y, self.leader.labels])
+        y = torch.cat([self.train_y, leader.labels])
         penalty = sum(torch.sum(p**2) for p in follower.parameters())
         return F.cross_entropy(follower(x), y) + 0.5 * self.weight_decay * penalty
 
