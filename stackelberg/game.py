@@ -5,10 +5,10 @@ A Stackelberg game (bilevel problem) with leader parameters ``w`` and follower p
 
     min_w  l(w, θ*(w))   subject to   θ*(w) ∈ argmin_θ h(w, θ),
 
-where ``l`` is :meth:`Game.leader_loss` and ``h`` is :meth:`Game.follower_loss`. The players
-are ordinary :class:`torch.nn.Module` objects; a solver may evaluate the losses at parameter
+where ``l`` is ``Game.leader_loss`` and ``h`` is ``Game.follower_loss``. The players
+are ordinary ``torch.nn.Module`` objects; a solver may evaluate the losses at parameter
 values other than the modules' own by handing the losses *functional views* of the modules
-(:func:`functional_view`, built on :func:`torch.func.functional_call`), so the losses must be
+(``functional_view``, built on ``torch.func.functional_call``), so the losses must be
 pure functions of the callables and the batch they are given.
 """
 
@@ -60,12 +60,12 @@ class Variable(nn.Module):
 class Game(nn.Module):
     """Base class of a two-player leader/follower game.
 
-    Subclasses define :meth:`leader_loss` ``l(w, θ)`` and :meth:`follower_loss` ``h(w, θ)``;
+    Subclasses define ``leader_loss`` ``l(w, θ)`` and ``follower_loss`` ``h(w, θ)``;
     each player minimizes its own. ``leader`` and ``follower`` are registered as submodules, so
     ``game.to(device, dtype)`` moves both players and any constants the game registers as
     buffers (``self.register_buffer("A", A)``).
 
-    An optional :meth:`project` hook runs after every parameter update (for example to clamp a
+    An optional ``project`` hook runs after every parameter update (for example to clamp a
     strategy to a box); it is a no-op by default.
 
     Raises:
@@ -105,7 +105,7 @@ class Game(nn.Module):
         """The batch the follower's loss is given, with the leader's work on it done once.
 
         A game whose follower loss runs the leader on the data (a perturbation generator)
-        returns the leader's output here, and :meth:`follower_loss` must then accept both
+        returns the leader's output here, and ``follower_loss`` must then accept both
         forms. Solvers use it in two ways:
 
         - under ``torch.no_grad()``, for steps at a fixed leader (BOME's inner loop,
@@ -153,7 +153,7 @@ class Game(nn.Module):
 
 class FunctionalView:
     """A module called with other parameter values: ``view(*args)`` runs ``module``'s forward
-    with ``params`` in place of its trainable parameters (:func:`torch.func.functional_call`).
+    with ``params`` in place of its trainable parameters (``torch.func.functional_call``).
 
     ``view.parameters()`` returns those tensors, so a loss can regularize the parameters it is
     evaluated at (``sum(p.pow(2).sum() for p in follower.parameters())``) whether it receives
@@ -200,7 +200,7 @@ def functional_view(module: nn.Module, params: Sequence[Tensor]) -> FunctionalVi
     """A callable with ``module``'s forward signature that uses ``params`` as its parameters.
 
     ``params`` are in ``module.parameters()`` order (trainable ones only, see
-    :func:`trainable_parameters`); buffers and frozen parameters are the module's own. The view
+    ``trainable_parameters``); buffers and frozen parameters are the module's own. The view
     is differentiable with respect to ``params``.
     """
     return FunctionalView(module, params)
@@ -225,7 +225,7 @@ def checked_loss(
         check_finite: whether to check here that the value is finite. That reads the value
             back to the host (a device synchronization); a solver that evaluates many losses
             in a loop passes ``False`` and checks them all at once with
-            :func:`check_finite_losses`.
+            ``check_finite_losses``.
     """
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must return a tensor, got {type(value).__name__} ({where})")
@@ -250,7 +250,7 @@ def check_finite_losses(losses: Sequence[tuple[Tensor, str, str]]) -> None:
 
     The values are stacked on their device and copied to the host once, so a loop of ``n``
     losses costs one synchronization instead of ``n``. The error names the first non-finite
-    loss, as :func:`checked_loss` does.
+    loss, as ``checked_loss`` does.
 
     Raises:
         ValueError: a value is NaN or infinite.

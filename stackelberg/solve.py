@@ -47,7 +47,7 @@ def solve(
 
     Args:
         game: the game ``solver`` was built for.
-        solver: any solver of :mod:`stackelberg.solvers`.
+        solver: any solver of ``stackelberg.solvers``.
         data: an iterable of batches (a list, a ``DataLoader``: iterated again when it runs
             out, so one pass is one epoch), or ``None`` for a deterministic game.
         steps: the number of outer iterations (``>= 1``).

@@ -48,7 +48,7 @@ def load_dataset(
     """``{"train": ..., "test": ...}`` for ``name``:
 
     - ``"cifar10"`` / ``"cifar100"``: the official python archive or an extracted copy at
-      ``data_dir`` (see :func:`~stackelberg.data.load_cifar`);
+      ``data_dir`` (see ``load_cifar``);
     - ``"folder"``: an image folder or ``.tar.gz`` laid out ``split/class/image`` at
       ``data_dir`` (for example ``../shared/data/cifar10-jpeg.tar.gz``);
     - ``"digits"``: scikit-learn's bundled digits (``data_dir`` is ignored).

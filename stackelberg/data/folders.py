@@ -123,7 +123,7 @@ def load_image_splits(
     classes: Sequence[str] | None = None,
     mode: str | None = None,
 ) -> dict[str, ImageDataset]:
-    """:func:`load_image_folder` for several splits, reading an archive only once.
+    """``load_image_folder`` for several splits, reading an archive only once.
 
     Labels are shared across the splits: by default the sorted class folders of all of them.
     """

@@ -12,11 +12,11 @@ which is positive exactly when ``x + η`` is misclassified. The max over ``j`` i
 solving one problem per wrong class in parallel and keeping the best: the **Best Targeted
 Attack** (BETA, paper Alg. 1), usable on its own to evaluate robustness.
 
-- :func:`beta_attack` and :func:`pgd_attack` (Madry et al. 2018, PGD on the cross-entropy)
+- ``beta_attack`` and ``pgd_attack`` (Madry et al. 2018, PGD on the cross-entropy)
   perturb a batch within the ε-ball intersected with the ``[0, 1]`` box.
-- :class:`AdversarialTrainingGame` is the game: leader = classifier, follower = the batch's
-  perturbations (one per class for BETA, one for PGD); :func:`adversarial_training` runs it
-  epoch by epoch with :class:`~stackelberg.GDA` (alternating: ``steps`` sign-gradient follower
+- ``AdversarialTrainingGame`` is the game: leader = classifier, follower = the batch's
+  perturbations (one per class for BETA, one for PGD); ``adversarial_training`` runs it
+  epoch by epoch with ``GDA`` (alternating: ``steps`` sign-gradient follower
   steps, then one classifier step), which gives BETA-AT and PGD-AT.
 """
 
@@ -263,14 +263,14 @@ class AdversarialTrainingGame(Game):
     """Adversarial training as a leader–follower game on one batch at a time.
 
     Leader: ``classifier`` (θ), minimizing ``CE(f_θ(x + η*), y)``. Follower: the batch's
-    perturbations η, within ``‖η‖∞ ≤ ε`` and ``x + η ∈ [0, 1]`` (:meth:`project`).
+    perturbations η, within ``‖η‖∞ ≤ ε`` and ``x + η ∈ [0, 1]`` (``project``).
 
     - ``attack="beta"`` (non-zero-sum, Robey et al.): ``K`` perturbations per input, the
       ``j``-th maximizing the margin ``f_j − f_y``; the leader trains on the one with the largest
       margin (the choice is not differentiated).
     - ``attack="pgd"`` (zero-sum, Madry et al.): one perturbation per input maximizing CE.
 
-    Call :meth:`reset` with each new batch before solving on it (it draws the random start).
+    Call ``reset`` with each new batch before solving on it (it draws the random start).
     """
 
     def __init__(
@@ -340,7 +340,7 @@ def adversarial_training(
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """One epoch of BETA-AT or PGD-AT: for each batch, ``steps`` sign-gradient attacker steps
-    then one classifier step on the best perturbation (alternating :class:`GDA`).
+    then one classifier step on the best perturbation (alternating ``GDA``).
 
     Returns the epoch's mean training loss (CE on the perturbed inputs) and its example count.
     """

@@ -6,14 +6,14 @@ its own validation data ``D_val``:
 
     max_{x_c ∈ [0,1]}  L(D_val, θ*)    s.t.   θ* ∈ argmin_θ L(D_tr ∪ D_c, θ) + (λ/2)‖θ‖²,   (1)
 
-with ``L`` the mean cross-entropy (paper, eq. 1–2). As a :class:`~stackelberg.Game` the leader
-holds the poisons (:class:`PoisonPoints`) and minimizes ``−L(D_val, θ)``; the follower is the
+with ``L`` the mean cross-entropy (paper, eq. 1–2). As a ``Game`` the leader
+holds the poisons (``PoisonPoints``) and minimizes ``−L(D_val, θ)``; the follower is the
 victim. The paper solves (1) by back-gradient descent, i.e. this library's
-:class:`~stackelberg.BackGradient` with ``mode="reverse"`` and ``warm_start=False`` (each
+``BackGradient`` with ``mode="reverse"`` and ``warm_start=False`` (each
 outer step differentiates ``T`` training steps from one fixed initialization).
 
 A random label-flip attack is the natural baseline: the same points before any optimization
-(:func:`label_flip_poisons`).
+(``label_flip_poisons``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Small games with closed-form answers, for tests, benchmarks and learning the API.
 
-Every game here has its players as :class:`~stackelberg.Variable` modules, keeps its constants
+Every game here has its players as ``Variable`` modules, keeps its constants
 as buffers (so ``game.to(device, dtype)`` moves everything), and exposes the exact Stackelberg
-solution through ``solution()`` as an :class:`Equilibrium`. Leader ``w``, follower ``θ``;
+solution through ``solution()`` as an ``Equilibrium``. Leader ``w``, follower ``θ``;
 ``l`` is the leader's loss and ``h`` the follower's (see ``DESIGN.md``, "Toy games").
 
 =====================  ===========================================================  =========
@@ -72,7 +72,7 @@ class QuadraticGame(Game):
 
     The follower's best response is ``θ*(w) = A⁻¹(Bw + c)``; with ``M = A⁻¹B`` the leader's
     optimum is ``w* = (MᵀM + ρI)⁻¹ Mᵀ(θ_t − A⁻¹c)``. ``A`` must be symmetric positive definite.
-    Use :meth:`instance` for the 2-d instance of DESIGN.md and :meth:`random` for a
+    Use ``instance`` for the 2-d instance of DESIGN.md and ``random`` for a
     ``d``-dimensional one with a chosen condition number of ``A``.
     """
 
@@ -288,7 +288,7 @@ class BoxPoisoningGame(Game):
 
     The follower fits ``h = (1/2n) Σᵢ ‖xᵢ + δᵢ − θ‖² + (λ/2)‖θ‖²``, so
     ``θ* = (x̄ + δ̄)/(1 + λ)``; the leader maximizes ``½‖θ* − μ‖²`` (``l = −½‖θ − μ‖²``) under
-    ``‖δ‖∞ ≤ ε``, enforced by :meth:`project`. Optimum: every ``δᵢⱼ = ε·sign(x̄ⱼ/(1 + λ) − μⱼ)``.
+    ``‖δ‖∞ ≤ ε``, enforced by ``project``. Optimum: every ``δᵢⱼ = ε·sign(x̄ⱼ/(1 + λ) − μⱼ)``.
     """
 
     def __init__(

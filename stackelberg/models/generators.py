@@ -168,7 +168,7 @@ class LabelConditionedGenerator(nn.Module):
     class-consistent shortcut. Call it as ``generator(x, y)``.
 
     Args:
-        base: a :class:`UNetGenerator` or :class:`EncoderDecoderGenerator` (its ε is used).
+        base: a ``UNetGenerator`` or ``EncoderDecoderGenerator`` (its ε is used).
         num_classes: ``K``.
         pattern_size: ``s``.
     """

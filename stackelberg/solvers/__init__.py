@@ -8,10 +8,10 @@
 ``SOBA``           single loop: follower, linear-system estimate and leader one step each
 =================  ==========================================================================
 
-:func:`make` builds any of them by name (``"gda"``, ``"bome"``, ``"backgradient"``,
+``make`` builds any of them by name (``"gda"``, ``"bome"``, ``"backgradient"``,
 ``"total_gradient"``, ``"soba"``); each takes a frozen option record (``BOMEOptions``, ...)
 and has ``state_dict()`` / ``load_state_dict()``. Linear solvers for the implicit-function
-methods are strategy objects: :func:`cg`, :func:`normal_cg`, :func:`neumann`.
+methods are strategy objects: ``cg``, ``normal_cg``, ``neumann``.
 """
 
 from stackelberg.solvers.backgradient import BackGradient, BackGradientOptions

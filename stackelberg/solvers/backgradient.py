@@ -65,7 +65,7 @@ class BackGradientOptions(SolverOptions):
         warm_start: unroll from the follower's current parameters (default); if ``False``, from
             the parameters it had when the solver was built, every step (the classic
             hyperparameter-optimization setting, where ``θ_0`` is a fixed initialization; it is
-            part of :meth:`BackGradient.state_dict`).
+            part of ``BackGradient.state_dict``).
         follower_steps: follower-optimizer steps on ``h`` after each leader step (``>= 0``);
             with ``warm_start`` they carry the follower toward its best response between steps.
         inversion_steps: fixed-point iterations per undone step in ``"reverse"`` mode.
@@ -92,8 +92,8 @@ class BackGradient(HypergradientSolver):
     """Unrolled-differentiation hypergradient for the leader.
 
     Built as ``BackGradient(game, leader_optimizer, follower_optimizer, options=None,
-    **overrides)`` (see :class:`~stackelberg.solvers.Solver`); the options are
-    :class:`BackGradientOptions`.
+    **overrides)`` (see ``Solver``); the options are
+    ``BackGradientOptions``.
 
     Diagnostics: ``leader_loss`` (``l(w, θ_T)``), ``follower_loss`` (``h(w, θ_T)``, or with
     ``follower_steps > 0`` the follower's loss at its last own step, beside

@@ -1,10 +1,10 @@
 """The interface every solver shares, and helpers on tuples of tensors.
 
 A solver is built as ``Solver(game, leader_optimizer, follower_optimizer, **options)`` and
-advanced by :meth:`Solver.step`. It computes update directions for the players, writes them
-into the parameters' ``.grad`` and lets the given :mod:`torch.optim` optimizers apply them, so
+advanced by ``Solver.step``. It computes update directions for the players, writes them
+into the parameters' ``.grad`` and lets the given ``torch.optim`` optimizers apply them, so
 momentum, Adam, weight decay and learning-rate schedulers behave as usual; the game's
-:meth:`~stackelberg.Game.project` hook runs after every update.
+``project`` hook runs after every update.
 
 Parameters travel between the helpers as tuples of tensors in ``module.parameters()`` order
 (trainable parameters only).
@@ -52,7 +52,7 @@ _Options = TypeVar("_Options", bound="SolverOptions")
 
 
 class ImplicitTerms(NamedTuple):
-    """What :meth:`Solver.implicit_terms` returns."""
+    """What ``Solver.implicit_terms`` returns."""
 
     w: TensorTuple
     theta: TensorTuple
@@ -93,7 +93,7 @@ def gradients(
     create_graph: bool = False,
     retain_graph: bool | None = None,
 ) -> TensorTuple:
-    """:func:`torch.autograd.grad` where an input the output does not depend on gets zeros.
+    """``torch.autograd.grad`` where an input the output does not depend on gets zeros.
 
     Also accepts outputs that do not require grad at all (for example a gradient that is
     constant in the inputs, whose own derivative is then zero).
@@ -177,7 +177,7 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
 @dataclasses.dataclass(frozen=True)
 class SolverOptions:
     """Base of the solvers' option records: frozen, and validated once, when built
-    (subclasses check their fields in :meth:`validate`)."""
+    (subclasses check their fields in ``validate``)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -233,13 +233,13 @@ class Solver:
     """Base class of the solvers: holds the game, the two optimizers and the options, applies
     updates.
 
-    Subclasses set :attr:`Options` (their :class:`SolverOptions` record) and implement
-    :meth:`step`. Helpers evaluate the players' losses at arbitrary parameter tuples (through
+    Subclasses set ``Options`` (their ``SolverOptions`` record) and implement
+    ``step``. Helpers evaluate the players' losses at arbitrary parameter tuples (through
     functional views) with checks that name the loss and the step.
 
     Args:
         game: the game to solve.
-        leader_optimizer: a :class:`torch.optim.Optimizer` over (some of) the leader's
+        leader_optimizer: a ``torch.optim.Optimizer`` over (some of) the leader's
             parameters; it applies the leader's update direction.
         follower_optimizer: the same for the follower.
         options: the solver's option record (default: its defaults).
@@ -336,7 +336,7 @@ class Solver:
         check_finite: bool = True,
     ) -> Tensor:
         """``l(w, θ)`` on ``batch``, checked to be a finite scalar (finiteness left to the
-        caller with ``check_finite=False``, see :func:`~stackelberg.game.check_finite_losses`)."""
+        caller with ``check_finite=False``, see ``check_finite_losses``)."""
         return self._loss("leader_loss", w, theta, batch, where, requires_grad, check_finite)
 
     def follower_loss(
@@ -374,7 +374,7 @@ class Solver:
         )
 
     def fixed_leader_batch(self, w: Sequence[Tensor], batch: Any) -> Any:
-        """The game's :meth:`~stackelberg.Game.follower_batch` at leader parameters ``w``,
+        """The game's ``follower_batch`` at leader parameters ``w``,
         computed without grad (the leader is a constant for the follower's steps)."""
         with torch.no_grad():
             return self.game.follower_batch(functional_view(self.game.leader, w), batch)
@@ -453,7 +453,7 @@ class Solver:
         return {"solver": self.name, "steps_taken": self.steps_taken}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output (of a solver of the same class)."""
+        """Restore ``state_dict``'s output (of a solver of the same class)."""
         saved = state.get("solver", self.name)
         if saved != self.name:
             raise ValueError(f"the state is {saved}'s; it cannot be loaded into {self.name}")
@@ -474,7 +474,7 @@ class HypergradientSolver(Solver):
     """A solver whose leader descends a hypergradient and whose follower then takes
     ``follower_steps`` gradient steps on ``h`` with its own optimizer.
 
-    Subclasses implement :meth:`_hypergradient`, returning the hypergradient (one tensor per
+    Subclasses implement ``_hypergradient``, returning the hypergradient (one tensor per
     leader parameter) and diagnostics; their options carry ``follower_steps``.
     """
 

@@ -81,7 +81,7 @@ class BOME(Solver):
     """The BOME value-function method with the dynamic barrier.
 
     Built as ``BOME(game, leader_optimizer, follower_optimizer, options=None, **overrides)``
-    (see :class:`~stackelberg.solvers.Solver`); the options are :class:`BOMEOptions`. Both
+    (see ``Solver``); the options are ``BOMEOptions``. Both
     optimizers apply the joint direction ``d`` (its ``w`` and ``θ`` parts).
 
     Diagnostics: ``q`` (= q̂ at the current point), ``lambda``, ``grad_dot`` (⟨∇l, ∇q̂⟩),
@@ -95,8 +95,8 @@ class BOME(Solver):
         """``θ^T``: ``T`` inner-optimizer steps on ``h(w, ·)`` from the current θ, detached.
 
         The leader is fixed during these steps, so the loss is evaluated on the game's
-        :meth:`~stackelberg.Game.follower_batch` (for a generator game: the poisoned batch,
-        computed once), or on ``follower_batch`` if given (a constant, as :meth:`direction`
+        ``follower_batch`` (for a generator game: the poisoned batch,
+        computed once), or on ``follower_batch`` if given (a constant, as ``direction``
         passes it). Finiteness of the ``T`` losses is checked once, after the loop, so the
         loop never waits on the device.
         """

@@ -52,7 +52,7 @@ class GDA(Solver):
     """Simultaneous or alternating gradient descent on each player's own loss.
 
     Built as ``GDA(game, leader_optimizer, follower_optimizer, options=None, **overrides)``
-    (see :class:`~stackelberg.solvers.Solver`); the options are :class:`GDAOptions`.
+    (see ``Solver``); the options are ``GDAOptions``.
 
     Diagnostics: ``leader_loss``, ``follower_loss``, ``leader_grad_norm``,
     ``follower_grad_norm`` (each at the point where that player's last gradient was taken).

@@ -3,21 +3,21 @@
 The implicit-function hypergradient needs ``v`` with ``H v = b``, ``H = ∇²_θθ h`` (plus
 damping), available only through Hessian-vector products. Each solver here takes
 ``matvec: v ↦ H v`` on tuples of tensors shaped like ``b`` and returns a
-:class:`LinearSolveResult` whose ``residual`` is the true relative residual
+``LinearSolveResult`` whose ``residual`` is the true relative residual
 ``‖H x − b‖ / ‖b‖`` (one extra product).
 
-- :func:`conjugate_gradient`: CG (Hestenes & Stiefel 1952; Nocedal & Wright, Alg. 5.2) for
+- ``conjugate_gradient``: CG (Hestenes & Stiefel 1952; Nocedal & Wright, Alg. 5.2) for
   symmetric positive-definite ``H``; stops early at ``‖r‖ ≤ tol·‖b‖``.
-- :func:`normal_conjugate_gradient`: CG on the normal equations ``Hᵀ H x = Hᵀ b``, which are
+- ``normal_conjugate_gradient``: CG on the normal equations ``Hᵀ H x = Hᵀ b``, which are
   positive semi-definite for any ``H``: slower (squared conditioning) but safe where the Hessian
   is indefinite or singular.
-- :func:`neumann_series`: ``x = α Σ_{k<K} (I − α H)^k b``, the truncated Neumann series of
+- ``neumann_series``: ``x = α Σ_{k<K} (I − α H)^k b``, the truncated Neumann series of
   ``H⁻¹`` (Lorraine, Vicol, Duvenaud 2020); converges when ``0 < α < 2/λ_max`` and ``H ≻ 0``.
 
-Strategy objects (as in JAXopt's ``solve=`` and TorchOpt's ``solve=``): :func:`cg`,
-:func:`normal_cg` and :func:`neumann` check their options once and return a
-:class:`LinearSolver`, a callable ``(matvec, b, x0) -> (x, info)``; ``x0`` warm-starts the
-solve (:class:`~stackelberg.solvers.TotalGradient` passes the previous step's solution).
+Strategy objects (as in JAXopt's ``solve=`` and TorchOpt's ``solve=``): ``cg``,
+``normal_cg`` and ``neumann`` check their options once and return a
+``LinearSolver``, a callable ``(matvec, b, x0) -> (x, info)``; ``x0`` warm-starts the
+solve (``TotalGradient`` passes the previous step's solution).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def neumann_series(
 
 
 class LinearSolveInfo(NamedTuple):
-    """What a :class:`LinearSolver` reports: iterations taken, Hessian-vector products used
+    """What a ``LinearSolver`` reports: iterations taken, Hessian-vector products used
     (the residual check and a warm start's first residual included) and the true relative
     residual ``‖Hx − b‖/‖b‖``."""
 
@@ -173,7 +173,7 @@ class LinearSolveInfo(NamedTuple):
 class LinearSolver:
     """A configured linear solver: ``solver(matvec, b, x0=None) -> (x, info)``.
 
-    Built by :func:`cg`, :func:`normal_cg` or :func:`neumann`, which check the options once.
+    Built by ``cg``, ``normal_cg`` or ``neumann``, which check the options once.
     """
 
     name: str = ""
@@ -238,7 +238,7 @@ class _Neumann(LinearSolver):
 
 
 def cg(max_iterations: int = 50, tol: float = 1e-10) -> LinearSolver:
-    """Conjugate gradients (:func:`conjugate_gradient`) for ``H ≻ 0``: at most
+    """Conjugate gradients (``conjugate_gradient``) for ``H ≻ 0``: at most
     ``max_iterations`` iterations, stopping at a relative residual of ``tol``."""
     return _CG(
         check_int("max_iterations", max_iterations, 1), check_positive("tol", tol, allow_zero=True)
@@ -246,14 +246,14 @@ def cg(max_iterations: int = 50, tol: float = 1e-10) -> LinearSolver:
 
 
 def normal_cg(max_iterations: int = 50, tol: float = 1e-10) -> LinearSolver:
-    """CG on the normal equations (:func:`normal_conjugate_gradient`), for any ``H``."""
+    """CG on the normal equations (``normal_conjugate_gradient``), for any ``H``."""
     return _NormalCG(
         check_int("max_iterations", max_iterations, 1), check_positive("tol", tol, allow_zero=True)
     )
 
 
 def neumann(step: float = 0.1, max_iterations: int = 50) -> LinearSolver:
-    """The truncated Neumann series (:func:`neumann_series`) with ``α = step`` and
+    """The truncated Neumann series (``neumann_series``) with ``α = step`` and
     ``max_iterations`` terms; needs ``0 < α < 2/λ_max(H)``."""
     return _Neumann(check_positive("step", step), check_int("max_iterations", max_iterations, 1))
 
@@ -265,7 +265,7 @@ def linear_solver(
     tol: float = 1e-10,
     neumann_step: float = 0.1,
 ) -> LinearSolver:
-    """``spec`` itself if it is a :class:`LinearSolver`; for a name in :data:`LINEAR_SOLVERS`
+    """``spec`` itself if it is a ``LinearSolver``; for a name in ``LINEAR_SOLVERS``
     (the older string form), the solver built from the keyword options."""
     if isinstance(spec, LinearSolver):
         return spec
@@ -286,7 +286,7 @@ def solve_linear(
     tol: float = 1e-10,
     neumann_step: float = 0.1,
 ) -> LinearSolveResult:
-    """Dispatch to the solver named ``method`` (one of :data:`LINEAR_SOLVERS`)."""
+    """Dispatch to the solver named ``method`` (one of ``LINEAR_SOLVERS``)."""
     check_choice("linear_solver", method, LINEAR_SOLVERS)
     check_int("max_iterations", max_iterations, 1)
     if method == "cg":

@@ -1,7 +1,7 @@
-"""The one place solvers are built by name: :func:`make`.
+"""The one place solvers are built by name: ``make``.
 
 ``make("bome", game, leader_optimizer, follower_optimizer, inner_steps=20)`` builds
-:class:`~stackelberg.solvers.BOME` with its defaults updated by the keyword options; an option
+``BOME`` with its defaults updated by the keyword options; an option
 record (``options=BOMEOptions(...)``, for example a game's named defaults) may be given
 instead or as well. Unknown names and unknown or ill-typed options are refused with a one-line
 error that lists what is accepted.
@@ -54,6 +54,6 @@ def make(
     options: SolverOptions | None = None,
     **overrides: Any,
 ) -> Solver:
-    """The solver ``name`` (one of :data:`SOLVERS`) for ``game``, with ``options`` (default:
+    """The solver ``name`` (one of ``SOLVERS``) for ``game``, with ``options`` (default:
     the solver's defaults) updated by ``overrides``."""
     return _solver_class(name)(game, leader_optimizer, follower_optimizer, options, **overrides)

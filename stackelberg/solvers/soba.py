@@ -2,7 +2,7 @@
 
 Dagréou, Ablin, Vaiter & Moreau, "A framework for bilevel optimization that enables stochastic
 and global variance reduction algorithms", NeurIPS 2022 (Eq. 6 and Algorithm 1). Total gradient
-descent (:class:`~stackelberg.solvers.TotalGradient`) solves ``(∇²_θθ h) v = ∇_θ l`` to
+descent (``TotalGradient``) solves ``(∇²_θθ h) v = ∇_θ l`` to
 tolerance at every step; SOBA keeps ``v`` as a third variable and moves the follower, ``v``
 and the leader by *one* step each, all from the same point ``(w, θ, v)``::
 
@@ -19,7 +19,7 @@ total gradient vanishing, i.e. the Stackelberg points. One step costs one leader
 follower gradient plus one Hessian-vector product, whose two blocks ``∇²_θθ h · v`` and
 ``∇²_wθ h · v`` come from a single double-backward pass of ``⟨∇_θ h, v⟩``.
 
-``v`` starts at zero; :meth:`SOBA.state_dict` saves it so a resumed run continues exactly.
+``v`` starts at zero; ``SOBA.state_dict`` saves it so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class SOBA(Solver):
     step each per outer step (see the module doc).
 
     Built as ``SOBA(game, leader_optimizer, follower_optimizer, options=None, **overrides)``
-    (see :class:`~stackelberg.solvers.Solver`); the options are :class:`SOBAOptions`.
+    (see ``Solver``); the options are ``SOBAOptions``.
 
     Diagnostics: ``leader_loss`` and ``follower_loss`` (before the step), ``follower_grad_norm``
     ``‖D_θ‖``, ``linear_residual`` ``‖D_v‖ / ‖∇_θ l‖`` (how well ``v`` solves its system),
@@ -152,6 +152,6 @@ class SOBA(Solver):
         return {**super().state_dict(), "v": [t.detach().clone() for t in self.v]}
 
     def load_state_dict(self, state: Any) -> None:
-        """Restore :meth:`state_dict`'s output; ``v``'s shapes must match the follower's."""
+        """Restore ``state_dict``'s output; ``v``'s shapes must match the follower's."""
         super().load_state_dict(state)
         self.v = self._matching("v", state["v"])

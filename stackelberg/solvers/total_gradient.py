@@ -10,7 +10,7 @@ evaluated at the current follower θ, with damping ``μ ≥ 0`` (μ = 0 is the e
 μ > 0 regularizes a singular Hessian). This is the leader update of total gradient
 descent-ascent (TGDA, Evtushenko 1974; Fiez, Chasnov, Ratliff 2020; Lu, Kamath, Yu 2022).
 ``v`` is found matrix-free from Hessian-vector products (double backward) by CG,
-normal-equation CG or a Neumann series (:mod:`stackelberg.solvers.linsolve`), started from the
+normal-equation CG or a Neumann series (``stackelberg.solvers.linsolve``), started from the
 previous step's ``v`` (warm start: the follower and the leader move little between steps, so
 the previous solution is close and the solve needs fewer products). After each leader
 step the follower takes ``follower_steps`` gradient steps on ``h`` with its optimizer, so the
@@ -48,7 +48,7 @@ class TotalGradientOptions(SolverOptions):
     """TotalGradient's options.
 
     Args:
-        linear_solver: a :class:`~stackelberg.solvers.linsolve.LinearSolver` (``cg(...)``,
+        linear_solver: a ``LinearSolver`` (``cg(...)``,
             ``normal_cg(...)``, ``neumann(...)``) or, in the older form, a name: ``"cg"``
             (default; needs ``∇²_θθ h + μI ≻ 0``), ``"normal_cg"`` (any Hessian, slower) or
             ``"neumann"``, configured by the three options below.
@@ -58,7 +58,7 @@ class TotalGradientOptions(SolverOptions):
         damping: ``μ ≥ 0`` in eq. (1).
         follower_steps: follower-optimizer steps on ``h`` after each leader step (``>= 0``).
         warm_start: start each linear solve from the previous step's solution ``v`` (default);
-            ``v`` is part of :meth:`TotalGradient.state_dict`.
+            ``v`` is part of ``TotalGradient.state_dict``.
     """
 
     linear_solver: str | LinearSolver = "cg"
@@ -94,8 +94,8 @@ class TotalGradient(HypergradientSolver):
     """Implicit-function hypergradient for the leader, gradient steps for the follower.
 
     Built as ``TotalGradient(game, leader_optimizer, follower_optimizer, options=None,
-    **overrides)`` (see :class:`~stackelberg.solvers.Solver`); the options are
-    :class:`TotalGradientOptions`.
+    **overrides)`` (see ``Solver``); the options are
+    ``TotalGradientOptions``.
 
     Diagnostics: ``leader_loss`` (where the hypergradient was taken), ``follower_loss`` (there,
     or with ``follower_steps > 0`` at the follower's last own step, beside
@@ -153,7 +153,7 @@ class TotalGradient(HypergradientSolver):
 
     def hypergradient(self, batch: Any = None) -> TensorTuple:
         """The leader's hypergradient at the current point (see
-        :meth:`~stackelberg.solvers.base.HypergradientSolver.hypergradient`); the warm start
+        ``hypergradient``); the warm start
         ``v`` is left as it was."""
         saved = self.v
         try:

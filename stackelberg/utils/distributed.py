@@ -2,7 +2,7 @@
 ranks average their gradients, so all of them take the same step.
 
 Single-process runs need no change: without ``torchrun`` (no ``WORLD_SIZE`` in the environment)
-every function here is a no-op. Under ``torchrun --nproc_per_node=N``, :func:`setup` joins the
+every function here is a no-op. Under ``torchrun --nproc_per_node=N``, ``setup`` joins the
 process group (NCCL on GPUs, gloo on CPU). For the mean of equally sized shards' mean losses,
 the average of the shards' gradients *is* the full batch's gradient, so a solver whose step is
 built from averaged gradients takes exactly the single-process step on the global batch.

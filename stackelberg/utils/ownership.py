@@ -3,9 +3,9 @@
 Every command that writes (``poison``, ``evaluate``, ``protect``, ``train``) calls these
 checks before its first byte:
 
-- :func:`check_disjoint`: no output path equals, contains or lies inside an input path,
+- ``check_disjoint``: no output path equals, contains or lies inside an input path,
   with symbolic links resolved, so a command can never overwrite or delete its own data;
-- :func:`owned_json`: an existing JSON file is replaced only if it is a record this tool
+- ``owned_json``: an existing JSON file is replaced only if it is a record this tool
   wrote (a manifest or report whose fields say so); anything else is refused, even with
   ``--overwrite``.
 """
@@ -29,7 +29,7 @@ def _overlap(a: Path, b: Path) -> bool:
 
 
 def check_disjoint(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
-    """Raise :class:`ValueError` if an output path equals, contains or lies inside an input
+    """Raise ``ValueError`` if an output path equals, contains or lies inside an input
     path (links resolved). ``inputs`` and ``outputs`` map a name (``"--data-dir"``) to a path
     or ``None`` (skipped)."""
     for out_name, out_path in outputs.items():
@@ -51,7 +51,7 @@ def check_disjoint(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Non
 def owned_json(path: Path, is_ours: Callable[[dict[str, Any]], bool], what: str) -> bool:
     """Whether ``path`` exists and is a JSON record this tool wrote (``is_ours`` says so).
 
-    Returns ``False`` if it does not exist; raises :class:`OwnershipError` if it exists but is
+    Returns ``False`` if it does not exist; raises ``OwnershipError`` if it exists but is
     not ours (not JSON, or JSON of another kind): ``what`` names the command's record in the
     message.
     """

@@ -1,13 +1,13 @@
 """The comparison suite behind ``experiments/unlearnable_tables.py``: every attack's poisons,
 victims trained on them with or without a defense, and the paper's tables.
 
-A :class:`Benchmark` owns one results folder. Poisons are crafted once and cached
+A ``Benchmark`` owns one results folder. Poisons are crafted once and cached
 (``poisons/NAME.npz`` with the uint8 images, ``NAME.json`` with the wall time and the attack's
 report); every victim result ("cell") is added to ``cells.json`` as soon as it is done, so an
 interrupted table resumes where it stopped and tables share work (Table 3's undefended column is
 Table 1, Table 5 plots Table 1's curves). All files are written atomically.
 
-Scales (:data:`SCALES`): ``cpu`` (a class-balanced 10 000-image subset of CIFAR-10, small CNNs,
+Scales (``SCALES``): ``cpu`` (a class-balanced 10 000-image subset of CIFAR-10, small CNNs,
 one to a few hours per table on 2 cores), ``paper`` (GPU: full data, ResNet-18, the 100-epoch
 victim protocol) and ``smoke`` (seconds, for tests).
 """
@@ -55,7 +55,7 @@ __all__ = [
 TABLE_ATTACKS = ("clean", *ATTACKS)
 #: The columns of Table 3.
 TABLE_DEFENSES = tuple(DEFENSES)
-#: Poisons beyond :data:`ATTACKS`, by name: REM and GUE-AT against a victim that trains
+#: Poisons beyond ``ATTACKS``, by name: REM and GUE-AT against a victim that trains
 #: adversarially at ``ε_a`` (the rows of the GUE paper's Table 4, "REM(8-2)" is ``rem-2``), and
 #: the accuracy variant's GUE. Each is ``(how it is made, ε_a or None)``.
 VARIANT_POISONS: dict[str, tuple[str, float | None]] = {
@@ -176,7 +176,7 @@ class Benchmark:
     """One results folder of poisons and victim results at one scale.
 
     Args:
-        scale: a :class:`TableScale` (or the name of one in :data:`SCALES`).
+        scale: a ``TableScale`` (or the name of one in ``SCALES``).
         train, test: the full training and test splits (uint8); the scale's class-balanced
             subsets are taken with ``seed``.
         out_dir: the results folder (created).
@@ -255,7 +255,7 @@ class Benchmark:
     def variant_generator(self, name: str) -> tuple[nn.Module, dict[str, Any]]:
         """The generator of the variant poison ``name`` (``gue-at-2``, ``gue-at-4``,
         ``gue-accuracy``): the checkpoint given for it, or the scale's GUE preset in that
-        variant (GUE-AT with :attr:`TableScale.robust_steps` PGD steps) trained like the
+        variant (GUE-AT with ``TableScale.robust_steps`` PGD steps) trained like the
         standard one into ``out_dir/NAME``."""
         if name in self.variant_generator_paths:
             return load_generator(self.variant_generator_paths[name], self.device)

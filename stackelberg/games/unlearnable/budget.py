@@ -4,13 +4,13 @@ Every published image must satisfy ``‖x̃ − x‖∞ ≤ ⌊255·ε⌋`` inte
 exact 8-bit source pixels. This module is what every writer (``poison``, ``protect``, the
 exports and the API) calls at the last step before a byte is written:
 
-- :func:`check_epsilon` validates ε once: a real number (not a bool, not a string) in
+- ``check_epsilon`` validates ε once: a real number (not a bool, not a string) in
   ``(0, 1]`` and at least one intensity level (``ε ≥ 1/255``), since a smaller budget cannot
   change an 8-bit pixel and would silently publish the images unprotected;
-- :func:`enforce_budget` turns a float poison into uint8 (rounded to the nearest level, the
+- ``enforce_budget`` turns a float poison into uint8 (rounded to the nearest level, the
   change clipped to the budget), refuses non-finite values (a broken generator would
   otherwise publish black images), measures ‖δ‖∞ against the source pixels and raises
-  :class:`BudgetError` if it exceeds the budget. A violation is an error, never a number in
+  ``BudgetError`` if it exceeds the budget. A violation is an error, never a number in
   a report.
 """
 

@@ -39,7 +39,7 @@ def save_generator(path: str | Path, generator: nn.Module, metadata: dict[str, A
 def load_generator(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a generator saved by :func:`save_generator`; returns it (eval mode) and its
+    """Rebuild a generator saved by ``save_generator``; returns it (eval mode) and its
     metadata. Raises ``FileNotFoundError`` or ``ValueError`` naming what is missing or wrong."""
     from stackelberg.games.unlearnable.presets import build_generator
 

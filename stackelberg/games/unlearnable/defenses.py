@@ -1,6 +1,6 @@
 """Victim-side defenses against availability poisons.
 
-A :class:`Defense` acts at two points of :func:`~stackelberg.games.unlearnable.train_victim`:
+A ``Defense`` acts at two points of ``train_victim``:
 once on the whole (uint8) training set before training, and on every augmented mini-batch.
 
 - **Mixup** (Zhang et al. 2018): ``x = λx_i + (1 − λ)x_j``, soft label ``λy_i + (1 − λ)y_j``,
@@ -227,7 +227,7 @@ class JPEGCompression(Defense):
         return out
 
 
-#: Every defense by name, built by :func:`make_defense`.
+#: Every defense by name, built by ``make_defense``.
 DEFENSES: dict[str, Callable[[int], Defense]] = {
     "none": lambda num_classes: Defense(),
     "mixup": lambda num_classes: Mixup(num_classes),
@@ -242,7 +242,7 @@ DEFENSES: dict[str, Callable[[int], Defense]] = {
 
 
 def make_defense(name: str, num_classes: int, **options: float) -> Defense:
-    """The defense ``name`` (see :data:`DEFENSES`) with its standard settings: Mixup and
+    """The defense ``name`` (see ``DEFENSES``) with its standard settings: Mixup and
     CutMix ``α = 1``, Cutout 16×16, adversarial training ``ε_a ∈ {2, 4, 8}/255`` with 5 PGD
     steps, JPEG quality 10. ``options`` override the constructor's arguments (for example
     ``steps=`` of adversarial training)."""

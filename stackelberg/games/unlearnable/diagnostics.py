@@ -1,13 +1,13 @@
 """Diagnostics of a poison: how learnable the perturbations are on their own, and how the
 attacker's loss shapes the generator's training signal.
 
-- :func:`noise_only_accuracy`: train a classifier on the perturbations alone (``δ`` mapped to
+- ``noise_only_accuracy``: train a classifier on the perturbations alone (``δ`` mapped to
   ``[0, 1]`` by ``(δ/ε + 1)/2``) and test it on held-out perturbations. A poison that acts as a
   shortcut is easy to learn from its noise alone (Yu et al. 2022, Section 4).
-- :func:`linear_separability`: the train and held-out accuracy of multinomial logistic
+- ``linear_separability``: the train and held-out accuracy of multinomial logistic
   regression on the flattened ``δ/ε`` (Yu et al. 2022, Table 1: effective poisons are almost
   linearly separable).
-- :func:`attacker_loss_ablation`: the GUE paper's Figure 5: for the attacker losses ``L_sur``,
+- ``attacker_loss_ablation``: the GUE paper's Figure 5: for the attacker losses ``L_sur``,
   CE and clipped CE, the norm of the generator's (back-)gradient and the follower's loss on the
   poisoned batch, per batch, from the same start.
 """

@@ -78,7 +78,7 @@ def quantize_poison(
 ) -> Tensor:
     """The poisoned images as uint8: ``round(255·x̃)``, with the change from the clean uint8
     images clipped to ``⌊255·ε⌋`` levels (a no-op when 255·ε is an integer), checked by
-    :func:`~stackelberg.games.unlearnable.budget.enforce_budget` (non-finite poisons and
+    ``enforce_budget`` (non-finite poisons and
     budget violations are errors naming ``source``)."""
     return enforce_budget(clean, poisoned, epsilon, source=source)
 

@@ -69,8 +69,8 @@ def attacker_loss(
 ) -> Tensor:
     """``L_a`` per example, which the attacker (leader) maximizes on clean data.
 
-    ``"sur"``: :func:`surrogate_loss`; ``"ce"``: cross-entropy; ``"ce_clip"``: cross-entropy
-    clipped at ``ce_clip``; ``"cw"``: ``min(m, κ)`` with the margin :func:`cw_margin` and
+    ``"sur"``: ``surrogate_loss``; ``"ce"``: cross-entropy; ``"ce_clip"``: cross-entropy
+    clipped at ``ce_clip``; ``"cw"``: ``min(m, κ)`` with the margin ``cw_margin`` and
     ``κ = cw_confidence``.
     """
     if name == "sur":

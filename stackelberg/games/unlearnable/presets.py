@@ -17,9 +17,9 @@ Each preset's name says which game it plays:
   follower trains at 10-step PGD points of radius ε_a = 2/255 or 4/255 (step ε_a/4, the
   paper's), so the generator anticipates a victim that trains adversarially. The paper trains
   GUE-AT for 150 epochs with λ = 1 (BOME on ResNet-18); these keep ``cpu-em``'s 20 epochs
-  and solver. See :func:`adversarial_preset`.
+  and solver. See ``adversarial_preset``.
 - ``cpu-em-accuracy``: ``cpu-em``'s game in the accuracy variant (``L_a`` = the
-  Carlini–Wagner margin). See :func:`accuracy_preset`.
+  Carlini–Wagner margin). See ``accuracy_preset``.
 - ``smoke``: seconds; for tests.
 
 The GUE hyperparameters, as the paper's text gives them, as the official code runs them, and
@@ -99,7 +99,7 @@ def build_generator(
     name: str, epsilon: float, in_channels: int, *, num_classes: int | None = None
 ) -> nn.Module:
     """``unet`` (widths 64–512, the paper's), ``unet-small`` (16–64) or ``encoder-decoder``;
-    wrapped in a :class:`~stackelberg.models.LabelConditionedGenerator` when ``num_classes``
+    wrapped in a ``LabelConditionedGenerator`` when ``num_classes``
     is given."""
     base: UNetGenerator | EncoderDecoderGenerator
     if name == "unet":
@@ -250,7 +250,7 @@ PRESETS["cpu-em-accuracy"] = accuracy_preset(PRESETS["cpu-em"])
 
 
 def build_game(preset: Preset, in_channels: int, num_classes: int) -> UnlearnableGame:
-    """A fresh :class:`UnlearnableGame` with the preset's generator, follower and options."""
+    """A fresh ``UnlearnableGame`` with the preset's generator, follower and options."""
     generator = build_generator(
         preset.generator,
         preset.epsilon,

@@ -2,7 +2,7 @@
 
 Every readable image (any size, PNG/JPEG/anything Pillow opens) is perturbed by the generator at
 its own resolution, ``x̃ = round(255·clamp(x + g(x), 0, 1))`` with the change clipped to
-``⌊255ε⌋`` levels (:mod:`~stackelberg.games.unlearnable.budget`), and written as a lossless
+``⌊255ε⌋`` levels (``budget``), and written as a lossless
 PNG under the same relative path (suffix ``.png``). The generator is fully convolutional: an
 image is reflect-padded to a multiple of its down-sampling factor and cropped back. Images
 larger than ``tile × tile`` pixels are streamed tile by tile: the image is cut into cores, each
@@ -56,7 +56,7 @@ MANIFEST = "protect_manifest.json"
 
 @dataclass
 class ProtectReport:
-    """What :func:`protect_folder` did: ``protected`` (one dict per written file, with its
+    """What ``protect_folder`` did: ``protected`` (one dict per written file, with its
     measured ``linf_levels``), ``skipped`` (input, reason), ``resumed`` (inputs an earlier
     batch had protected) and the time it took."""
 
@@ -164,9 +164,9 @@ def protect_pixels(
     source: str | None = None,
 ) -> np.ndarray:
     """The protected image, ``(H, W, C)`` uint8, computed tile by tile (the tiles of
-    :func:`perturb_image`): for each tile, ``round(255·clamp(x + g(x), 0, 1))`` with the change
+    ``perturb_image``): for each tile, ``round(255·clamp(x + g(x), 0, 1))`` with the change
     clipped to ``⌊255ε⌋`` levels and checked
-    (:func:`~stackelberg.games.unlearnable.budget.enforce_budget`), written into the output.
+    (``enforce_budget``), written into the output.
 
     Equal to quantizing ``clamp(x + perturb_image(x), 0, 1)`` as a whole, but the working
     memory beyond the input and output arrays (one byte per pixel and channel each) is that of
@@ -223,7 +223,7 @@ class _Unsupported(Exception):
 def _read(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """The image at ``path``, upright (its EXIF orientation applied), as 8-bit pixels.
 
-    Raises :class:`_Unsupported` for animations, images of more than 8 bits per channel and
+    Raises ``_Unsupported`` for animations, images of more than 8 bits per channel and
     images over ``max_pixels``, checked from the header before any pixel is decoded.
     """
     with Image.open(path) as image:
@@ -307,7 +307,7 @@ def protect_folder(
 
     Raises ``FileNotFoundError`` if ``in_dir`` is not a folder, ``FileExistsError`` if an
     output exists (checked for all files before any is written) and neither ``overwrite``
-    nor ``resume`` applies, :class:`~stackelberg.utils.ownership.OwnershipError` if it was not
+    nor ``resume`` applies, ``OwnershipError`` if it was not
     written by ``protect``, and ``ValueError`` for overlapping folders, a bad ε, or a missing
     label."""
     epsilon = check_epsilon(epsilon)

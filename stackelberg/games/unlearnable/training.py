@@ -2,7 +2,7 @@
 
 Every epoch ends with a checkpoint (generator, classifier, both optimizers, the solver's step
 count, the RNG state, the history, the best generator so far), written atomically and loaded with
-``weights_only=True``; :meth:`GeneratorTraining.resume` continues an interrupted run exactly
+``weights_only=True``; ``GeneratorTraining.resume`` continues an interrupted run exactly
 where it stopped (the data order of epoch ``e`` is drawn from ``seed`` and ``e`` alone). Every
 ``quick_test_every`` epochs a fresh victim trains briefly on the poisoned training set and is
 scored on a clean held-out split; the generator that leaves the victim least accurate is kept
@@ -59,8 +59,8 @@ GUE_SOLVER_OPTIONS: dict[str, SolverOptions] = {
 
 
 def __getattr__(name: str) -> Any:
-    """Deprecated names: ``SOLVER_DEFAULTS`` (now :data:`GUE_SOLVER_OPTIONS`, option records)
-    and ``make_solver`` (now :func:`stackelberg.solvers.make` with those records)."""
+    """Deprecated names: ``SOLVER_DEFAULTS`` (now ``GUE_SOLVER_OPTIONS``, option records)
+    and ``make_solver`` (now ``stackelberg.solvers.make`` with those records)."""
     if name == "SOLVER_DEFAULTS":
         warnings.warn(
             "SOLVER_DEFAULTS is deprecated; use GUE_SOLVER_OPTIONS (option records)",
@@ -97,7 +97,7 @@ def _make_gue_solver(
 
 
 def gue_solver_options(name: str, overrides: dict[str, Any]) -> SolverOptions:
-    """The options a GUE run of solver ``name`` uses: :data:`GUE_SOLVER_OPTIONS` updated by
+    """The options a GUE run of solver ``name`` uses: ``GUE_SOLVER_OPTIONS`` updated by
     ``overrides``, checked."""
     return options_for(name, GUE_SOLVER_OPTIONS.get(name), **overrides)
 

@@ -3,7 +3,7 @@
 The paper's protocol (GUE, Section 5; also EM, TAP, ...): SGD with momentum 0.9 and weight
 decay 5e-4, learning rate 0.01 for 100 epochs, multiplied by 0.1 at epochs 75 and 90, random
 32×32 crops of the 4-pixel zero-padded image and random horizontal flips. The schedule is a
-:class:`VictimSchedule`; shorter presets scale the milestones with the epochs.
+``VictimSchedule``; shorter presets scale the milestones with the epochs.
 """
 
 from __future__ import annotations
@@ -127,13 +127,13 @@ def train_victim(
     ``schedule`` and report the clean test accuracy after every epoch.
 
     Images are uint8 or float in ``[0, 1]``, ``(N, C, H, W)``, on any device (batches move to
-    the model's device). A ``defense`` (:mod:`~stackelberg.games.unlearnable.defenses`)
+    the model's device). A ``defense`` (``defenses``)
     first prepares the training and test sets (squeezing), then maps every augmented batch
     (Mixup, Cutout, CutMix, adversarial training; soft labels allowed). With
     ``test_every_epoch=False`` only the final model is tested (``result.tested_epochs``).
 
     Under ``torchrun`` the model is wrapped in ``DistributedDataParallel`` and every rank
-    trains on its share of each global batch (see :mod:`stackelberg.utils.distributed`).
+    trains on its share of each global batch (see ``stackelberg.utils.distributed``).
     """
     if train_images.shape[0] != train_labels.shape[0] or train_images.dim() != 4:
         raise ValueError(

@@ -1,7 +1,7 @@
 """Baseline availability poisons to compare GUE with, all within the same ℓ∞ budget ε.
 
 Every attack takes clean uint8 images ``(N, C, H, W)``, labels, ε and the number of classes
-and returns an :class:`AttackOutput` (perturbations and a report); :func:`craft_poison` runs one
+and returns an ``AttackOutput`` (perturbations and a report); ``craft_poison`` runs one
 by name, times it and returns the uint8 poisoned images.
 
 ============== ============================================ ==================================
@@ -123,7 +123,7 @@ def craft_poison(
     seed: int = 0,
     **options: Any,
 ) -> Poison:
-    """Run the attack ``name`` (see :data:`ATTACKS`) and return the quantized poisons.
+    """Run the attack ``name`` (see ``ATTACKS``) and return the quantized poisons.
 
     ``options`` go to the attack (``device``, ``progress``, ``model_factory``, epochs, ...);
     model-free attacks take none of those, so ``device`` and ``progress`` are dropped for

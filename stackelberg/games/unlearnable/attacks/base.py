@@ -1,9 +1,9 @@
 """What every poisoning attack returns, and the checks and bookkeeping they share.
 
 An attack maps clean uint8 images ``(N, C, H, W)`` and labels to perturbations ``δ`` with
-``‖δ‖∞ ≤ ε``; :func:`finish_poison` turns them into the uint8 images a victim trains on,
+``‖δ‖∞ ≤ ε``; ``finish_poison`` turns them into the uint8 images a victim trains on,
 ``round(255·clamp(x + δ, 0, 1))`` with the change clipped to ``⌊255ε⌋`` levels
-(:func:`~stackelberg.games.unlearnable.export.quantize_poison`), and checks the budget.
+(``quantize_poison``), and checks the budget.
 """
 
 from __future__ import annotations
