@@ -12,10 +12,26 @@ The public API::
     history = sg.solve(game, solver, data, steps=1000)
 """
 
-from stackelberg import data, games, models, solvers, utils
+import importlib
+from typing import Any
+
+from stackelberg import solvers
 from stackelberg.game import Game, Variable
 from stackelberg.solve import solve
 from stackelberg.solvers import BOME, GDA, SOBA, BackGradient, TotalGradient
+
+#: Imported on first use (``sg.games.toys``, ``sg.data.load_dataset``): ``import stackelberg``
+#: loads the game API and the solvers only, not Pillow or the unlearnable-example application.
+_LAZY_SUBMODULES = ("data", "games", "models", "utils")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_SUBMODULES:
+        module = importlib.import_module(f"stackelberg.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'stackelberg' has no attribute {name!r}")
+
 
 __all__ = [
     "BOME",

@@ -169,3 +169,19 @@ def test_functional_view_attributes_are_the_views_own() -> None:
     assert torch.equal(view.labels, module.labels) and view.note == "kept"
     with pytest.raises(AttributeError):
         _ = view.missing
+
+
+def test_import_loads_the_core_only() -> None:
+    """``import stackelberg`` brings the game API and the solvers, not Pillow or the
+    unlearnable-example application; those load when first used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, stackelberg as sg\n"
+        "assert 'PIL' not in sys.modules and 'stackelberg.games.unlearnable' not in sys.modules\n"
+        "assert sg.games.toys.QuadraticGame and sg.data.load_dataset\n"
+        "print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -1,5 +1,15 @@
-"""Games: toys with closed-form answers, data poisoning, adversarial training."""
+"""Games: toys with closed-form answers, data poisoning, adversarial training, and the
+unlearnable-example game. Each submodule is imported on first use."""
 
-from stackelberg.games import adversarial, poisoning, toys, unlearnable
+import importlib
+from typing import Any
 
 __all__ = ["adversarial", "poisoning", "toys", "unlearnable"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        module = importlib.import_module(f"stackelberg.games.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'stackelberg.games' has no attribute {name!r}")
