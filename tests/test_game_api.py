@@ -136,6 +136,23 @@ def test_every_solver_runs_on_cuda(solver_name: str) -> None:
     assert game.leader.value.is_cuda and game.follower.value.is_cuda
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("solver_name", ["GDA", "BOME", "BackGradient", "SOBA"])
+def test_a_step_reads_the_device_only_at_its_checks_on_cuda(solver_name: str) -> None:
+    """Every synchronization outside ``host_read`` (the step's one check of its losses and
+    directions, and its diagnostics) raises under the sync debug mode. TotalGradient is left
+    out: CG's early stop reads its residual every iteration."""
+    game = toys.QuadraticGame.random(8, dtype=torch.float32).to("cuda")
+    solver = make_solver(solver_name, game, 0.05, 0.05)
+    solver.step()  # first-step allocations
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        info = solver.step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert math.isfinite(info["leader_loss"])
+
+
 def test_progress_bar_shows_losses(capsys: pytest.CaptureFixture[str]) -> None:
     game = toys.StackelbergVsNashGame()
     sg.solve(game, make_solver("BOME", game), None, 3, progress=True)

@@ -196,7 +196,7 @@ class BackGradient(HypergradientSolver):
         theta_T: TensorTuple,
         history: list[TensorTuple] | None,
         batch: Any,
-    ) -> tuple[TensorTuple, TensorTuple, float]:
+    ) -> tuple[TensorTuple, TensorTuple, torch.Tensor]:
         """Run the adjoint recursion; returns ``(∇L, θ_0 used, l(w, θ_T))``."""
         theta_T = _leaves(theta_T)
         leader_loss = self.leader_loss(w, theta_T, batch, self._where(self.options.inner_steps))
@@ -208,12 +208,12 @@ class BackGradient(HypergradientSolver):
             cross, curvature = self._step_vjp(w, theta, adjoint, batch, t)
             hypergrad = tree_add(hypergrad, cross, alpha=-1.0)
             adjoint = tree_add(adjoint, curvature, alpha=-1.0)
-        return hypergrad, theta, float(leader_loss.detach())
+        return hypergrad, theta, leader_loss.detach()
 
     def _hypergradient(self, batch: Any) -> tuple[TensorTuple, StepInfo]:
         w = self.leader_params()
         theta_0 = self._initial_theta or tuple(p.detach().clone() for p in self.follower_params())
-        info: StepInfo = {}
+        info: dict[str, torch.Tensor | float] = {}
         if self.options.mode == "store":
             theta = _leaves(theta_0)
             for t in range(self.options.inner_steps):
@@ -221,7 +221,7 @@ class BackGradient(HypergradientSolver):
                 theta = tree_add(theta, grad, -self.options.inner_lr)
             leader_loss = self.leader_loss(w, theta, batch, self._where(self.options.inner_steps))
             hypergrad = gradients(leader_loss, w)
-            info["leader_loss"] = float(leader_loss.detach())
+            info["leader_loss"] = leader_loss.detach()
             theta_T = tuple(x.detach() for x in theta)
         else:
             history: list[TensorTuple] | None = [] if self.options.mode == "checkpoint" else None
@@ -235,12 +235,10 @@ class BackGradient(HypergradientSolver):
             )
             if self.options.mode == "reverse":
                 error = tree_norm(tree_add(theta_0_used, theta_0, alpha=-1.0))
-                info["reconstruction_error"] = float(error)
+                info["reconstruction_error"] = error
         with torch.no_grad():
-            info["follower_loss"] = float(
-                self.follower_loss(
-                    w, theta_T, batch, "at the end of the unroll", requires_grad=False
-                )
+            info["follower_loss"] = self.follower_loss(
+                w, theta_T, batch, "at the end of the unroll", requires_grad=False
             )
-        info["hypergrad_norm"] = float(tree_norm(hypergrad))
-        return tuple(g.detach() for g in hypergrad), info
+        info["hypergrad_norm"] = tree_norm(hypergrad)
+        return tuple(g.detach() for g in hypergrad), self.read_floats(info)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from stackelberg.game import (
     Game,
+    check_finite_losses,
     checked_loss,
     functional_view,
     trainable_parameters,
@@ -39,6 +41,7 @@ __all__ = [
     "check_positive",
     "detached",
     "gradients",
+    "host_read",
     "preserved_buffers",
     "tree_add",
     "tree_dot",
@@ -143,6 +146,25 @@ def preserved_buffers(game: Game) -> Iterator[None]:
         with torch.no_grad():
             for buffer, copy in saved:
                 buffer.copy_(copy)
+
+
+@contextlib.contextmanager
+def host_read() -> Iterator[None]:
+    """Mark a deliberate read of device values by the host (a synchronization on a GPU).
+
+    A solver step reads the device only inside this context: once to check every loss and
+    update direction of the step before applying it, once for its diagnostics. Under
+    ``torch.cuda.set_sync_debug_mode("error")`` any other synchronization raises, which is how
+    the GPU check proves that no inner loop waits on the device."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
@@ -264,6 +286,9 @@ class Solver:
         self.leader_optimizer = self._checked_optimizer("leader", leader_optimizer)
         self.follower_optimizer = self._checked_optimizer("follower", follower_optimizer)
         self.steps_taken = 0
+        #: Losses evaluated since the last read, ``(value, name, where)``: their finiteness is
+        #: checked at the next read (``apply_updates`` or ``read_floats``), all at once.
+        self._pending_checks: list[tuple[Tensor, str, str]] = []
         #: Averages gradients over data-parallel ranks (``utils.distributed.all_reduce_mean``);
         #: ``None`` in a single process.
         self.gradient_reducer: Callable[[Sequence[Tensor]], TensorTuple] | None = None
@@ -313,13 +338,33 @@ class Solver:
     ) -> Tensor:
         views = functional_view(self.game.leader, w), functional_view(self.game.follower, theta)
         value = getattr(self.game, name)(*views, batch)
-        return checked_loss(
-            value,
-            name,
-            self.where(where),
-            requires_grad=requires_grad,
-            check_finite=check_finite,
+        value = checked_loss(
+            value, name, self.where(where), requires_grad=requires_grad, check_finite=False
         )
+        if check_finite:
+            self._pending_checks.append((value.detach(), name, self.where(where)))
+        return value
+
+    def read_floats(self, values: dict[str, Tensor | float]) -> StepInfo:
+        """``values`` as floats, the tensors read from the device in one transfer, together
+        with the finiteness of every loss evaluated since the last read.
+
+        Raises:
+            ValueError: a pending loss is not finite (the first one is named).
+        """
+        pending, self._pending_checks = self._pending_checks, []
+        tensors = [(k, v) for k, v in values.items() if isinstance(v, Tensor)]
+        stacked = [v.detach().reshape(()).to(torch.float64) for _, v in tensors]
+        stacked += [v for v, _, _ in pending]
+        numbers: list[float] = []
+        if stacked:
+            device = stacked[0].device
+            with host_read():
+                numbers = torch.stack([t.to(device, torch.float64) for t in stacked]).tolist()
+        if pending and not all(math.isfinite(x) for x in numbers[len(tensors) :]):
+            check_finite_losses(pending)  # raises, naming the first non-finite loss
+        read = dict(zip((k for k, _ in tensors), numbers, strict=False))
+        return {k: read[k] if isinstance(v, Tensor) else float(v) for k, v in values.items()}
 
     def where(self, where: str) -> str:
         """``where`` prefixed with the solver's name, as errors about a loss show it."""
@@ -335,8 +380,9 @@ class Solver:
         requires_grad: bool = True,
         check_finite: bool = True,
     ) -> Tensor:
-        """``l(w, θ)`` on ``batch``, checked to be a finite scalar (finiteness left to the
-        caller with ``check_finite=False``, see ``check_finite_losses``)."""
+        """``l(w, θ)`` on ``batch``, checked to be a scalar at once and to be finite at the
+        step's next read from the device (``apply_updates``, ``read_floats``); with
+        ``check_finite=False`` finiteness is left to the caller."""
         return self._loss("leader_loss", w, theta, batch, where, requires_grad, check_finite)
 
     def follower_loss(
@@ -349,8 +395,7 @@ class Solver:
         requires_grad: bool = True,
         check_finite: bool = True,
     ) -> Tensor:
-        """``h(w, θ)`` on ``batch``, checked to be a finite scalar (finiteness left to the
-        caller with ``check_finite=False``)."""
+        """``h(w, θ)`` on ``batch``, checked like :meth:`leader_loss`."""
         return self._loss("follower_loss", w, theta, batch, where, requires_grad, check_finite)
 
     def implicit_terms(self, batch: Any) -> ImplicitTerms:
@@ -386,17 +431,14 @@ class Solver:
         """
         w = tuple(p.detach() for p in self.leader_params())
         batch = self.fixed_leader_batch(w, batch)
-        info: StepInfo = {}
+        last: dict[str, Tensor | float] = {}
         for i in range(steps):
             theta = self.follower_params()
             loss = self.follower_loss(w, theta, batch, f"step {self.steps_taken} follower step {i}")
             grad = self.reduce(gradients(loss, theta))
             self.apply_updates((self.follower_optimizer, theta, grad), synchronized=True)
-            info = {
-                "follower_loss": float(loss.detach()),
-                "follower_grad_norm": float(tree_norm(grad)),
-            }
-        return info
+            last = {"follower_loss": loss.detach(), "follower_grad_norm": tree_norm(grad)}
+        return self.read_floats(last) if last else {}
 
     # -- updates -------------------------------------------------------------------------
 
@@ -411,21 +453,29 @@ class Solver:
         Under data parallelism the directions are first averaged over ranks, unless the
         solver built them from averaged gradients already (``synchronized``).
 
-        Every direction is checked before any is applied, so a failure changes nothing.
+        Every loss evaluated since the last read and every direction is checked before any is
+        applied, with one read from the device, so a failure changes nothing.
 
         Raises:
-            ValueError: a direction is not finite.
+            ValueError: a loss or a direction is not finite (the loss is named first).
         """
         if not synchronized and self.gradient_reducer is not None:
             updates = tuple((o, p, self.reduce(d)) for o, p, d in updates)
-        for optimizer, _, direction in updates:
-            finite = torch.stack([torch.isfinite(d).all() for d in direction]).all()
-            if not bool(finite):
-                role = "leader" if optimizer is self.leader_optimizer else "follower"
-                raise ValueError(
-                    f"{self.name} computed a non-finite update for the {role} at step "
-                    f"{self.steps_taken}; no parameter was changed. {self.divergence_hint}"
-                )
+        pending, self._pending_checks = self._pending_checks, []
+        flags = [torch.isfinite(v).all() for v, _, _ in pending]
+        flags += [torch.stack([torch.isfinite(d).all() for d in u[2]]).all() for u in updates]
+        device = flags[0].device if flags else None
+        with host_read():
+            finite = torch.stack([f.to(device) for f in flags]).tolist() if flags else []
+        if not all(finite):
+            check_finite_losses(pending)  # names the first non-finite loss, if one is
+            for (optimizer, _, _), ok in zip(updates, finite[len(pending) :], strict=True):
+                if not ok:
+                    role = "leader" if optimizer is self.leader_optimizer else "follower"
+                    raise ValueError(
+                        f"{self.name} computed a non-finite update for the {role} at step "
+                        f"{self.steps_taken}; no parameter was changed. {self.divergence_hint}"
+                    )
         for optimizer, params, direction in updates:
             optimizer.zero_grad(set_to_none=True)
             for p, d in zip(params, direction, strict=True):

@@ -38,6 +38,7 @@ from stackelberg.solvers.base import (
     check_positive,
     detached,
     gradients,
+    host_read,
     tree_add,
     tree_dot,
 )
@@ -113,7 +114,8 @@ class BOME(Solver):
             for p, g in zip(theta, self.reduce(gradients(loss, theta)), strict=True):
                 p.grad = g
             optimizer.step()
-        check_finite_losses(losses)
+        with host_read():
+            check_finite_losses(losses)
         return tuple(p.detach() for p in theta)
 
     def direction(self, batch: Any) -> tuple[TensorTuple, TensorTuple, StepInfo]:
@@ -140,13 +142,14 @@ class BOME(Solver):
         h = self.follower_loss(w, theta, follower_batch, where, check_finite=False)
         at_solution = f"{where} at the inner solution"
         h_T = self.follower_loss(w, theta_T, follower_batch, at_solution, check_finite=False)
-        check_finite_losses(
-            [
-                (leader_loss, "leader_loss", self.where(where)),
-                (h, "follower_loss", self.where(where)),
-                (h_T, "follower_loss", self.where(at_solution)),
-            ]
-        )
+        with host_read():
+            check_finite_losses(
+                [
+                    (leader_loss, "leader_loss", self.where(where)),
+                    (h, "follower_loss", self.where(where)),
+                    (h_T, "follower_loss", self.where(at_solution)),
+                ]
+            )
         # θ^T is a constant, so one backward pass of q̂ = h − h_T gives
         # ∇q̂ = (∇_w h(w, θ) − ∇_w h(w, θ^T), ∇_θ h(w, θ)).
         # Under data parallelism every gradient (and q) is averaged over ranks *before* λ is
@@ -165,7 +168,8 @@ class BOME(Solver):
         d = tree_add(grad_l, grad_q, alpha=lam)
         names = ("q", "lambda", "grad_dot", "grad_q_norm", "phi", "leader_loss", "follower_loss")
         values = (q, lam, grad_dot, torch.sqrt(grad_q_sq), phi, leader_loss, h)
-        numbers = torch.stack([v.detach().reshape(()).to(q.dtype) for v in values]).tolist()
+        with host_read():
+            numbers = torch.stack([v.detach().reshape(()).to(q.dtype) for v in values]).tolist()
         return d[:n_w], d[n_w:], dict(zip(names, numbers, strict=True))
 
     def step(self, batch: Any = None) -> StepInfo:

@@ -77,15 +77,14 @@ class GDA(Solver):
                 (self.leader_optimizer, w, leader_grad),
                 (self.follower_optimizer, theta, follower_grad),
             )
-            follower = {
-                "follower_loss": float(h.detach()),
-                "follower_grad_norm": float(tree_norm(follower_grad)),
-            }
+            follower = {"follower_loss": h.detach(), "follower_grad_norm": tree_norm(follower_grad)}
             if self.options.follower_steps > 1:
                 follower = self.follower_gradient_steps(batch, self.options.follower_steps - 1)
         self.steps_taken += 1
-        return {
-            "leader_loss": float(leader_loss.detach()),
-            "leader_grad_norm": float(tree_norm(leader_grad)),
-            **follower,
-        }
+        return self.read_floats(
+            {
+                "leader_loss": leader_loss.detach(),
+                "leader_grad_norm": tree_norm(leader_grad),
+                **follower,
+            }
+        )

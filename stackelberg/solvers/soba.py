@@ -122,19 +122,23 @@ class SOBA(Solver):
         d_w = tree_add(grad_w_l, cross, alpha=-1.0)
         d_theta = tuple(g.detach() for g in grad_theta_h)
         scale = tree_norm(grad_theta_l)
-        info = {
-            "leader_loss": float(leader_loss.detach()),
-            "follower_loss": float(h.detach()),
-            "follower_grad_norm": float(tree_norm(d_theta)),
-            "linear_residual": float(tree_norm(d_v) / torch.clamp(scale, min=1e-30)),
-            "hypergrad_norm": float(tree_norm(d_w)),
-        }
+        v_finite = torch.stack([torch.isfinite(d).all() for d in d_v]).all()
+        info = self.read_floats(
+            {
+                "leader_loss": leader_loss.detach(),
+                "follower_loss": h.detach(),
+                "follower_grad_norm": tree_norm(d_theta),
+                "linear_residual": tree_norm(d_v) / torch.clamp(scale, min=1e-30),
+                "hypergrad_norm": tree_norm(d_w),
+                "v_finite": v_finite,
+            }
+        )
         return _detached(d_w), d_theta, _detached(d_v), info
 
     def step(self, batch: Any = None) -> StepInfo:
         d_w, d_theta, d_v, info = self.directions(batch)
         d_v = self.reduce(d_v)
-        if not bool(torch.stack([torch.isfinite(d).all() for d in d_v]).all()):
+        if not info.pop("v_finite"):
             raise ValueError(
                 f"{self.name} computed a non-finite update for v at step {self.steps_taken}; "
                 f"no parameter was changed. {self.divergence_hint}"

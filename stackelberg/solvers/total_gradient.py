@@ -141,14 +141,16 @@ class TotalGradient(HypergradientSolver):
         hypergrad = tree_add(grad_w_l, cross, alpha=-1.0)
         if self.options.warm_start:
             self.v = tuple(t.detach() for t in v)
-        info = {
-            "leader_loss": float(leader_loss.detach()),
-            "follower_loss": float(h.detach()),
-            "residual": solve.residual,
-            "solver_iterations": float(solve.iterations),
-            "matvecs": float(solve.matvecs),
-            "hypergrad_norm": float(tree_norm(hypergrad)),
-        }
+        info = self.read_floats(
+            {
+                "leader_loss": leader_loss.detach(),
+                "follower_loss": h.detach(),
+                "residual": solve.residual,
+                "solver_iterations": solve.iterations,
+                "matvecs": solve.matvecs,
+                "hypergrad_norm": tree_norm(hypergrad),
+            }
+        )
         return tuple(g.detach() for g in hypergrad), info
 
     def hypergradient(self, batch: Any = None) -> TensorTuple:
