@@ -69,6 +69,21 @@ def test_every_attack_respects_the_budget(name: str, epsilon: float) -> None:
     assert poison.seconds > 0 and poison.images_per_second > 0
 
 
+@pytest.mark.parametrize("name", ["em", "rem", "tap", "deepconfuse", "shortcutgen"])
+def test_seeded_attacks_leave_the_callers_random_state_alone(name: str) -> None:
+    """The attacks seed torch's generator for their own reproducibility; the caller's state
+    is restored, and the same seed still gives the same poison."""
+    images, labels = toy_data()
+    options = FAST_OPTIONS[name]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = craft_poison(name, images, labels, EPS, num_classes=K, seed=5, **options)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(999)  # another caller state: the same poison
+    again = craft_poison(name, images, labels, EPS, num_classes=K, seed=5, **options)
+    assert torch.equal(first.images, again.images)
+
+
 def test_finish_poison_refuses_out_of_budget_and_non_finite_noise() -> None:
     images, _ = toy_data(4)
     with pytest.raises(ValueError, match="left the budget"):

@@ -41,6 +41,7 @@ from stackelberg.games.unlearnable.presets import (
 )
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.utils.io import atomic_path, write_json
+from stackelberg.utils.rng import keeps_global_rng
 
 __all__ = [
     "SCALES",
@@ -347,6 +348,7 @@ class Benchmark:
         """The cell if it has been trained, else ``None``."""
         return self.cells.get(self._key(attack, defense, victim))
 
+    @keeps_global_rng
     def victim_result(
         self,
         attack: str,

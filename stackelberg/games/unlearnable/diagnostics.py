@@ -25,6 +25,7 @@ from stackelberg.data.folders import ImageDataset
 from stackelberg.games.unlearnable.game import UnlearnableGame
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.solvers import BackGradient
+from stackelberg.utils.rng import keeps_global_rng
 
 __all__ = ["attacker_loss_ablation", "linear_separability", "noise_only_accuracy"]
 
@@ -47,6 +48,7 @@ def _check(delta: Tensor, labels: Tensor, epsilon: float) -> None:
         raise ValueError(f"epsilon must be in (0, 1], got {epsilon}")
 
 
+@keeps_global_rng
 def noise_only_accuracy(
     delta: Tensor,
     labels: Tensor,
@@ -78,6 +80,7 @@ def noise_only_accuracy(
     return result.final
 
 
+@keeps_global_rng
 def linear_separability(
     delta: Tensor,
     labels: Tensor,
@@ -110,6 +113,7 @@ def linear_separability(
     }
 
 
+@keeps_global_rng
 def attacker_loss_ablation(
     train: ImageDataset,
     generator_factory: Callable[[], nn.Module],

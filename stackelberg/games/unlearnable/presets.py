@@ -76,6 +76,7 @@ from stackelberg.models import (
     UNetGenerator,
 )
 from stackelberg.utils import distributed
+from stackelberg.utils.rng import keeps_global_rng
 
 __all__ = [
     "CLASSIFIERS",
@@ -284,6 +285,7 @@ def split_preset_data(
     return train, indices, validation, splits["test"]
 
 
+@keeps_global_rng
 def train_preset_generator(
     preset: Preset,
     train: ImageDataset,

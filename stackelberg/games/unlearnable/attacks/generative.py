@@ -30,6 +30,7 @@ from stackelberg.games.unlearnable.attacks.base import AttackOutput, check_attac
 from stackelberg.games.unlearnable.export import poison_images
 from stackelberg.games.unlearnable.game import UnlearnableGame, apply_perturbation
 from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
+from stackelberg.utils.rng import keeps_global_rng
 
 __all__ = [
     "DeepConfuseGame",
@@ -99,6 +100,7 @@ def _default_classifier(images: Tensor, num_classes: int) -> nn.Module:
     return build_classifier("convnet-small", images.shape[1], num_classes)
 
 
+@keeps_global_rng
 def deepconfuse_poison(
     images: Tensor,
     labels: Tensor,
@@ -149,6 +151,7 @@ def deepconfuse_poison(
     return out
 
 
+@keeps_global_rng
 def shortcutgen_poison(
     images: Tensor,
     labels: Tensor,

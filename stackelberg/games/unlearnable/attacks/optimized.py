@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from stackelberg.games.unlearnable.attacks.base import AttackOutput, check_attack_inputs
 from stackelberg.games.unlearnable.game import apply_perturbation
 from stackelberg.games.unlearnable.victim import VictimSchedule, accuracy, train_victim
+from stackelberg.utils.rng import keeps_global_rng
 
 __all__ = ["ModelFactory", "error_minimizing_noise", "targeted_adversarial_poison"]
 
@@ -63,6 +64,7 @@ def _poisoned_accuracy(
     return correct / max(len(labels), 1)
 
 
+@keeps_global_rng
 def error_minimizing_noise(
     images: Tensor,
     labels: Tensor,
@@ -186,6 +188,7 @@ def _minimize_noise(
         noise[rows] = delta
 
 
+@keeps_global_rng
 def targeted_adversarial_poison(
     images: Tensor,
     labels: Tensor,

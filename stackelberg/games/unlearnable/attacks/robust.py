@@ -47,6 +47,7 @@ from stackelberg.games.unlearnable.attacks.optimized import (
 from stackelberg.games.unlearnable.budget import check_epsilon
 from stackelberg.games.unlearnable.game import apply_perturbation
 from stackelberg.games.unlearnable.victim import augment
+from stackelberg.utils.rng import keeps_global_rng
 
 __all__ = ["robust_error_minimizing_noise", "robust_loss"]
 
@@ -96,6 +97,7 @@ def _robust_noise(
     return delta.detach()
 
 
+@keeps_global_rng
 def robust_error_minimizing_noise(
     images: Tensor,
     labels: Tensor,
