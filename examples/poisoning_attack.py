@@ -38,8 +38,8 @@ import stackelberg as sg
 from stackelberg.games.poisoning import (
     PoisoningGame,
     error_rate,
+    fit_full_batch,
     label_flip_poisons,
-    train_victim,
 )
 from stackelberg.models import MLP, LogisticRegression
 from stackelberg.utils.io import write_json, write_text
@@ -127,7 +127,7 @@ def attack_solver(
     leader_optimizer = torch.optim.Adam(game.leader.parameters(), lr=config.outer_lr)
     follower_optimizer = torch.optim.SGD(game.follower.parameters(), lr=LEARNING_RATE[victim])
     if mode == "total_gradient":
-        train_victim(
+        fit_full_batch(
             game.follower,
             torch.cat([data["train"][0], poisons[0]]),
             torch.cat([data["train"][1], poisons[1]]),
@@ -206,7 +206,7 @@ def retrained_error(
     """Test error of a fresh victim trained on the training set plus ``extra`` points."""
     train_x, train_y = data["train"]
     model = make_victim(victim, train_x.shape[1], classes, seed + 1000)
-    train_victim(
+    fit_full_batch(
         model,
         torch.cat([train_x, extra[0]]),
         torch.cat([train_y, extra[1]]),

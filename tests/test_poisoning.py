@@ -11,9 +11,9 @@ import stackelberg as sg
 from stackelberg.games.poisoning import (
     PoisoningGame,
     error_rate,
+    fit_full_batch,
     flip_labels,
     label_flip_poisons,
-    train_victim,
 )
 from stackelberg.models import MLP, LogisticRegression
 
@@ -77,7 +77,7 @@ def test_hypergradient_matches_finite_differences() -> None:
                 p.copy_(q)
         x = torch.cat([game.train_x, features])
         y = torch.cat([game.train_y, game.leader.labels])
-        train_victim(victim, x, y, steps=15, lr=0.5, weight_decay=1e-2)
+        fit_full_batch(victim, x, y, steps=15, lr=0.5, weight_decay=1e-2)
         return float(F.cross_entropy(victim(game.val_x), game.val_y).detach())
 
     features = game.leader.features.detach()
@@ -133,7 +133,7 @@ def test_label_flips() -> None:
 def test_retrained_victim_error_rate() -> None:
     torch.manual_seed(0)
     x, y = blobs(60, 4)
-    model = train_victim(LogisticRegression(4, 2).double(), x, y, steps=300, lr=0.5)
+    model = fit_full_batch(LogisticRegression(4, 2).double(), x, y, steps=300, lr=0.5)
     assert error_rate(model, *blobs(200, 5)) < 0.05
 
 
@@ -161,3 +161,10 @@ def test_peak_memory_sees_a_large_allocation() -> None:
     result, extra = sg.utils.peak_memory(allocate)
     assert result == 64 * 2**20 // 8
     assert 48 * 2**20 < extra < 256 * 2**20
+
+
+def test_the_old_name_of_fit_full_batch_still_works_and_warns() -> None:
+    import stackelberg.games.poisoning as poisoning
+
+    with pytest.warns(DeprecationWarning, match="use fit_full_batch"):
+        assert poisoning.train_victim is poisoning.fit_full_batch

@@ -18,6 +18,7 @@ A random label-flip attack is the natural baseline: the same points before any o
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -31,10 +32,23 @@ __all__ = [
     "PoisonPoints",
     "PoisoningGame",
     "error_rate",
+    "fit_full_batch",
     "flip_labels",
     "label_flip_poisons",
-    "train_victim",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``train_victim``, this module's old name for ``fit_full_batch`` (it clashed with
+    ``games.unlearnable.victim.train_victim``), still works and warns."""
+    if name == "train_victim":
+        warnings.warn(
+            "stackelberg.games.poisoning.train_victim is deprecated; use fit_full_batch",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return fit_full_batch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class PoisonPoints(nn.Module):
@@ -135,7 +149,7 @@ def label_flip_poisons(
     return x[index].clone(), flip_labels(y[index], num_classes, generator)
 
 
-def train_victim(
+def fit_full_batch(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
