@@ -74,6 +74,24 @@ def build_peer(name: str, game: toys.QuadraticGame) -> Callable[[], dict[str, An
     theta = game.follower.value.detach().clone()
     grad_h = torch.func.grad(follower_loss, argnums=0)
 
+    def _outer_step(respond: Callable[[Tensor], Tensor]) -> Callable[[], dict[str, Any]]:
+        """One leader SGD step on ``l(θ(w), w)`` with ``θ(w) = respond(θ_last)``
+        differentiable in ``w``; the follower keeps ``θ(w)`` as its next start."""
+
+        def step() -> dict[str, Any]:
+            nonlocal theta
+            theta_new = respond(theta)
+            loss = leader_loss(theta_new, w)
+            leader_opt.zero_grad()
+            loss.backward()
+            leader_opt.step()
+            theta = theta_new.detach()
+            with torch.no_grad():
+                game.follower.value.copy_(theta)
+            return {"leader_loss": float(loss.detach())}
+
+        return step
+
     if peer.method == "torchopt":
         import torchopt
 
@@ -92,35 +110,14 @@ def build_peer(name: str, game: toys.QuadraticGame) -> Callable[[], dict[str, An
                     theta_ = theta_ - peer.follower_lr * grad_h(theta_, w_)
             return theta_
 
-        def step() -> dict[str, Any]:
-            nonlocal theta
-            theta_star = inner_solve(theta, w)
-            loss = leader_loss(theta_star, w)
-            leader_opt.zero_grad()
-            loss.backward()
-            leader_opt.step()
-            theta = theta_star.detach()
-            with torch.no_grad():
-                game.follower.value.copy_(theta)
-            return {"leader_loss": float(loss.detach())}
-
-        return step
+        return _outer_step(lambda theta_: inner_solve(theta_, w))
 
     if peer.method == "unrolled":
 
-        def step() -> dict[str, Any]:
-            nonlocal theta
-            theta_t = theta
+        def unroll(theta_t: Tensor) -> Tensor:
             for _ in range(peer.inner_steps):
                 theta_t = theta_t - peer.follower_lr * grad_h(theta_t, w)
-            loss = leader_loss(theta_t, w)
-            leader_opt.zero_grad()
-            loss.backward()
-            leader_opt.step()
-            theta = theta_t.detach()
-            with torch.no_grad():
-                game.follower.value.copy_(theta)
-            return {"leader_loss": float(loss.detach())}
+            return theta_t
 
-        return step
+        return _outer_step(unroll)
     raise ValueError(f"unknown peer method {peer.method!r}")

@@ -182,6 +182,15 @@ def _save(fig: Any, path: Path) -> None:
     _pyplot().close(fig)
 
 
+def _partial(grid: list[list[float | None]], hint: str) -> str:
+    """A line saying how many cells of ``grid`` are done, or nothing if all are."""
+    done = sum(v is not None for row in grid for v in row)
+    total = sum(len(row) for row in grid)
+    if done == total:
+        return ""
+    return f"\nPartial: {done} of {total} cells done (— = not run yet); {hint}.\n"
+
+
 def _percent(x: float) -> float:
     return 100.0 * x
 
@@ -295,15 +304,7 @@ def table3(
         [a, *("—" if v is None else _percent(v) for v in row)]
         for a, row in zip(attacks, grid, strict=True)
     ]
-    done = sum(v is not None for row in grid for v in row)
-    status = (
-        ""
-        if done == len(attacks) * len(defenses)
-        else (
-            f"\nPartial: {done} of {len(attacks) * len(defenses)} cells done (— = not run yet); "
-            "rerun the command to continue.\n"
-        )
-    )
+    status = _partial(grid, "rerun the command to continue")
     write_outputs(
         bench,
         "table3",
@@ -407,15 +408,7 @@ def table4_adversarial(bench: Benchmark, rows: tuple[str, ...]) -> None:
         ]
         for attack, row in zip(ROBUST_ROWS, grid, strict=True)
     ]
-    done = sum(v is not None for row in grid for v in row)
-    status = (
-        ""
-        if done == len(ROBUST_ROWS) * len(ROBUST_DEFENSES)
-        else (
-            f"\nPartial: {done} of {len(ROBUST_ROWS) * len(ROBUST_DEFENSES)} cells done "
-            "(— = not run yet); `--rows NAME` makes a row.\n"
-        )
-    )
+    status = _partial(grid, "`--rows NAME` makes a row")
     poisons = {
         attack: _report(bench, attack)
         for attack in ROBUST_ROWS
