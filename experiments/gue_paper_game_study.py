@@ -341,6 +341,15 @@ def _extrapolation_text(fit: dict[str, Any] | None) -> str:
     return f"{change}: {reach}"
 
 
+def _steps_done(name: str, training: dict[str, Any]) -> int:
+    """Outer steps in the run's last checkpoint: its completed epochs times the steps of one
+    (the history's last logged step can trail it by up to the logging interval)."""
+    preset = RUNS[name].preset(name)
+    if preset.train_size is None:
+        raise ValueError(f"{name}: the study's runs train on a subset; its size is not set")
+    return int(training["epoch"]) * (preset.train_size // preset.training.batch_size)
+
+
 def report(args: argparse.Namespace) -> None:
     out: Path = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -360,7 +369,7 @@ def report(args: argparse.Namespace) -> None:
             "run": name,
             "description": run.description,
             "planned_steps": run.steps,
-            "steps_done": history[-1]["step"] if history else 0,
+            "steps_done": _steps_done(name, training),
             "config": config,
             "gap_curve": _gap_curve(history, 5),  # [step, poisoned − clean gap, clean acc]
             "victims": victims,

@@ -173,8 +173,14 @@ class FunctionalView:
         self.module = module
         self._params = tuple(params)
         self._mapping = dict(zip(names, self._params, strict=True))
+        # At the module's own tensors the view is the module: call it without the
+        # reparametrization (same result, less per-call overhead).
+        own = dict(module.named_parameters())
+        self._is_module = all(own[n] is t for n, t in self._mapping.items())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._is_module:
+            return self.module(*args, **kwargs)
         return torch.func.functional_call(self.module, self._mapping, args, kwargs)
 
     def parameters(self) -> Iterator[Tensor]:

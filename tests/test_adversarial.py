@@ -133,6 +133,39 @@ def test_the_game_follower_maximizes_each_class_margin() -> None:
     assert loss.ndim == 0 and loss.requires_grad
 
 
+def test_one_solver_serves_batches_of_any_size() -> None:
+    """``reset`` rewrites the follower's parameter in place, so one attacker optimizer and one
+    solver serve every batch (sizes 3 then 2) and train the classifier exactly as a solver
+    built afresh for each batch does."""
+    from stackelberg.solvers import GDA
+
+    x = torch.rand(5, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 1, 0])
+    batches = [(x[:3], y[:3]), (x[3:], y[3:])]
+
+    def train(fresh_per_batch: bool) -> torch.Tensor:
+        model = linear_model(num_classes=3, features=4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+        game = AdversarialTrainingGame(model, epsilon=0.1, num_classes=3, attack="beta")
+        generator = torch.Generator().manual_seed(0)
+        value = game.follower.value
+        solver = None
+        for bx, by in batches:
+            game.reset(bx, generator)
+            assert game.follower.value is value and value.shape == (3 * len(by), 4)
+            if solver is None or fresh_per_batch:
+                attacker = SignGradientDescent(game.follower.parameters(), lr=0.05)
+                solver = GDA(game, optimizer, attacker, alternating=True, follower_steps=3)
+            solver.step((bx, by))
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    shared, fresh = train(fresh_per_batch=False), train(fresh_per_batch=True)
+    assert torch.equal(shared, fresh)
+    assert not torch.equal(
+        shared, torch.cat([p.reshape(-1) for p in linear_model(3, 4).parameters()])
+    )
+
+
 def test_bad_input_is_named() -> None:
     model = linear_model()
     x, y = torch.rand(2, 6, dtype=F64), torch.tensor([0, 1])

@@ -260,7 +260,8 @@ def test_study_report_writes_json_readme_and_plot(tmp_path: Path) -> None:
         {"step": 20 * (i + 1), "clean_accuracy": 0.4, "poisoned_accuracy": 0.4 + 0.01 * i}
         for i in range(10)
     ]
-    (run_dir / "training.json").write_text(json.dumps({"history": history}))
+    # two epochs of 117 steps checkpointed; the history logged every 20 steps stops at 200
+    (run_dir / "training.json").write_text(json.dumps({"epoch": 2, "history": history}))
     (run_dir / "config.json").write_text(json.dumps({"seed": 0}))
     victims = {"1287": {"test_accuracy": 0.749}, "2574": {"test_accuracy": 0.7505}}
     (run_dir / "victims.json").write_text(json.dumps(victims))
@@ -268,7 +269,7 @@ def test_study_report_writes_json_readme_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "report"
     study.main(["report", "--runs-dir", str(tmp_path / "runs"), "--output-dir", str(out)])
     result = json.loads((out / "official.json").read_text())
-    assert result["steps_done"] == 200 and result["victims"] == victims
+    assert result["steps_done"] == 234 and result["victims"] == victims
     assert result["gap_curve"] == [[100, 0.02, 0.4], [200, 0.07, 0.4]]
     assert result["extrapolation"]["steps_to_goal"] is None
     text = (out / "README.md").read_text()

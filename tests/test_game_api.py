@@ -137,13 +137,15 @@ def test_every_solver_runs_on_cuda(solver_name: str) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("solver_name", ["GDA", "BOME", "BackGradient", "SOBA"])
+@pytest.mark.parametrize("solver_name", ["GDA", "BOME", "BackGradient", "SOBA", "TotalGradient"])
 def test_a_step_reads_the_device_only_at_its_checks_on_cuda(solver_name: str) -> None:
     """Every synchronization outside ``host_read`` (the step's one check of its losses and
-    directions, and its diagnostics) raises under the sync debug mode. TotalGradient is left
-    out: CG's early stop reads its residual every iteration."""
+    directions, and its diagnostics) raises under the sync debug mode. TotalGradient runs CG
+    with a fixed budget (``tol=0``): an early stop on the residual would read it every
+    iteration."""
     game = toys.QuadraticGame.random(8, dtype=torch.float32).to("cuda")
-    solver = make_solver(solver_name, game, 0.05, 0.05)
+    options = {"tol": 0.0, "solver_iterations": 5} if solver_name == "TotalGradient" else {}
+    solver = make_solver(solver_name, game, 0.05, 0.05, **options)
     solver.step()  # first-step allocations
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -62,10 +62,11 @@ def test_normal_cg_handles_an_indefinite_matrix_where_cg_stalls() -> None:
     b = torch.tensor([1.0, 2.0, -1.0], dtype=F64)
     normal = normal_conjugate_gradient(as_matvec(A), (b,), max_iterations=50, tol=1e-14)
     assert relative_error(normal.solution[0], torch.linalg.solve(A, b)) < 1e-8
-    # Plain CG may stop on negative curvature; whatever it returns, its residual is the true one.
+    # Plain CG may stop on negative curvature; whatever it returns, its residual is the true one
+    # (its recursion is exact up to rounding).
     plain = conjugate_gradient(as_matvec(A), (b,), max_iterations=50)
     true_residual = torch.linalg.norm(A @ plain.solution[0] - b) / torch.linalg.norm(b)
-    assert plain.residual == pytest.approx(float(true_residual), rel=1e-12, abs=1e-15)
+    assert float(plain.residual) == pytest.approx(float(true_residual), rel=1e-9, abs=1e-15)
 
 
 @pytest.mark.parametrize("n", [1, 5, 20])
@@ -109,6 +110,38 @@ def test_cg_stops_early_and_counts_iterations() -> None:
     result = conjugate_gradient(as_matvec(A), (torch.ones(3, dtype=F64),), max_iterations=50)
     assert result.iterations == 1
     assert torch.allclose(result.solution[0], torch.full((3,), 0.5, dtype=F64))
+
+
+def test_a_fixed_budget_cg_matches_dense_cg_and_reads_nothing_it_needs_not() -> None:
+    """``tol = 0``: every iteration is taken (no residual test), and the iterates are those of
+    CG written densely, step for step, from a warm start (Nocedal & Wright, Alg. 5.2)."""
+    A = random_spd(6, 50.0, seed=3)
+    b = torch.linspace(-1.0, 1.0, 6, dtype=F64)
+    x0 = torch.full((6,), 0.1, dtype=F64)
+    x, r = x0.clone(), b - A @ x0
+    p, rs = r.clone(), r @ r
+    for _ in range(4):
+        alpha = rs / (p @ A @ p)
+        x, r = x + alpha * p, r - alpha * (A @ p)
+        p, rs = r + (r @ r) / rs * p, r @ r
+    result = conjugate_gradient(as_matvec(A), (b,), (x0,), max_iterations=4, tol=0.0)
+    assert int(result.iterations) == 4
+    assert torch.allclose(result.solution[0], x, rtol=1e-12, atol=1e-14)
+    true_residual = torch.linalg.norm(A @ result.solution[0] - b) / torch.linalg.norm(b)
+    assert float(result.residual) == pytest.approx(float(true_residual), rel=1e-8)
+
+
+def test_cg_freezes_on_non_positive_curvature_without_reading_the_device() -> None:
+    """A fixed-budget CG on an indefinite matrix stops moving at the first direction of
+    non-positive curvature, exactly where the early-stopping form breaks off."""
+    A = torch.diag(torch.tensor([1.0, -1.0], dtype=F64))
+    b = torch.tensor([1.0, 1.0], dtype=F64)  # pᵀAp = 0 on the first direction
+    fixed = conjugate_gradient(as_matvec(A), (b,), max_iterations=5, tol=0.0)
+    early = conjugate_gradient(as_matvec(A), (b,), max_iterations=5, tol=1e-12)
+    assert int(fixed.iterations) == int(early.iterations) == 0
+    assert torch.equal(fixed.solution[0], torch.zeros(2, dtype=F64))
+    assert torch.equal(early.solution[0], fixed.solution[0])
+    assert float(fixed.residual) == pytest.approx(1.0)
 
 
 def test_unknown_method_is_named() -> None:

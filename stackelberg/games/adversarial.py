@@ -250,10 +250,12 @@ class SignGradientDescent(torch.optim.Optimizer):
 class Perturbations(nn.Module):
     """The attacker's strategy for one batch: ``copies`` perturbations of each input."""
 
-    def __init__(self) -> None:
+    inputs: Tensor
+
+    def __init__(self, like: Tensor) -> None:
         super().__init__()
-        self.value = nn.Parameter(torch.zeros(1))
-        self.register_buffer("inputs", torch.zeros(1))
+        self.value = nn.Parameter(like.new_zeros(1))
+        self.register_buffer("inputs", like.new_zeros(1))
 
     def forward(self) -> Tensor:
         return self.value
@@ -273,6 +275,8 @@ class AdversarialTrainingGame(Game):
     Call ``reset`` with each new batch before solving on it (it draws the random start).
     """
 
+    follower: Perturbations
+
     def __init__(
         self, classifier: nn.Module, epsilon: float, num_classes: int, attack: str = "beta"
     ) -> None:
@@ -280,7 +284,11 @@ class AdversarialTrainingGame(Game):
             raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        super().__init__(classifier, Perturbations())
+        weight = next(iter(classifier.parameters()), None)
+        if weight is None:
+            raise ValueError("the classifier has no parameters to train")
+        # on the classifier's device and dtype, where every batch's perturbations will live
+        super().__init__(classifier, Perturbations(weight.detach()))
         self.epsilon = _check_epsilon(epsilon)
         self.num_classes = num_classes
         self.attack = attack
@@ -290,11 +298,18 @@ class AdversarialTrainingGame(Game):
         return self.num_classes if self.attack == "beta" else 1
 
     def reset(self, x: Tensor, generator: torch.Generator | None = None) -> None:
-        """A new batch: a fresh perturbation parameter, uniform in the feasible set."""
+        """A new batch ``x``: its feasible set (``‖η‖∞ ≤ ε``, ``x + η ∈ [0, 1]``, which
+        ``project`` needs) and a fresh start, uniform in that set.
+
+        The start is written into the follower's one parameter in place (resized when the
+        batch size changes), so optimizers and solvers built on the game stay valid from batch
+        to batch; the losses still read ``x`` from their ``batch`` argument.
+        """
         check_unit_interval(x, "inputs")
         repeated = _class_copies(x, self.copies).detach()
         start = _random_start(repeated, self.epsilon, generator)
-        self.follower.value = nn.Parameter(start)
+        with torch.no_grad():
+            self.follower.value.set_(start.to(self.follower.value))  # type: ignore[call-overload]
         self.follower.inputs = repeated
 
     def _logits(self, leader: Any, follower: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -345,14 +360,15 @@ def adversarial_training(
     Returns the epoch's mean training loss (CE on the perturbed inputs) and its example count.
     """
     game = AdversarialTrainingGame(classifier, epsilon, num_classes, attack)
-    step_size = _step_size(epsilon, steps, step_size)
+    attacker = SignGradientDescent(
+        game.follower.parameters(), lr=_step_size(epsilon, steps, step_size)
+    )
+    solver = GDA(game, optimizer, attacker, alternating=True, follower_steps=steps)
     total_loss = total = 0.0
     classifier.train()
     for x, y in batches:
         _check_batch(x, y, num_classes)
         game.reset(x, generator)
-        attacker = SignGradientDescent(game.follower.parameters(), lr=step_size)
-        solver = GDA(game, optimizer, attacker, alternating=True, follower_steps=steps)
         info = solver.step((x, y))
         total_loss += info["leader_loss"] * y.shape[0]
         total += y.shape[0]

@@ -54,6 +54,8 @@ def __getattr__(name: str) -> Any:
 class PoisonPoints(nn.Module):
     """The attacker's points: features (a parameter, kept in ``[0, 1]``) and fixed labels."""
 
+    labels: Tensor
+
     def __init__(self, features: Tensor, labels: Tensor, num_classes: int) -> None:
         super().__init__()
         if features.shape[0] == 0:
@@ -80,6 +82,12 @@ class PoisoningGame(Game):
         num_classes: ``K``.
         weight_decay: ``λ``, the victim's ℓ2 penalty (makes the lower level well posed).
     """
+
+    leader: PoisonPoints
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 Every game here has its players as ``Variable`` modules, keeps its constants
 as buffers (so ``game.to(device, dtype)`` moves everything), and exposes the exact Stackelberg
 solution through ``solution()`` as an ``Equilibrium``. Leader ``w``, follower ``θ``;
-``l`` is the leader's loss and ``h`` the follower's (see ``DESIGN.md``, "Toy games").
+``l`` is the leader's loss and ``h`` the follower's (the site's "Toy games" page).
 
 =====================  ===========================================================  =========
 game                   what it tests                                                 DESIGN
@@ -39,7 +39,7 @@ __all__ = [
     "StackelbergVsNashGame",
 ]
 
-TensorLike = Tensor | Sequence[float] | float
+TensorLike = Tensor | Sequence[float] | Sequence[Sequence[float]] | float
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,16 @@ class QuadraticGame(Game):
 
     The follower's best response is ``θ*(w) = A⁻¹(Bw + c)``; with ``M = A⁻¹B`` the leader's
     optimum is ``w* = (MᵀM + ρI)⁻¹ Mᵀ(θ_t − A⁻¹c)``. ``A`` must be symmetric positive definite.
-    Use ``instance`` for the 2-d instance of DESIGN.md and ``random`` for a
+    Use ``instance`` for the 2-d instance the tests use and ``random`` for a
     ``d``-dimensional one with a chosen condition number of ``A``.
     """
+
+    leader: Variable
+    follower: Variable
+    A: Tensor
+    B: Tensor
+    c: Tensor
+    theta_target: Tensor
 
     def __init__(
         self,
@@ -110,7 +117,7 @@ class QuadraticGame(Game):
 
     @classmethod
     def instance(cls, **kwargs: Any) -> QuadraticGame:
-        """The 2-d instance of DESIGN.md: ``w* ≈ (0.150846, 1.557518)``."""
+        """The 2-d instance the tests and the toy-games page use: ``w* ≈ (0.150846, 1.557518)``."""
         return cls(
             A=[[2.0, 0.5], [0.5, 1.0]],
             B=[[1.0, 0.0], [0.3, 1.0]],
@@ -140,7 +147,7 @@ class QuadraticGame(Game):
         if condition_number < 1:
             raise ValueError(f"condition_number must be >= 1, got {condition_number}")
         generator = torch.Generator().manual_seed(seed)
-        options = {"generator": generator, "dtype": torch.float64}
+        options: dict[str, Any] = {"generator": generator, "dtype": torch.float64}
         q, _ = torch.linalg.qr(torch.randn(dim, dim, **options))
         eigenvalues = torch.logspace(0, math.log10(condition_number), dim, dtype=torch.float64)
         A = (q * eigenvalues) @ q.T
@@ -179,6 +186,9 @@ class StackelbergVsNashGame(Game):
     Stackelberg: ``w* = (1 + 2β)/(1 + β²)``, ``θ* = βw*`` (β = ½ → (1.6, 0.8), loss 0.9).
     Nash (what gradient descent-ascent finds): ``(1, β)``.
     """
+
+    leader: Variable
+    follower: Variable
 
     def __init__(
         self,
@@ -220,6 +230,9 @@ class NonSingletonGame(Game):
     need damping here.
     """
 
+    leader: Variable
+    follower: Variable
+
     def __init__(
         self,
         *,
@@ -249,6 +262,11 @@ class HyperparameterGame(Game):
     ``θ*(w)ᵢ = uᵢ / (1 + e^{wᵢ})``; the leader reaches ``l = 0`` at ``e^{wᵢ*} = uᵢ/vᵢ − 1``,
     which needs ``uᵢ/vᵢ > 1``. Defaults ``u = (2, 3)``, ``v = (1, 1)`` → ``w* = (0, ln 2)``.
     """
+
+    leader: Variable
+    follower: Variable
+    u: Tensor
+    v: Tensor
 
     def __init__(
         self,
@@ -290,6 +308,11 @@ class BoxPoisoningGame(Game):
     ``θ* = (x̄ + δ̄)/(1 + λ)``; the leader maximizes ``½‖θ* − μ‖²`` (``l = −½‖θ − μ‖²``) under
     ``‖δ‖∞ ≤ ε``, enforced by ``project``. Optimum: every ``δᵢⱼ = ε·sign(x̄ⱼ/(1 + λ) − μⱼ)``.
     """
+
+    leader: Variable
+    follower: Variable
+    x: Tensor
+    mu: Tensor
 
     def __init__(
         self,
@@ -354,6 +377,9 @@ class DuopolyGame(Game):
     ``q₂ = (a − c − bq₁)/(2b)``; the leader's optimum ``q₁* = (a − c)/(2b)``,
     ``q₂* = (a − c)/(4b)``. The Cournot–Nash point is ``q₁ = q₂ = (a − c)/(3b)``.
     """
+
+    leader: Variable
+    follower: Variable
 
     def __init__(
         self,

@@ -35,7 +35,6 @@ from stackelberg.game import Game
 from stackelberg.solvers.base import (
     HypergradientSolver,
     SolverOptions,
-    StepInfo,
     TensorTuple,
     check_choice,
     check_int,
@@ -210,7 +209,7 @@ class BackGradient(HypergradientSolver):
             adjoint = tree_add(adjoint, curvature, alpha=-1.0)
         return hypergrad, theta, leader_loss.detach()
 
-    def _hypergradient(self, batch: Any) -> tuple[TensorTuple, StepInfo]:
+    def _hypergradient(self, batch: Any) -> tuple[TensorTuple, dict[str, torch.Tensor | float]]:
         w = self.leader_params()
         theta_0 = self._initial_theta or tuple(p.detach().clone() for p in self.follower_params())
         info: dict[str, torch.Tensor | float] = {}
@@ -241,4 +240,4 @@ class BackGradient(HypergradientSolver):
                 w, theta_T, batch, "at the end of the unroll", requires_grad=False
             )
         info["hypergrad_norm"] = tree_norm(hypergrad)
-        return tuple(g.detach() for g in hypergrad), self.read_floats(info)
+        return tuple(g.detach() for g in hypergrad), info

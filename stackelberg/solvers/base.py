@@ -429,6 +429,12 @@ class Solver:
 
         Returns the follower's loss and gradient norm at the last step (before its update).
         """
+        last = self._follower_steps(batch, steps)
+        return self.read_floats(last) if last else {}
+
+    def _follower_steps(self, batch: Any, steps: int) -> dict[str, Tensor | float]:
+        """``follower_gradient_steps`` with its diagnostics left on the device, for a step that
+        reads them once with its own."""
         w = tuple(p.detach() for p in self.leader_params())
         batch = self.fixed_leader_batch(w, batch)
         last: dict[str, Tensor | float] = {}
@@ -438,7 +444,7 @@ class Solver:
             grad = self.reduce(gradients(loss, theta))
             self.apply_updates((self.follower_optimizer, theta, grad), synchronized=True)
             last = {"follower_loss": loss.detach(), "follower_grad_norm": tree_norm(grad)}
-        return self.read_floats(last) if last else {}
+        return last
 
     # -- updates -------------------------------------------------------------------------
 
@@ -525,26 +531,29 @@ class HypergradientSolver(Solver):
     ``follower_steps`` gradient steps on ``h`` with its own optimizer.
 
     Subclasses implement ``_hypergradient``, returning the hypergradient (one tensor per
-    leader parameter) and diagnostics; their options carry ``follower_steps``.
+    leader parameter) and its diagnostics, tensors left on the device: ``step`` reads them
+    with the follower's in one transfer. Their options carry ``follower_steps``.
     """
 
     @property
     def follower_steps(self) -> int:
         return int(self.options.follower_steps)  # type: ignore[attr-defined]
 
-    def _hypergradient(self, batch: Any) -> tuple[TensorTuple, StepInfo]:
+    def _hypergradient(self, batch: Any) -> tuple[TensorTuple, dict[str, Tensor | float]]:
         raise NotImplementedError
 
     def hypergradient(self, batch: Any = None) -> TensorTuple:
         """The leader's hypergradient at the current point, one tensor per leader parameter
         in ``leader.parameters()`` order; changes no parameter, gradient, optimizer or buffer."""
         with preserved_buffers(self.game):
-            return self._hypergradient(batch)[0]
+            hypergrad, _ = self._hypergradient(batch)
+        self.read_floats({})  # raises if a loss it evaluated was not finite
+        return hypergrad
 
     def step(self, batch: Any = None) -> StepInfo:
-        hypergrad, info = self._hypergradient(batch)
+        hypergrad, values = self._hypergradient(batch)
         self.apply_updates((self.leader_optimizer, self.leader_params(), hypergrad))
         if self.follower_steps:
-            info.update(self.follower_gradient_steps(batch, self.follower_steps))
+            values.update(self._follower_steps(batch, self.follower_steps))
         self.steps_taken += 1
-        return info
+        return self.read_floats(values)

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from torch import Tensor
+
 from stackelberg.solvers.base import (
     Solver,
     SolverOptions,
@@ -63,8 +65,9 @@ class GDA(Solver):
 
     def step(self, batch: Any = None) -> StepInfo:
         where = f"step {self.steps_taken}"
+        follower: dict[str, Tensor | float] = {}
         if self.options.alternating:
-            follower = self.follower_gradient_steps(batch, self.options.follower_steps)
+            follower = self._follower_steps(batch, self.options.follower_steps)
         w, theta = self.leader_params(), self.follower_params()
         leader_loss = self.leader_loss(w, theta, batch, where)
         leader_grad = gradients(leader_loss, w)
@@ -79,7 +82,7 @@ class GDA(Solver):
             )
             follower = {"follower_loss": h.detach(), "follower_grad_norm": tree_norm(follower_grad)}
             if self.options.follower_steps > 1:
-                follower = self.follower_gradient_steps(batch, self.options.follower_steps - 1)
+                follower = self._follower_steps(batch, self.options.follower_steps - 1)
         self.steps_taken += 1
         return self.read_floats(
             {

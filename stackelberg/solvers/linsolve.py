@@ -3,8 +3,9 @@
 The implicit-function hypergradient needs ``v`` with ``H v = b``, ``H = ∇²_θθ h`` (plus
 damping), available only through Hessian-vector products. Each solver here takes
 ``matvec: v ↦ H v`` on tuples of tensors shaped like ``b`` and returns a
-``LinearSolveResult`` whose ``residual`` is the true relative residual
-``‖H x − b‖ / ‖b‖`` (one extra product).
+``LinearSolveResult`` whose ``residual`` is the relative residual ``‖H x − b‖ / ‖b‖``
+(CG's recursive one; the true one, for one extra product, from the other two). Iterations and
+residual are 0-d tensors left on the device, so a solve with a fixed budget never waits for it.
 
 - ``conjugate_gradient``: CG (Hestenes & Stiefel 1952; Nocedal & Wright, Alg. 5.2) for
   symmetric positive-definite ``H``; stops early at ``‖r‖ ≤ tol·‖b‖``.
@@ -62,17 +63,22 @@ LINEAR_SOLVERS = ("cg", "normal_cg", "neumann")
 
 @dataclass(frozen=True)
 class LinearSolveResult:
-    """A solution ``x``, the iterations it took and its relative residual ``‖Hx − b‖/‖b‖``."""
+    """A solution ``x``, the iterations it took and its relative residual ``‖Hx − b‖/‖b‖``
+    (0-d tensors on the solution's device: ``float()`` or ``int()`` reads them)."""
 
     solution: TensorTuple
-    iterations: int
-    residual: float
+    iterations: Tensor
+    residual: Tensor
 
 
-def _relative_residual(matvec: MatVec, x: TensorTuple, b: TensorTuple) -> float:
-    b_norm = float(tree_norm(b))
-    r_norm = float(tree_norm(tree_add(matvec(x), b, alpha=-1.0)))
-    return r_norm / b_norm if b_norm > 0 else r_norm
+def _relative(r_norm: Tensor, b: TensorTuple) -> Tensor:
+    """``r_norm / ‖b‖``, or ``r_norm`` itself for ``b = 0``, computed on the device."""
+    b_norm = tree_norm(b)
+    return r_norm / torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+
+
+def _relative_residual(matvec: MatVec, x: TensorTuple, b: TensorTuple) -> Tensor:
+    return _relative(tree_norm(tree_add(matvec(x), b, alpha=-1.0)), b)
 
 
 def conjugate_gradient(
@@ -83,34 +89,43 @@ def conjugate_gradient(
     max_iterations: int = 100,
     tol: float = 1e-10,
 ) -> LinearSolveResult:
-    """Solve ``H x = b`` for symmetric positive-definite ``H`` by conjugate gradients.
+    """Solve ``H x = b`` for symmetric positive-definite ``H`` by conjugate gradients
+    (Nocedal & Wright, Alg. 5.2).
 
-    Stops after ``max_iterations`` or once the recursive residual falls to ``tol·‖b‖``; a
-    direction of non-positive curvature (``H`` not positive definite) also stops it, and the
-    returned ``residual`` then shows how far off the answer is.
+    Stops after ``max_iterations``, or once the residual falls to ``tol·‖b‖`` when ``tol > 0``
+    (a test read from the device every iteration). A direction of non-positive curvature
+    (``H`` not positive definite) freezes the iterate where it is; the returned ``residual``
+    then shows how far off it is. With ``tol = 0`` the solve reads nothing from the device: a
+    fixed budget, the curvature test applied on the device.
+
+    The residual reported is CG's recursive one, ``r_k = r_{k−1} − α_k H p_k``: equal to
+    ``b − H x_k`` in exact arithmetic (Nocedal & Wright, eq. 5.10), so no product is spent on it.
     """
     b = tuple(b)
     x = tuple(torch.zeros_like(t) for t in b) if x0 is None else tuple(x0)
     r = b if x0 is None else tree_add(b, matvec(x), alpha=-1.0)
     p = r
     rs = tree_dot(r, r)
-    threshold = (tol * float(tree_norm(b))) ** 2
-    iterations = 0
+    threshold = (tol * float(tree_norm(b))) ** 2 if tol > 0 else None
+    active = torch.ones((), dtype=torch.bool, device=rs.device)
+    iterations = torch.zeros((), dtype=torch.int64, device=rs.device)
     for _ in range(max_iterations):
-        if float(rs) <= threshold:
+        if threshold is not None and float(rs) <= threshold:
             break
         hp = matvec(p)
         curvature = tree_dot(p, hp)
-        if float(curvature) <= 0:
-            break
-        alpha = rs / curvature
+        active = active & (curvature > 0)
+        zero = torch.zeros((), dtype=rs.dtype, device=rs.device)
+        alpha = torch.where(active, rs / curvature, zero)
         x = tree_add(x, p, alpha=alpha)
         r = tree_add(r, hp, alpha=-alpha)
         rs_new = tree_dot(r, r)
-        p = tree_add(r, p, alpha=rs_new / rs)
+        p = tree_add(r, p, alpha=torch.where(active, rs_new / rs, zero))
         rs = rs_new
-        iterations += 1
-    return LinearSolveResult(x, iterations, _relative_residual(matvec, x, b))
+        iterations = iterations + active.to(torch.int64)
+        if threshold is not None and not bool(active):
+            break
+    return LinearSolveResult(x, iterations, _relative(torch.sqrt(rs), b))
 
 
 def normal_conjugate_gradient(
@@ -157,17 +172,18 @@ def neumann_series(
     for _ in range(max_iterations - 1):
         term = tree_add(term, matvec(term), alpha=-step)
         x = tree_add(x, term, alpha=step)
-    return LinearSolveResult(x, max_iterations, _relative_residual(matvec, x, b))
+    iterations = torch.full((), max_iterations, dtype=torch.int64, device=x[0].device)
+    return LinearSolveResult(x, iterations, _relative_residual(matvec, x, b))
 
 
 class LinearSolveInfo(NamedTuple):
-    """What a ``LinearSolver`` reports: iterations taken, Hessian-vector products used
-    (the residual check and a warm start's first residual included) and the true relative
-    residual ``‖Hx − b‖/‖b‖``."""
+    """What a ``LinearSolver`` reports: iterations taken and the relative residual
+    ``‖Hx − b‖/‖b‖`` (0-d tensors on the device, see ``LinearSolveResult``), and the
+    Hessian-vector products used (a warm start's first residual and a residual check included)."""
 
-    iterations: int
+    iterations: Tensor
     matvecs: int
-    residual: float
+    residual: Tensor
 
 
 class LinearSolver:

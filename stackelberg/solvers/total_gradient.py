@@ -29,7 +29,6 @@ from stackelberg.game import Game
 from stackelberg.solvers.base import (
     HypergradientSolver,
     SolverOptions,
-    StepInfo,
     TensorTuple,
     check_choice,
     check_int,
@@ -127,7 +126,7 @@ class TotalGradient(HypergradientSolver):
             "neumann_step."
         )
 
-    def _hypergradient(self, batch: Any) -> tuple[TensorTuple, StepInfo]:
+    def _hypergradient(self, batch: Any) -> tuple[TensorTuple, dict[str, torch.Tensor | float]]:
         w, theta, leader_loss, grad_w_l, grad_theta_l, h, grad_theta_h = self.implicit_terms(batch)
         damping = self.options.damping
 
@@ -141,16 +140,14 @@ class TotalGradient(HypergradientSolver):
         hypergrad = tree_add(grad_w_l, cross, alpha=-1.0)
         if self.options.warm_start:
             self.v = tuple(t.detach() for t in v)
-        info = self.read_floats(
-            {
-                "leader_loss": leader_loss.detach(),
-                "follower_loss": h.detach(),
-                "residual": solve.residual,
-                "solver_iterations": solve.iterations,
-                "matvecs": solve.matvecs,
-                "hypergrad_norm": tree_norm(hypergrad),
-            }
-        )
+        info: dict[str, torch.Tensor | float] = {
+            "leader_loss": leader_loss.detach(),
+            "follower_loss": h.detach(),
+            "residual": solve.residual,
+            "solver_iterations": solve.iterations,
+            "matvecs": solve.matvecs,
+            "hypergrad_norm": tree_norm(hypergrad),
+        }
         return tuple(g.detach() for g in hypergrad), info
 
     def hypergradient(self, batch: Any = None) -> TensorTuple:

@@ -3,7 +3,7 @@
 Data ``(x, y)`` with ``x ∈ [0, 1]^n`` and ``K`` classes. The leader is a generator ``g_w`` whose
 output is bounded by construction (``ε·tanh``); the poisoned image is
 ``x̃ = clamp(x + g_w(x), 0, 1)``. The follower is a classifier ``f_θ``. (GUE, Liu et al. 2024,
-Section 3; DESIGN.md, "The unlearnable-example game".)
+Section 3; the site's "Unlearnable examples" page.)
 
 - Follower: ``h(w, θ) = E L_c(f_θ(x̃), y)``, training on the poisoned data.
 - Leader: ``l(w, θ) = −E L_a(f_θ(x), y)`` on *clean* data: the generator wants the classifier

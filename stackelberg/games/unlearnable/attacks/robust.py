@@ -30,6 +30,7 @@ makes a step about ``eot_samples`` times cheaper.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -148,7 +149,7 @@ def robust_error_minimizing_noise(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, lr_decay_every, gamma=0.1)
     labels_cpu = labels.long().cpu()
-    settings = {
+    settings: dict[str, Any] = {
         "steps": pgd_steps,
         "step_size": alpha,
         "attack_steps": attack_steps,
