@@ -14,7 +14,9 @@ from stackelberg.games.adversarial import (
     beta_attack,
     class_margins,
     pgd_attack,
+    project_linf,
     robust_accuracy,
+    signed_gradient_steps,
 )
 
 F64 = torch.float64
@@ -166,10 +168,56 @@ def test_one_solver_serves_batches_of_any_size() -> None:
     )
 
 
+@pytest.mark.parametrize("ascent", [True, False])
+def test_signed_steps_reach_the_corner_of_a_linear_objective(ascent: bool) -> None:
+    """On ``⟨g, δ⟩`` every step moves each coordinate by ``α`` toward ``±sign(g)``, so after
+    ``k`` steps from zero it sits at ``min(kα, ε)·(±sign g)`` (exactly), and the box
+    ``x + δ ∈ [0, 1]`` cuts it where ``x`` is near an edge; it works under ``no_grad`` too."""
+    g = torch.tensor([[2.0, -0.5, 0.0, 3.0]], dtype=F64)
+    x = torch.tensor([[0.5, 0.5, 0.5, 0.98]], dtype=F64)
+    sign = 1.0 if ascent else -1.0
+    with torch.no_grad():
+        two = signed_gradient_steps(
+            torch.zeros_like(x), lambda d: (g * d).sum(), steps=2, step_size=0.03,
+            project=lambda d: project_linf(d, x, 0.1), ascent=ascent,
+        )  # fmt: skip
+        many = signed_gradient_steps(
+            torch.zeros_like(x), lambda d: (g * d).sum(), steps=10, step_size=0.03,
+            project=lambda d: project_linf(d, x, 0.1), ascent=ascent,
+        )  # fmt: skip
+    expected_two = sign * 0.06 * torch.sign(g)
+    expected_many = sign * 0.1 * torch.sign(g)
+    if ascent:  # the last coordinate climbs toward 1 and stops at the box: 0.98 + 0.02
+        expected_two[0, 3], expected_many[0, 3] = 0.02, 0.02
+    assert torch.allclose(two, expected_two, atol=1e-15)
+    assert torch.allclose(many, expected_many, atol=1e-15)
+    assert not two.requires_grad
+
+
+def test_every_epsilon_is_checked_by_one_validator() -> None:
+    """The attacks, the game, the defenses and the generators refuse the same bad budgets
+    with the same message."""
+    from stackelberg.games.unlearnable.defenses import AdversarialTraining
+    from stackelberg.models import UNetGenerator
+
+    model = linear_model()
+    x, y = torch.rand(2, 6, dtype=F64), torch.tensor([0, 1])
+    for build in (
+        lambda e: pgd_attack(model, x, y, e),
+        lambda e: AdversarialTrainingGame(model, e, 4),
+        lambda e: AdversarialTraining(e),
+        lambda e: UNetGenerator(e),
+    ):
+        with pytest.raises(ValueError, match=r"epsilon must be in \(0, 1\]"):
+            build(1.5)
+        with pytest.raises(TypeError, match="epsilon must be a real number"):
+            build(True)
+
+
 def test_bad_input_is_named() -> None:
     model = linear_model()
     x, y = torch.rand(2, 6, dtype=F64), torch.tensor([0, 1])
-    with pytest.raises(ValueError, match=r"epsilon must lie in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"epsilon must be in \(0, 1\]"):
         beta_attack(model, x, y, 0.0)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\]"):
         beta_attack(model, x, torch.tensor([0, 7]), 0.1, num_classes=4)

@@ -1,9 +1,50 @@
-"""Input checks shared by the games on labelled data in ``[0, 1]``."""
+"""Input checks shared by the games on labelled data in ``[0, 1]``: one of each, used
+everywhere (the attacks, the defenses, the generators, the CLI)."""
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
+
 import torch
 from torch import Tensor
+
+#: Intensity levels of an 8-bit image: a budget below ``1/LEVELS`` changes no pixel.
+LEVELS = 255
+
+
+def check_epsilon(
+    value: Any, *, name: str = "epsilon", source: str | None = None, whole_level: bool = False
+) -> float:
+    """``value`` as a float if it is a valid ℓ∞ budget for inputs in ``[0, 1]``, else an error
+    that says why.
+
+    Args:
+        value: the budget as a fraction of the intensity range (8/255 ≈ 0.0314).
+        name: how the error names it (``"epsilon"``, ``"--epsilon"``, ...).
+        source: where it came from (a file), named in the error.
+        whole_level: also require at least one 8-bit intensity level (``1/255``): a budget
+            for images published as 8-bit pixels, where a smaller one changes nothing.
+
+    Raises:
+        TypeError: a bool, a string or anything but a real number.
+        ValueError: not finite, outside ``(0, 1]``, or (``whole_level``) below one level.
+    """
+    where = f" (in {source})" if source else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number in (0, 1], got {type(value).__name__} {value!r}{where}"
+        )
+    number = float(value)
+    if not math.isfinite(number) or not 0.0 < number <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1] (images live in [0, 1]), got {value}{where}")
+    if whole_level and number * LEVELS < 1 - 1e-6:
+        raise ValueError(
+            f"{name} = {number:.6g} is below one intensity level (1/255 ≈ 0.00392): no 8-bit "
+            f"pixel could change, so nothing would be protected{where}"
+        )
+    return number
 
 
 def check_unit_interval(x: Tensor, name: str) -> None:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stackelberg.game import Game
-from stackelberg.games._checks import check_labels, check_unit_interval
+from stackelberg.games._checks import check_epsilon, check_labels, check_unit_interval
 from stackelberg.solvers.gda import GDA
 
 __all__ = [
@@ -42,16 +42,12 @@ __all__ = [
     "beta_attack",
     "class_margins",
     "pgd_attack",
+    "project_linf",
     "robust_accuracy",
+    "signed_gradient_steps",
 ]
 
 ATTACKS = ("beta", "pgd")
-
-
-def _check_epsilon(epsilon: float) -> float:
-    if not 0 < epsilon <= 1:
-        raise ValueError(f"epsilon must lie in (0, 1] for inputs in [0, 1], got {epsilon}")
-    return float(epsilon)
 
 
 def _check_batch(x: Tensor, y: Tensor, num_classes: int | None = None) -> None:
@@ -85,14 +81,14 @@ def class_margins(logits: Tensor, y: Tensor) -> Tensor:
     return logits - logits.gather(1, y[:, None])
 
 
-def _project(delta: Tensor, x: Tensor, epsilon: float) -> Tensor:
+def project_linf(delta: Tensor, x: Tensor, epsilon: float) -> Tensor:
     """Onto ``{‖δ‖∞ ≤ ε} ∩ {x + δ ∈ [0, 1]}``."""
     return torch.maximum(torch.minimum(delta.clamp(-epsilon, epsilon), 1 - x), -x)
 
 
 def _random_start(x: Tensor, epsilon: float, generator: torch.Generator | None) -> Tensor:
     noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-    return _project((2 * noise - 1) * epsilon, x, epsilon)
+    return project_linf((2 * noise - 1) * epsilon, x, epsilon)
 
 
 class _EvalMode:
@@ -109,6 +105,36 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
+def signed_gradient_steps(
+    delta: Tensor,
+    objective: Callable[[Tensor], Tensor],
+    *,
+    steps: int,
+    step_size: float,
+    project: Callable[[Tensor], Tensor],
+    ascent: bool = True,
+) -> Tensor:
+    """``steps`` projected ℓ∞ steepest-ascent (or descent) steps on a perturbation,
+
+        δ ← Π(δ ± α·sign ∇_δ objective(δ)),
+
+    the step shared by PGD (Madry et al. 2018), BETA, TRADES' inner maximization and the
+    error-minimizing / targeted / robust noises of the unlearnable-example attacks (which
+    descend). ``project`` maps a step back onto the feasible set (the ε-ball, and the box
+    ``x + δ ∈ [0, 1]`` where the inputs must stay images). The steps take their own gradients
+    whatever the caller's grad mode (a loss reported under ``torch.no_grad()`` still trains at
+    the attack point); the result is detached.
+    """
+    sign = 1.0 if ascent else -1.0
+    delta = delta.detach()
+    with torch.enable_grad():
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            (grad,) = torch.autograd.grad(objective(delta), delta)
+            delta = project(delta.detach() + sign * step_size * grad.sign()).detach()
+    return delta
+
+
 def _signed_ascent(
     model: nn.Module,
     x: Tensor,
@@ -119,17 +145,17 @@ def _signed_ascent(
     random_start: bool,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """``steps`` projected ℓ∞ steepest-ascent steps ``δ ← Π(δ + α·sign ∇_δ objective(f(x + δ)))``
-    from a random start in the feasible set (or zero); returns ``δ``. The attack takes its own
-    gradients whatever the caller's grad mode (a loss reported under ``torch.no_grad()`` still
-    trains at the attack point)."""
+    """``signed_gradient_steps`` on ``objective(f(x + δ))`` over the ε-ball ∩ box, from a
+    random start in that set (or zero), with the model in eval mode; returns ``δ``."""
     delta = _random_start(x, epsilon, generator) if random_start else torch.zeros_like(x)
-    with _EvalMode(model), torch.enable_grad():
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            (grad,) = torch.autograd.grad(objective(model(x + delta)), delta)
-            delta = _project(delta.detach() + step_size * grad.sign(), x, epsilon)
-    return delta
+    with _EvalMode(model):
+        return signed_gradient_steps(
+            delta,
+            lambda d: objective(model(x + d)),
+            steps=steps,
+            step_size=step_size,
+            project=lambda d: project_linf(d, x, epsilon),
+        )
 
 
 def _best_targets(margins: Tensor, y: Tensor) -> Tensor:
@@ -155,7 +181,7 @@ def pgd_attack(
 
     Returns the adversarial inputs ``x + δ``.
     """
-    epsilon = _check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     _check_batch(x, y)
     delta = _signed_ascent(
         model,
@@ -188,7 +214,7 @@ def beta_attack(
 
     Costs ``K`` times a PGD attack of the same number of steps (one copy of the batch per class).
     """
-    epsilon = _check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     _check_batch(x, y, num_classes)
     with _EvalMode(model), torch.no_grad():
         k = model(x[:1]).shape[1] if num_classes is None else num_classes
@@ -289,7 +315,7 @@ class AdversarialTrainingGame(Game):
             raise ValueError("the classifier has no parameters to train")
         # on the classifier's device and dtype, where every batch's perturbations will live
         super().__init__(classifier, Perturbations(weight.detach()))
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = check_epsilon(epsilon)
         self.num_classes = num_classes
         self.attack = attack
 
@@ -339,7 +365,7 @@ class AdversarialTrainingGame(Game):
 
     def project(self) -> None:
         value = self.follower.value
-        value.copy_(_project(value, self.follower.inputs, self.epsilon))
+        value.copy_(project_linf(value, self.follower.inputs, self.epsilon))
 
 
 def adversarial_training(

@@ -13,15 +13,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from stackelberg.games._checks import check_epsilon
+
 __all__ = ["EncoderDecoderGenerator", "LabelConditionedGenerator", "UNetGenerator"]
-
-
-def _check_epsilon(epsilon: float) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
-        raise TypeError(f"epsilon must be a number, got {type(epsilon).__name__}")
-    if not 0.0 < float(epsilon) <= 1.0:
-        raise ValueError(f"epsilon must be in (0, 1] (images live in [0, 1]), got {epsilon}")
-    return float(epsilon)
 
 
 def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -86,7 +80,7 @@ class UNetGenerator(_BoundedGenerator):
         self, epsilon: float, in_channels: int = 3, widths: Sequence[int] = (64, 128, 256, 512)
     ) -> None:
         super().__init__()
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = check_epsilon(epsilon)
         widths = tuple(int(w) for w in widths)
         if len(widths) < 2 or min(widths) < 1:
             raise ValueError(f"widths needs >= 2 positive entries, got {widths}")
@@ -129,7 +123,7 @@ class EncoderDecoderGenerator(_BoundedGenerator):
 
     def __init__(self, epsilon: float, in_channels: int = 3, width: int = 32) -> None:
         super().__init__()
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = check_epsilon(epsilon)
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
         self.in_channels = in_channels

@@ -17,11 +17,13 @@ exports and the API) calls at the last step before a byte is written:
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from stackelberg.games._checks import LEVELS
+from stackelberg.games._checks import check_epsilon as _check_epsilon
 
 __all__ = [
     "LEVELS",
@@ -32,40 +34,20 @@ __all__ = [
     "measured_levels",
 ]
 
-#: Intensity levels of an 8-bit image above black.
-LEVELS = 255
-
 
 class BudgetError(ValueError):
     """A perturbation that is not finite or exceeds the ε budget; nothing was written."""
 
 
 def check_epsilon(value: Any, *, name: str = "epsilon", source: str | None = None) -> float:
-    """``value`` as a float if it is a valid ℓ∞ budget, else an error that says why.
-
-    Args:
-        value: the budget as a fraction of the intensity range (8/255 ≈ 0.0314).
-        name: how the error names it (``"epsilon"``, ``"--epsilon"``, ...).
-        source: where it came from (a file), named in the error.
+    """``value`` as a float if it is a valid budget for 8-bit images: the shared validator
+    (``stackelberg.games._checks.check_epsilon``) with at least one intensity level required.
 
     Raises:
         TypeError: a bool, a string or anything but a real number.
         ValueError: not finite, outside ``(0, 1]``, or below one intensity level.
     """
-    where = f" (in {source})" if source else ""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a real number in (0, 1], got {type(value).__name__} {value!r}{where}"
-        )
-    number = float(value)
-    if not math.isfinite(number) or not 0.0 < number <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1] (images live in [0, 1]), got {value}{where}")
-    if number * LEVELS < 1 - 1e-6:
-        raise ValueError(
-            f"{name} = {number:.6g} is below one intensity level (1/255 ≈ 0.00392): no 8-bit "
-            f"pixel could change, so nothing would be protected{where}"
-        )
-    return number
+    return _check_epsilon(value, name=name, source=source, whole_level=True)
 
 
 def budget_levels(epsilon: float) -> int:

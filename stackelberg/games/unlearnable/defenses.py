@@ -29,6 +29,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from stackelberg.games._checks import check_epsilon
 from stackelberg.games.adversarial import pgd_attack
 
 __all__ = [
@@ -164,8 +165,9 @@ class AdversarialTraining(Defense):
     name = "adversarial"
 
     def __init__(self, epsilon: float, steps: int = 5, step_size: float | None = None) -> None:
-        if not 0 < epsilon <= 1 or steps < 1:
-            raise ValueError(f"need epsilon in (0, 1] and steps >= 1, got {epsilon}, {steps}")
+        epsilon = check_epsilon(epsilon)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
         self.epsilon, self.steps, self.step_size = epsilon, steps, step_size
         self.name = f"at-{round(255 * epsilon)}"
 

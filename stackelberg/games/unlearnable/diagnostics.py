@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from stackelberg.data.folders import ImageDataset
+from stackelberg.games._checks import check_epsilon
 from stackelberg.games.unlearnable.game import UnlearnableGame
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.solvers import BackGradient
@@ -44,8 +45,7 @@ def _check(delta: Tensor, labels: Tensor, epsilon: float) -> None:
             f"need perturbations (N, C, H, W) and labels (N,); got {tuple(delta.shape)}, "
             f"{tuple(labels.shape)}"
         )
-    if not 0 < epsilon <= 1:
-        raise ValueError(f"epsilon must be in (0, 1], got {epsilon}")
+    check_epsilon(epsilon)
 
 
 @keeps_global_rng

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from stackelberg.game import Game
 from stackelberg.games._checks import check_unit_interval
-from stackelberg.games.adversarial import pgd_attack
+from stackelberg.games.adversarial import pgd_attack, project_linf, signed_gradient_steps
 from stackelberg.games.unlearnable.budget import check_epsilon
 from stackelberg.games.unlearnable.losses import (
     ATTACKER_LOSSES,
@@ -253,12 +253,12 @@ def _trades_attack(
     """TRADES' inner maximization: signed ascent on ``KL(target ‖ softmax f(x'))`` over the
     ℓ∞ ball ∩ box, from a small random start (Zhang et al. 2019, Algorithm 1), with its own
     gradients whatever the caller's grad mode."""
-    x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            kl = F.kl_div(F.log_softmax(classifier(x_adv), dim=1), target, reduction="sum")
-            (grad,) = torch.autograd.grad(kl, x_adv)
-        x_adv = x_adv.detach() + step_size * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - epsilon), x + epsilon).clamp(0, 1)
-    return x_adv.detach()
+    start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1) - x
+    delta = signed_gradient_steps(
+        start,
+        lambda d: F.kl_div(F.log_softmax(classifier(x + d), dim=1), target, reduction="sum"),
+        steps=steps,
+        step_size=step_size,
+        project=lambda d: project_linf(d, x, epsilon),
+    )
+    return (x + delta).detach()

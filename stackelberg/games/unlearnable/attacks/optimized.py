@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from stackelberg.games.adversarial import signed_gradient_steps
 from stackelberg.games.unlearnable.attacks.base import AttackOutput, check_attack_inputs
 from stackelberg.games.unlearnable.game import apply_perturbation
 from stackelberg.games.unlearnable.victim import VictimSchedule, accuracy, train_victim
@@ -172,12 +173,14 @@ def _minimize_noise(
     x = _float(images[index], device)
     y = labels[index].to(device)
     rows = y if classwise else index.to(device)
-    delta = noise[rows].clone()
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(apply_perturbation(x, delta)), y)
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = (delta.detach() - alpha * grad.sign()).clamp(-epsilon, epsilon)
+    delta = signed_gradient_steps(
+        noise[rows],
+        lambda d: F.cross_entropy(model(apply_perturbation(x, d)), y),
+        steps=steps,
+        step_size=alpha,
+        project=lambda d: d.clamp(-epsilon, epsilon),
+        ascent=False,
+    )
     if classwise:
         sums = torch.zeros_like(noise).index_add_(0, y, delta)
         counts = torch.bincount(y, minlength=noise.shape[0])
@@ -242,12 +245,14 @@ def targeted_adversarial_poison(
     for index in tqdm(chunks, desc="TAP", disable=not progress, leave=False):
         x = _float(images[index], device)
         target = (labels_cpu[index].to(device) + shift) % num_classes
-        delta = torch.zeros_like(x)
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            loss = F.cross_entropy(model(apply_perturbation(x, delta)), target)
-            (grad,) = torch.autograd.grad(loss, delta)
-            delta = (delta.detach() - alpha * grad.sign()).clamp(-epsilon, epsilon)
+        delta = signed_gradient_steps(
+            torch.zeros_like(x),
+            lambda d: F.cross_entropy(model(apply_perturbation(x, d)), target),  # noqa: B023
+            steps=steps,
+            step_size=alpha,
+            project=lambda d: d.clamp(-epsilon, epsilon),
+            ascent=False,
+        )
         with torch.no_grad():
             hits += int((model(apply_perturbation(x, delta)).argmax(1) == target).sum())
         deltas.append(delta.cpu())

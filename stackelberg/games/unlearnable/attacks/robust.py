@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from stackelberg.games.adversarial import pgd_attack
+from stackelberg.games.adversarial import pgd_attack, signed_gradient_steps
 from stackelberg.games.unlearnable.attacks.base import AttackOutput, check_attack_inputs
 from stackelberg.games.unlearnable.attacks.optimized import (
     ModelFactory,
@@ -72,12 +72,14 @@ def _robust_noise(
     eot_samples: int,
     generator: torch.Generator,
 ) -> Tensor:
-    """Step 1 of the module doc for one batch: ``argmin_δ E_t max_{δ^a} ℓ`` by signed descent."""
+    """Step 1 of the module doc for one batch: ``argmin_δ E_t max_{δ^a} ℓ`` by signed descent
+    on the sum of the ``eot_samples`` transformed losses (one backward pass through all of
+    them, so memory grows with the samples)."""
     model.eval()
-    delta = ((torch.rand(x.shape, generator=generator) * 2 - 1) * epsilon).to(x.device)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        grad = torch.zeros_like(x)
+    start = ((torch.rand(x.shape, generator=generator) * 2 - 1) * epsilon).to(x.device)
+
+    def expected_loss(delta: Tensor) -> Tensor:
+        total = x.new_zeros(())
         for _ in range(max(eot_samples, 1)):
             defended = _transform(apply_perturbation(x, delta), eot_samples, generator)
             if adversarial_epsilon > 0 and attack_steps > 0:
@@ -92,10 +94,17 @@ def _robust_noise(
                 )
                 # value of the inner maximum, gradient of the identity (Danskin)
                 defended = defended + (attacked - defended).detach()
-            loss = F.cross_entropy(model(defended), y)
-            grad += torch.autograd.grad(loss, delta)[0]
-        delta = (delta.detach() - step_size * grad.sign()).clamp(-epsilon, epsilon)
-    return delta.detach()
+            total = total + F.cross_entropy(model(defended), y)
+        return total
+
+    return signed_gradient_steps(
+        start,
+        expected_loss,
+        steps=steps,
+        step_size=step_size,
+        project=lambda d: d.clamp(-epsilon, epsilon),
+        ascent=False,
+    )
 
 
 @keeps_global_rng
