@@ -36,15 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from stackelberg.data import DATASETS, load_dataset
-from stackelberg.games.unlearnable.benchmark import (
+from comparison_suite import (
     SCALES,
     TABLE_ATTACKS,
     TABLE_DEFENSES,
     VARIANT_POISONS,
     Benchmark,
 )
+
+from stackelberg.data import DATASETS, load_dataset
 from stackelberg.games.unlearnable.diagnostics import (
     attacker_loss_ablation,
     linear_separability,

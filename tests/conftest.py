@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 import torch
 
 import stackelberg as sg
+
+# Under pytest-xdist (``-n 2``) each worker computes on one thread: two workers of two threads
+# each on a 2-core machine run slower than one process.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 SOLVERS = {
     "GDA": sg.GDA,

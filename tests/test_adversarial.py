@@ -73,6 +73,7 @@ def test_attacks_respect_the_budget_and_the_box(batch, channels, epsilon, attack
     assert adversarial.min() >= 0 and adversarial.max() <= 1
 
 
+@pytest.mark.slow
 def test_beta_fools_at_least_as_often_as_pgd_on_a_trained_linear_model() -> None:
     torch.manual_seed(0)
     x = torch.rand(200, 6, dtype=F64)
@@ -92,6 +93,7 @@ def test_beta_fools_at_least_as_often_as_pgd_on_a_trained_linear_model() -> None
 
 
 @pytest.mark.parametrize("attack", ["beta", "pgd"])
+@pytest.mark.slow
 def test_adversarial_training_makes_a_linear_model_robust(attack: str) -> None:
     generator = torch.Generator().manual_seed(0)
     y = torch.arange(400) % 2

@@ -111,6 +111,7 @@ def test_attack_inputs_are_checked() -> None:
 
 
 @pytest.mark.parametrize("classwise", [False, True])
+@pytest.mark.slow
 def test_em_stops_only_after_the_surrogate_fits_the_poisons(classwise: bool) -> None:
     images, labels = toy_data(96)
     out = error_minimizing_noise(
@@ -202,6 +203,7 @@ def test_label_specific_deepconfuse_targets_the_next_class() -> None:
     assert torch.allclose(plain.attacker_payoff(logits, y), F.cross_entropy(logits, y))
 
 
+@pytest.mark.slow
 def test_shortcutgen_lowers_the_fixed_classifiers_loss() -> None:
     images, labels = toy_data(64)
     torch.manual_seed(0)
@@ -248,6 +250,7 @@ def test_classwise_em_sets_each_class_noise_to_the_mean_of_its_images_pgd_result
 
 
 @pytest.mark.parametrize("eot_samples", [0, 2])
+@pytest.mark.slow
 def test_rem_lowers_the_surrogates_robust_loss_below_random_noise(eot_samples: int) -> None:
     images, labels = toy_data(64)
     models: list[nn.Module] = []

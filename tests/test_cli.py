@@ -25,6 +25,7 @@ EPS = 8 / 255
 LEVELS = 8
 
 
+@pytest.mark.slow
 def test_train_resume_inspect_poison_evaluate(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     base = ["train", str(run), "--preset", "smoke", "--dataset", "digits", "--no-progress"]
@@ -249,6 +250,7 @@ def test_protect_pixels_streams_the_tiles_and_equals_quantizing_the_whole_image(
     assert change.max() == 8 and change.mean() > 1  # the budget is used and held
 
 
+@pytest.mark.slow
 def test_usage_errors_exit_with_2_and_missing_files_with_1(tmp_path: Path, capsys) -> None:
     command = [sys.executable, "-m", "stackelberg.cli"]
     assert subprocess.run([*command, "train"], capture_output=True).returncode == 2

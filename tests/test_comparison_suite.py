@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import comparison_suite as benchmark_module
 import pytest
 import torch
+from comparison_suite import Benchmark
 
 from stackelberg.data import load_digits
-from stackelberg.games.unlearnable import benchmark as benchmark_module
 from stackelberg.games.unlearnable.attacks import classwise_noise, random_noise
-from stackelberg.games.unlearnable.benchmark import Benchmark
 from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
 from stackelberg.games.unlearnable.diagnostics import (
     attacker_loss_ablation,
@@ -54,6 +54,7 @@ def test_noise_only_accuracy_is_high_for_a_shortcut_and_chance_for_noise() -> No
     assert noise_only_accuracy(random, labels, EPS, factory) < 0.45
 
 
+@pytest.mark.slow
 def test_attacker_loss_ablation_records_every_step_from_one_start() -> None:
     digits = load_digits()["train"]
     curves = attacker_loss_ablation(
@@ -144,6 +145,7 @@ def run_table(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow
 def test_every_table_command_writes_markdown_json_and_png(tmp_path: Path) -> None:
     common = [
         "--scale",
@@ -179,6 +181,7 @@ def test_every_table_command_writes_markdown_json_and_png(tmp_path: Path) -> Non
     assert (tmp_path / "gue-50" / "generator.pt").is_file()
 
 
+@pytest.mark.slow
 def test_variant_poisons_keep_the_budget_and_say_how_they_were_made(tmp_path: Path) -> None:
     splits = load_digits()
     bench = Benchmark("smoke", splits["train"], splits["test"], tmp_path, progress=False)
@@ -202,6 +205,7 @@ def test_variant_poisons_keep_the_budget_and_say_how_they_were_made(tmp_path: Pa
         )
 
 
+@pytest.mark.slow
 def test_table4_at_makes_the_rows_asked_for_and_shows_the_rest_as_missing(
     tmp_path: Path,
 ) -> None:
@@ -228,6 +232,7 @@ def test_table4_at_makes_the_rows_asked_for_and_shows_the_rest_as_missing(
     assert result.returncode == 2 and "NAME=PATH" in result.stderr
 
 
+@pytest.mark.slow
 def test_table_command_rejects_unknown_attacks(tmp_path: Path) -> None:
     result = run_table("table1", "--attacks", "em,magic", "--output-dir", str(tmp_path))
     assert result.returncode == 2 and "magic" in result.stderr

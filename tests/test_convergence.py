@@ -28,6 +28,13 @@ SETTINGS = {
     "SOBA": ({}, 0.1, 0.5, 400),  # single loop: one follower, v and leader step per outer step
 }
 TOLERANCE = {"BOME": 1e-2, "TotalGradient": 1e-4, "BackGradient": 1e-4, "SOBA": 1e-4}
+#: Solvers whose runs take seconds each (BOME's 1 500 steps of 30 inner steps, BackGradient's
+#: 40-step unrolls): marked slow, run by CI beside the quick set.
+SLOW_SOLVERS = {"BOME", "BackGradient"}
+
+
+def _solvers(names: list[str]) -> list[object]:
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SOLVERS else n for n in names]
 
 
 def _solve(name: str, game: sg.Game) -> sg.Game:
@@ -38,7 +45,7 @@ def _solve(name: str, game: sg.Game) -> sg.Game:
 
 
 @pytest.mark.parametrize("game_name", list(GAMES))
-@pytest.mark.parametrize("solver_name", list(SETTINGS))
+@pytest.mark.parametrize("solver_name", _solvers(list(SETTINGS)))
 def test_leader_reaches_the_closed_form(solver_name: str, game_name: str) -> None:
     game = _solve(solver_name, GAMES[game_name]())
     expected = game.solution()
@@ -68,6 +75,7 @@ def test_gda_duopoly_ends_at_cournot(alternating: bool) -> None:
     assert relative_error(game.follower.value, nash.follower) < 1e-6
 
 
+@pytest.mark.slow
 def test_bome_converges_on_the_non_singleton_game() -> None:
     game = toys.NonSingletonGame(dtype=F64)
     solver = make_solver("BOME", game, 0.05, 0.05, inner_steps=30, inner_lr=0.5)
@@ -90,7 +98,7 @@ def test_total_gradient_with_damping_stays_finite_on_a_singular_hessian(linear_s
     assert float(game.leader.value.detach()) == pytest.approx(w_fixed, abs=1e-6)
 
 
-@pytest.mark.parametrize("solver_name", ["BOME", "TotalGradient", "BackGradient"])
+@pytest.mark.parametrize("solver_name", _solvers(["BOME", "TotalGradient", "BackGradient"]))
 def test_projected_poisoning_reaches_the_box_corner(solver_name: str) -> None:
     game = toys.BoxPoisoningGame.random(n=8, dim=3, epsilon=0.1, seed=1, dtype=F64)
     options, _, follower_lr, _ = SETTINGS[solver_name]

@@ -72,6 +72,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_bome_under_two_process_ddp_equals_the_single_process_steps(tmp_path: Path) -> None:
     out = str(tmp_path / "params")
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
@@ -107,10 +108,12 @@ def _shard_worker(rank: int, world: int, init_file: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_shards_and_means_across_two_processes(tmp_path: Path) -> None:
     mp.spawn(_shard_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
 
 
+@pytest.mark.slow
 def test_cli_train_and_evaluate_run_under_torchrun(tmp_path: Path) -> None:
     launch = [
         sys.executable,

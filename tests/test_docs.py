@@ -57,6 +57,7 @@ def test_solvers_snippet_reaches_the_closed_form_and_saves_its_state(
     assert namespace["state"]["solver"] == "TotalGradient" and namespace["state"]["v"] is not None
 
 
+@pytest.mark.slow
 def test_unlearnable_snippet_trains_poisons_and_exports(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -68,6 +69,7 @@ def test_unlearnable_snippet_trains_poisons_and_exports(
     assert np.abs(exported["x"].astype(int) - clean).max() <= 8
 
 
+@pytest.mark.slow
 def test_comparison_suite_snippet_crafts_em_and_trains_a_defended_victim(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

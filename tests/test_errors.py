@@ -177,6 +177,7 @@ def test_toy_games_validate_their_constants() -> None:
         toys.BoxPoisoningGame(torch.zeros(3, 2), torch.zeros(2), epsilon=0.0)
 
 
+@pytest.mark.slow
 def test_diverging_reverse_mode_names_the_unrolled_step() -> None:
     """Undoing 2000 steps that contract by 0.9 amplifies rounding errors past overflow."""
 

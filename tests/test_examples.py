@@ -14,6 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_define_a_game_finds_the_stackelberg_point(tmp_path: Path) -> None:
     output = tmp_path / "duopoly.json"
     completed = subprocess.run(
@@ -32,6 +33,7 @@ def test_define_a_game_finds_the_stackelberg_point(tmp_path: Path) -> None:
     assert results["closed form"]["q1"] == 4.5
 
 
+@pytest.mark.slow
 def test_poisoning_example_smoke(tmp_path: Path) -> None:
     subprocess.run(
         [
@@ -75,6 +77,7 @@ def fake_mnist(root: Path, per_class: int = 3) -> Path:
     return root / "mnist-png"
 
 
+@pytest.mark.slow
 def test_adversarial_example_smoke_and_resume(tmp_path: Path) -> None:
     data = fake_mnist(tmp_path / "data")
     command = [
@@ -122,6 +125,7 @@ def _run_unlearnable(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_unlearnable_example_smoke_on_a_cifar_archive(tmp_path: Path) -> None:
     """End to end on a tiny archive in the official CIFAR-10 format: metrics, export, plots,
     and the refusal to overwrite a run without --resume."""
@@ -177,6 +181,7 @@ def test_unlearnable_example_smoke_on_a_cifar_archive(tmp_path: Path) -> None:
     assert "resumed" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_unlearnable_example_on_digits_and_a_missing_archive(tmp_path: Path) -> None:
     completed = _run_unlearnable(
         "--dataset", "digits", "--output-dir", str(tmp_path / "d"), "--solver", "backgradient"
@@ -196,6 +201,7 @@ def test_unlearnable_example_on_digits_and_a_missing_archive(tmp_path: Path) -> 
     assert "cifar-10-python.tar.gz" in missing.stderr and "Traceback" not in missing.stderr
 
 
+@pytest.mark.slow
 def test_gpu_check_script_runs_on_the_cpu(tmp_path: Path) -> None:
     """The GPU check is run rarely (only when a GPU is lent): keep it from rotting."""
     output = tmp_path / "gpu_check.json"

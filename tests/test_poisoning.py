@@ -101,6 +101,7 @@ def test_reverse_mode_agrees_with_store_mode_on_small_steps(victim: str) -> None
     assert relative_error(reverse, exact) < 1e-3
 
 
+@pytest.mark.slow
 def test_attack_raises_the_validation_loss_and_keeps_the_box() -> None:
     game = small_game(count=6)
     solver = sg.BackGradient(

@@ -575,6 +575,7 @@ def test_error_minimizing_weight_adds_kappa_times_the_follower_loss() -> None:
         small_game(error_minimizing_weight=-1.0)
 
 
+@pytest.mark.slow
 def test_presets_build_and_the_paper_models_take_a_bome_step() -> None:
     from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, build_generator
 
