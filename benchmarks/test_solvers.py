@@ -89,7 +89,12 @@ def build(name: str) -> tuple[toys.QuadraticGame, Callable[[], dict[str, float]]
         torch.optim.SGD(game.follower.parameters(), lr=setting.follower_lr),
     )
     solver = sg.solvers.make(setting.solver, game, *optimizers, **setting.options)
-    schedulers = [torch.optim.lr_scheduler.ExponentialLR(o, setting.lr_decay) for o in optimizers]
+    # only a decaying setting gets schedulers (a constant one would only add overhead per step)
+    schedulers = (
+        [torch.optim.lr_scheduler.ExponentialLR(o, setting.lr_decay) for o in optimizers]
+        if setting.lr_decay != 1.0
+        else []
+    )
 
     def step() -> dict[str, float]:
         info = solver.step()
