@@ -74,9 +74,7 @@ def test_direction_decreases_q_at_rate_phi(inner_optimizer: str) -> None:
     leader_d, follower_d, info = solver.direction(None)
     theta_T = solver.inner_solution(None)
     w, theta = solver.leader_params(), solver.follower_params()
-    q = solver.follower_loss(w, theta, None, "test") - solver.follower_loss(
-        w, theta_T, None, "test"
-    )
+    q = solver.follower_loss(w, theta, None) - solver.follower_loss(w, theta_T, None)
     grad_q = torch.autograd.grad(q, w + theta)
     rate = sum(float(torch.sum(d * g)) for d, g in zip(leader_d + follower_d, grad_q, strict=True))
     assert rate >= info["phi"] * (1 - 1e-10)
@@ -88,6 +86,6 @@ def test_adam_inner_loop_reaches_a_lower_follower_loss_than_no_steps() -> None:
     solver = make_solver("BOME", game, inner_steps=50, inner_lr=0.05, inner_optimizer="adam")
     theta_T = solver.inner_solution(None)
     w = solver.leader_params()
-    after = solver.follower_loss(w, theta_T, None, "t").detach()
-    before = solver.follower_loss(w, solver.follower_params(), None, "t").detach()
+    after = solver.follower_loss(w, theta_T, None).detach()
+    before = solver.follower_loss(w, solver.follower_params(), None).detach()
     assert after < before

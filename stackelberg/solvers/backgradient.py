@@ -149,13 +149,14 @@ class BackGradient(HypergradientSolver):
 
     # -- the inner recursion -------------------------------------------------------------
 
-    def _where(self, t: int) -> str:
-        return f"step {self.steps_taken} unrolled step {t}"
+    @staticmethod
+    def _at(t: int) -> str:
+        return f"unrolled step {t}"
 
     def _follower_gradient(
         self, w: TensorTuple, theta: TensorTuple, batch: Any, t: int, *, create_graph: bool = False
     ) -> TensorTuple:
-        loss = self.follower_loss(w, theta, batch, self._where(t))
+        loss = self.follower_loss(w, theta, batch, at=self._at(t))
         return gradients(loss, theta, create_graph=create_graph)
 
     def _inner_step(self, w: TensorTuple, theta: TensorTuple, batch: Any, t: int) -> TensorTuple:
@@ -198,7 +199,7 @@ class BackGradient(HypergradientSolver):
     ) -> tuple[TensorTuple, TensorTuple, torch.Tensor]:
         """Run the adjoint recursion; returns ``(∇L, θ_0 used, l(w, θ_T))``."""
         theta_T = _leaves(theta_T)
-        leader_loss = self.leader_loss(w, theta_T, batch, self._where(self.options.inner_steps))
+        leader_loss = self.leader_loss(w, theta_T, batch, at=self._at(self.options.inner_steps))
         grads = gradients(leader_loss, w + theta_T)
         hypergrad, adjoint = grads[: len(w)], grads[len(w) :]
         theta = tuple(x.detach() for x in theta_T)
@@ -218,7 +219,7 @@ class BackGradient(HypergradientSolver):
             for t in range(self.options.inner_steps):
                 grad = self._follower_gradient(w, theta, batch, t, create_graph=True)
                 theta = tree_add(theta, grad, -self.options.inner_lr)
-            leader_loss = self.leader_loss(w, theta, batch, self._where(self.options.inner_steps))
+            leader_loss = self.leader_loss(w, theta, batch, at=self._at(self.options.inner_steps))
             hypergrad = gradients(leader_loss, w)
             info["leader_loss"] = leader_loss.detach()
             theta_T = tuple(x.detach() for x in theta)
@@ -237,7 +238,7 @@ class BackGradient(HypergradientSolver):
                 info["reconstruction_error"] = error
         with torch.no_grad():
             info["follower_loss"] = self.follower_loss(
-                w, theta_T, batch, "at the end of the unroll", requires_grad=False
+                w, theta_T, batch, at="at the end of the unroll", requires_grad=False
             )
         info["hypergrad_norm"] = tree_norm(hypergrad)
         return tuple(g.detach() for g in hypergrad), info

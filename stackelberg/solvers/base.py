@@ -332,17 +332,16 @@ class Solver:
         w: Sequence[Tensor],
         theta: Sequence[Tensor],
         batch: Any,
-        where: str,
+        at: str,
         requires_grad: bool,
         check_finite: bool,
     ) -> Tensor:
         views = functional_view(self.game.leader, w), functional_view(self.game.follower, theta)
         value = getattr(self.game, name)(*views, batch)
-        value = checked_loss(
-            value, name, self.where(where), requires_grad=requires_grad, check_finite=False
-        )
+        where = self.where(at)
+        value = checked_loss(value, name, where, requires_grad=requires_grad, check_finite=False)
         if check_finite:
-            self._pending_checks.append((value.detach(), name, self.where(where)))
+            self._pending_checks.append((value.detach(), name, where))
         return value
 
     def read_floats(self, values: dict[str, Tensor | float]) -> StepInfo:
@@ -366,37 +365,40 @@ class Solver:
         read = dict(zip((k for k, _ in tensors), numbers, strict=False))
         return {k: read[k] if isinstance(v, Tensor) else float(v) for k, v in values.items()}
 
-    def where(self, where: str) -> str:
-        """``where`` prefixed with the solver's name, as errors about a loss show it."""
-        return f"{self.name} {where}"
+    def where(self, at: str = "") -> str:
+        """The solver, its step and ``at`` within it (``"inner step 3"``), as errors about a
+        loss name the place: ``"BOME step 5 inner step 3"``."""
+        step = f"{self.name} step {self.steps_taken}"
+        return f"{step} {at}" if at else step
 
     def leader_loss(
         self,
         w: Sequence[Tensor],
         theta: Sequence[Tensor],
         batch: Any,
-        where: str,
         *,
+        at: str = "",
         requires_grad: bool = True,
         check_finite: bool = True,
     ) -> Tensor:
         """``l(w, θ)`` on ``batch``, checked to be a scalar at once and to be finite at the
         step's next read from the device (``apply_updates``, ``read_floats``); with
-        ``check_finite=False`` finiteness is left to the caller."""
-        return self._loss("leader_loss", w, theta, batch, where, requires_grad, check_finite)
+        ``check_finite=False`` finiteness is left to the caller. An error names the step and
+        ``at``, the place within it (see ``where``)."""
+        return self._loss("leader_loss", w, theta, batch, at, requires_grad, check_finite)
 
     def follower_loss(
         self,
         w: Sequence[Tensor],
         theta: Sequence[Tensor],
         batch: Any,
-        where: str,
         *,
+        at: str = "",
         requires_grad: bool = True,
         check_finite: bool = True,
     ) -> Tensor:
-        """``h(w, θ)`` on ``batch``, checked like :meth:`leader_loss`."""
-        return self._loss("follower_loss", w, theta, batch, where, requires_grad, check_finite)
+        """``h(w, θ)`` on ``batch``, checked like ``leader_loss``."""
+        return self._loss("follower_loss", w, theta, batch, at, requires_grad, check_finite)
 
     def implicit_terms(self, batch: Any) -> ImplicitTerms:
         """The first-order terms of the implicit-function hypergradient at the current point:
@@ -404,10 +406,9 @@ class Solver:
         Hessian-vector products ``∇²_θθ h·v`` and ``∇²_wθ h·v`` follow from one more backward
         pass of ``⟨∇_θ h, v⟩``."""
         w, theta = self.leader_params(), self.follower_params()
-        where = f"step {self.steps_taken}"
-        leader_loss = self.leader_loss(w, theta, batch, where)
+        leader_loss = self.leader_loss(w, theta, batch)
         grad_l = gradients(leader_loss, w + theta)
-        follower_loss = self.follower_loss(w, theta, batch, where)
+        follower_loss = self.follower_loss(w, theta, batch)
         return ImplicitTerms(
             w,
             theta,
@@ -440,7 +441,7 @@ class Solver:
         last: dict[str, Tensor | float] = {}
         for i in range(steps):
             theta = self.follower_params()
-            loss = self.follower_loss(w, theta, batch, f"step {self.steps_taken} follower step {i}")
+            loss = self.follower_loss(w, theta, batch, at=f"follower step {i}")
             grad = self.reduce(gradients(loss, theta))
             self.apply_updates((self.follower_optimizer, theta, grad), synchronized=True)
             last = {"follower_loss": loss.detach(), "follower_grad_norm": tree_norm(grad)}

@@ -108,9 +108,9 @@ class BOME(Solver):
             follower_batch = self.fixed_leader_batch(w, batch)
         losses = []
         for t in range(self.options.inner_steps):
-            where = f"step {self.steps_taken} inner step {t}"
-            loss = self.follower_loss(w, theta, follower_batch, where, check_finite=False)
-            losses.append((loss.detach(), "follower_loss", self.where(where)))
+            at = f"inner step {t}"
+            loss = self.follower_loss(w, theta, follower_batch, at=at, check_finite=False)
+            losses.append((loss.detach(), "follower_loss", self.where(at)))
             for p, g in zip(theta, self.reduce(gradients(loss, theta)), strict=True):
                 p.grad = g
             optimizer.step()
@@ -132,21 +132,20 @@ class BOME(Solver):
         one transfer: no synchronization happens inside the inner loop.
         """
         w, theta = self.leader_params(), self.follower_params()
-        where = f"step {self.steps_taken}"
         n_w = len(w)
         follower_batch = self.game.follower_batch(functional_view(self.game.leader, w), batch)
         theta_T = self.inner_solution(batch, detached(follower_batch))
 
-        leader_loss = self.leader_loss(w, theta, batch, where, check_finite=False)
+        leader_loss = self.leader_loss(w, theta, batch, check_finite=False)
         grad_l = self.reduce(gradients(leader_loss, w + theta))
-        h = self.follower_loss(w, theta, follower_batch, where, check_finite=False)
-        at_solution = f"{where} at the inner solution"
-        h_T = self.follower_loss(w, theta_T, follower_batch, at_solution, check_finite=False)
+        h = self.follower_loss(w, theta, follower_batch, check_finite=False)
+        at_solution = "at the inner solution"
+        h_T = self.follower_loss(w, theta_T, follower_batch, at=at_solution, check_finite=False)
         with host_read():
             check_finite_losses(
                 [
-                    (leader_loss, "leader_loss", self.where(where)),
-                    (h, "follower_loss", self.where(where)),
+                    (leader_loss, "leader_loss", self.where()),
+                    (h, "follower_loss", self.where()),
                     (h_T, "follower_loss", self.where(at_solution)),
                 ]
             )

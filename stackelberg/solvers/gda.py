@@ -64,17 +64,16 @@ class GDA(Solver):
     options: GDAOptions
 
     def step(self, batch: Any = None) -> StepInfo:
-        where = f"step {self.steps_taken}"
         follower: dict[str, Tensor | float] = {}
         if self.options.alternating:
             follower = self._follower_steps(batch, self.options.follower_steps)
         w, theta = self.leader_params(), self.follower_params()
-        leader_loss = self.leader_loss(w, theta, batch, where)
+        leader_loss = self.leader_loss(w, theta, batch)
         leader_grad = gradients(leader_loss, w)
         if self.options.alternating:
             self.apply_updates((self.leader_optimizer, w, leader_grad))
         else:
-            h = self.follower_loss(w, theta, batch, where)
+            h = self.follower_loss(w, theta, batch)
             follower_grad = gradients(h, theta)
             self.apply_updates(
                 (self.leader_optimizer, w, leader_grad),
