@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,17 @@ def make_solver(
     leader_opt = torch.optim.SGD(game.leader.parameters(), lr=leader_lr)
     follower_opt = torch.optim.SGD(game.follower.parameters(), lr=follower_lr)
     return SOLVERS[name](game, leader_opt, follower_opt, **options)
+
+
+def assert_png_figure(path: Path) -> None:
+    """``path`` is a PNG image of a plot: it decodes, and it is at least 200 × 150 pixels
+    (a figure, not an empty or truncated file)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()  # decodes every byte: a truncated file raises here
+        assert image.format == "PNG", f"{path} is {image.format}, not PNG"
+        assert image.width >= 200 and image.height >= 150, f"{path} is {image.size}"
 
 
 def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:

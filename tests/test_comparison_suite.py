@@ -12,6 +12,7 @@ import comparison_suite as benchmark_module
 import pytest
 import torch
 from comparison_suite import Benchmark
+from conftest import assert_png_figure
 
 from stackelberg.data import load_digits
 from stackelberg.games.unlearnable.attacks import classwise_noise, random_noise
@@ -168,8 +169,9 @@ def test_every_table_command_writes_markdown_json_and_png(tmp_path: Path) -> Non
         result = run_table(table, *common, *extra)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "seed 0" in result.stdout
-        for suffix in (".md", ".json", ".png"):
-            assert (tmp_path / f"{table}{suffix}").stat().st_size > 0
+        assert "\n|---|" in (tmp_path / f"{table}.md").read_text()  # a Markdown table
+        assert json.loads((tmp_path / f"{table}.json").read_text())  # valid, not empty
+        assert_png_figure(tmp_path / f"{table}.png")
     table3 = json.loads((tmp_path / "table3.json").read_text())
     table1 = json.loads((tmp_path / "table1.json").read_text())
     # Table 3's undefended column is Table 1's result, not a second run.
@@ -222,7 +224,7 @@ def test_table4_at_makes_the_rows_asked_for_and_shows_the_rest_as_missing(
     assert table["paper"]["gue-at-2|at-2"] == 22.27
     markdown = (tmp_path / "table4-at.md").read_text()
     assert "GUE-AT(8-2)" in markdown and "Partial: 6 of 18 cells" in markdown
-    assert (tmp_path / "table4-at.png").stat().st_size > 0
+    assert_png_figure(tmp_path / "table4-at.png")
     result = run_table("accuracy", *common, "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
     accuracy = json.loads((tmp_path / "accuracy.json").read_text())

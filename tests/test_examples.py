@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_png_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def test_poisoning_example_smoke(tmp_path: Path) -> None:
             assert 0.0 <= row[key]["mean"] <= 1.0
     assert len(cell["hypergradient_relative_error"]) == 1
     assert set(results["memory_mib"]) == {"store", "checkpoint", "reverse"}
-    assert (tmp_path / "test_error.png").stat().st_size > 0
+    assert_png_figure(tmp_path / "test_error.png")
     assert "label flip" in (tmp_path / "results.md").read_text()
 
 
@@ -106,7 +107,7 @@ def test_adversarial_example_smoke_and_resume(tmp_path: Path) -> None:
     assert metrics["history"]["pgd"][:2] == first["history"]["pgd"]
     final = metrics["final"]["beta"]
     assert 0 <= final["beta"] <= 1 and 0 <= final["clean"] <= 1
-    assert (tmp_path / "out" / "robust_accuracy.png").stat().st_size > 0
+    assert_png_figure(tmp_path / "out" / "robust_accuracy.png")
 
 
 def _run_unlearnable(*args: str) -> subprocess.CompletedProcess:
@@ -283,7 +284,7 @@ def test_study_report_writes_json_readme_and_plot(tmp_path: Path) -> None:
     assert "never reaches the goal" in text and "Clean victim: **76.7 %**" in text
     assert "train official --resume --defer-victims" in text and "victims official" in text
     assert "# clean victim: done" in text
-    assert (out / "study.png").stat().st_size > 0
+    assert_png_figure(out / "study.png")
 
 
 def test_study_victims_evaluates_only_the_snapshots_without_one(
