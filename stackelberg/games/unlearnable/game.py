@@ -34,6 +34,7 @@ from stackelberg.games.unlearnable.losses import (
     attacker_loss,
     cw_margin,
 )
+from stackelberg.games.unlearnable.transforms import FollowerTransforms
 
 __all__ = ["VARIANTS", "PoisonedBatch", "UnlearnableGame", "apply_perturbation"]
 
@@ -84,6 +85,11 @@ class UnlearnableGame(Game):
             on ``w``, a value-function solver moves the generator only through ``∇_w q̂``, a
             difference of two nearly equal gradients; ``κ > 0`` gives it a first-order signal
             (docs/results/gue-cpu/exploration.md).
+        follower_transforms: the victim's pipeline (``transforms.FollowerTransforms``: JPEG,
+            grayscale), applied to the poisoned images before the follower sees them and
+            differentiated through, so the leader plays against the victim as it trains:
+            ``h(w, θ) = E_T L_c(f_θ(T(x̃)), y)``. ``None`` (default): the victim trains on
+            ``x̃`` itself.
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class UnlearnableGame(Game):
         adversarial_loss: str = "pgd",
         trades_beta: float = 6.0,
         error_minimizing_weight: float = 0.0,
+        follower_transforms: FollowerTransforms | None = None,
     ) -> None:
         super().__init__(leader=generator, follower=classifier)
         if variant not in VARIANTS:
@@ -135,6 +142,14 @@ class UnlearnableGame(Game):
         self.adversarial_loss = adversarial_loss
         self.trades_beta = float(trades_beta)
         self.error_minimizing_weight = float(error_minimizing_weight)
+        if follower_transforms is not None and not isinstance(
+            follower_transforms, FollowerTransforms
+        ):
+            raise TypeError(
+                "follower_transforms must be a FollowerTransforms, got "
+                f"{type(follower_transforms).__name__}"
+            )
+        self.follower_transforms = follower_transforms
 
     # -- the poison --------------------------------------------------------------------------
 
@@ -185,7 +200,10 @@ class UnlearnableGame(Game):
         if isinstance(batch, PoisonedBatch):
             return batch
         x, y = self._checked(batch)
-        return PoisonedBatch(self.poison(leader, x, y), y)
+        poisoned = self.poison(leader, x, y)
+        if self.follower_transforms is not None:  # the victim's pipeline, differentiated through
+            poisoned = self.follower_transforms(poisoned)
+        return PoisonedBatch(poisoned, y)
 
     # -- payoffs -----------------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ from stackelberg.data.folders import ImageDataset
 from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
 from stackelberg.games.unlearnable.game import UnlearnableGame
 from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
+from stackelberg.games.unlearnable.transforms import FollowerTransforms
 from stackelberg.games.unlearnable.victim import PAPER_SCHEDULE, VictimSchedule
 from stackelberg.models import (
     ConvNet,
@@ -147,6 +148,9 @@ class Preset:
     variant: str = "standard"
     label_conditioned: bool = False
     game_options: dict[str, Any] = field(default_factory=dict)
+    #: The victim's pipeline the generator trains against (``transforms.FollowerTransforms``
+    #: names, one drawn per outer step); empty: the victim trains on the poisons as published.
+    follower_transforms: tuple[str, ...] = ()
 
     def with_changes(self, **changes: Any) -> Preset:
         return dataclasses.replace(self, **changes)
@@ -245,9 +249,26 @@ def accuracy_preset(base: Preset, *, name: str | None = None) -> Preset:
     return base.with_changes(name=name or f"{base.name}-accuracy", variant="accuracy")
 
 
+def defense_aware_preset(
+    base: Preset, transforms: tuple[str, ...], *, name: str | None = None
+) -> Preset:
+    """``base`` with the victim's pipeline in the game: the follower trains on
+    ``T(x̃)`` for a transform ``T`` drawn per outer step from ``transforms`` (JPEG, grayscale),
+    and the generator's gradient flows through it (``transforms.FollowerTransforms``)."""
+    return base.with_changes(name=name or f"{base.name}-robust", follower_transforms=transforms)
+
+
+#: JPEG at the qualities photo sites apply (75–90) down to image shortcut squeezing's 10,
+#: grayscale, and the untouched images, drawn with equal probability.
+ROBUST_TRANSFORMS = ("none", "grayscale", "jpeg-10:90")
+
 PRESETS["cpu-em-at2"] = adversarial_preset(PRESETS["cpu-em"], 2 / 255)
 PRESETS["cpu-em-at4"] = adversarial_preset(PRESETS["cpu-em"], 4 / 255)
 PRESETS["cpu-em-accuracy"] = accuracy_preset(PRESETS["cpu-em"])
+#: Built, not yet measured: the defense-survival study (see the unlearnable-examples page).
+PRESETS["cpu-robust"] = defense_aware_preset(
+    PRESETS["cpu-em"], ROBUST_TRANSFORMS, name="cpu-robust"
+)
 
 
 def build_game(preset: Preset, in_channels: int, num_classes: int) -> UnlearnableGame:
@@ -259,8 +280,18 @@ def build_game(preset: Preset, in_channels: int, num_classes: int) -> Unlearnabl
         num_classes=num_classes if preset.label_conditioned else None,
     )
     classifier = build_classifier(preset.classifier, in_channels, num_classes)
+    transforms = (
+        FollowerTransforms(preset.follower_transforms, seed=preset.training.seed)
+        if preset.follower_transforms
+        else None
+    )
     return UnlearnableGame(
-        generator, classifier, preset.epsilon, preset.variant, **preset.game_options
+        generator,
+        classifier,
+        preset.epsilon,
+        preset.variant,
+        follower_transforms=transforms,
+        **preset.game_options,
     )
 
 
@@ -348,6 +379,7 @@ def train_preset_generator(
         "training_images": len(fit),
         "seed": seed,
         "variant": preset.variant,
+        "trained_against": list(preset.follower_transforms),  # the victim pipelines it saw
         "fit_seconds": time.perf_counter() - start,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick_tests": training.quick_tests,

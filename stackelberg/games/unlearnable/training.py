@@ -231,6 +231,11 @@ class GeneratorTraining:
             "best_generator": self.best_generator,
             "epsilon": self.game.epsilon,
             "config": self.config.to_dict(),
+            **(
+                {"follower_transforms": transforms.state_dict()}
+                if (transforms := self.game.follower_transforms) is not None
+                else {}
+            ),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -244,6 +249,12 @@ class GeneratorTraining:
             self.solver.load_state_dict(state["solver"])
         else:  # written before solvers had a state dict: the step count was all there was
             self.solver.steps_taken = int(state["solver_steps"])
+        if self.game.follower_transforms is not None:
+            if "follower_transforms" not in state:
+                raise ValueError(
+                    "the checkpoint was trained without follower transforms; this game has them"
+                )
+            self.game.follower_transforms.load_state_dict(state["follower_transforms"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.quick_tests = list(state["quick_tests"])
@@ -334,6 +345,8 @@ class GeneratorTraining:
             )
             for index in bar:
                 batch = self._batch(index)
+                if self.game.follower_transforms is not None:
+                    self.game.follower_transforms.resample()  # one victim pipeline per step
                 info = self.solver.step(batch)
                 if self.solver.steps_taken % config.log_every == 0:
                     info.update(self.game.diagnostics(batch))
