@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +31,15 @@ from stackelberg.data.datasets import subset
 from stackelberg.data.folders import ImageDataset
 from stackelberg.games.unlearnable.attacks import ATTACKS, Poison, craft_poison
 from stackelberg.games.unlearnable.checkpoint import load_generator
-from stackelberg.games.unlearnable.defenses import DEFENSES, make_defense
+from stackelberg.games.unlearnable.defenses import DEFENSES, JPEGCompression, make_defense
 from stackelberg.games.unlearnable.presets import (
     PRESETS,
+    ROBUST_TRANSFORMS,
     Preset,
     accuracy_preset,
     adversarial_preset,
     build_classifier,
+    defense_aware_preset,
     train_preset_generator,
 )
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
@@ -50,6 +53,7 @@ __all__ = [
     "VARIANT_POISONS",
     "Benchmark",
     "TableScale",
+    "defense_spec",
 ]
 
 #: The rows of Tables 1, 3 and 5: no poison, then every attack.
@@ -65,7 +69,22 @@ VARIANT_POISONS: dict[str, tuple[str, float | None]] = {
     "gue-at-2": ("gue-adversarial", 2 / 255),
     "gue-at-4": ("gue-adversarial", 4 / 255),
     "gue-accuracy": ("gue-accuracy", None),
+    "gue-robust": ("gue-robust", None),  # the defense-aware game (ROBUST_TRANSFORMS)
 }
+
+_JPEG_DEFENSE = re.compile(r"^jpeg-(\d+)$")
+
+
+def defense_spec(defense: str) -> tuple[str, str, dict[str, Any]]:
+    """``(cache key, defense name, options)`` for a column name: ``"jpeg-Q"`` is JPEG at
+    quality ``Q`` (``"jpeg-10"`` is the ``"jpeg"`` defense itself, and shares its cells)."""
+    match = _JPEG_DEFENSE.match(defense)
+    if match is None:
+        return defense, defense, {}
+    quality = int(match.group(1))
+    if quality == JPEGCompression().quality:
+        return "jpeg", "jpeg", {}
+    return defense, "jpeg", {"quality": quality}
 
 
 @dataclass(frozen=True)
@@ -264,6 +283,8 @@ class Benchmark:
         base = PRESETS[self.scale.gue_preset]
         if how == "gue-accuracy":
             preset = accuracy_preset(base)
+        elif how == "gue-robust":
+            preset = defense_aware_preset(base, ROBUST_TRANSFORMS)
         elif adversarial_epsilon is not None:
             preset = adversarial_preset(base, adversarial_epsilon, steps=self.scale.robust_steps)
         else:
@@ -367,6 +388,7 @@ class Benchmark:
         different count is a different cell (``at-2/pgd-10``)."""
         victim = victim or self.scale.victim
         steps = adversarial_steps or self.scale.adversarial_steps
+        defense, defense_name, options = defense_spec(defense)
         if defense.startswith("at-") and steps != self.scale.adversarial_steps:
             defense_key = f"{defense}/pgd-{steps}"
         else:
@@ -375,7 +397,8 @@ class Benchmark:
         if key in self.cells:
             return self.cells[key]
         images = self.poison(attack).images if train_images is None else train_images
-        options = {"steps": steps} if defense.startswith("at-") else {}
+        if defense.startswith("at-"):
+            options = {"steps": steps}
         torch.manual_seed(self.seed)
         model = build_classifier(victim, self.channels, self.num_classes).to(self.device)
         start = time.perf_counter()
@@ -387,7 +410,7 @@ class Benchmark:
             self.test.labels,
             self.scale.victim_schedule,
             seed=self.seed,
-            defense=make_defense(defense, self.num_classes, **options),
+            defense=make_defense(defense_name, self.num_classes, **options),
             test_every_epoch=defense == "none",
             progress=self.progress,
             description=f"{attack}/{defense}/{victim}",

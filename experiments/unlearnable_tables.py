@@ -17,6 +17,9 @@ Commands (each writes ``NAME.md``, ``NAME.json`` and ``NAME.png`` into ``--outpu
   (``robust_steps`` PGD steps of ε_a/4) on clean data, REM(8-2), GUE-AT(8-2), REM(8-4),
   GUE-AT(8-4) and the standard GUE, with the paper's numbers beside; ``--rows`` makes only
   some rows (one command per row), the table shows every row made so far;
+- ``survival``: each protection (clean, EM, TAP, GUE, and the defense-aware game's GUE,
+  ``gue-robust``) under the victim's pipeline: none, grayscale, JPEG at qualities 10–90;
+  ``--rows`` as for ``table4-at``; JSON ``rows``: ``{ATTACK: {TRANSFORM: accuracy}}``;
 - ``accuracy``: the accuracy variant's GUE (the leader maximizes the CW margin) against the
   standard one, trained on the same budget: victim accuracy and both generators' curves;
 - ``diagnostics``: noise-only accuracy and linear separability of each attack's
@@ -42,6 +45,7 @@ from comparison_suite import (
     TABLE_DEFENSES,
     VARIANT_POISONS,
     Benchmark,
+    defense_spec,
 )
 
 from stackelberg.data import DATASETS, load_dataset
@@ -54,7 +58,17 @@ from stackelberg.games.unlearnable.losses import DEFAULT_CE_CLIP
 from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, build_generator
 from stackelberg.utils.io import write_json, write_text
 
-TABLES = ("table1", "table2", "table3", "table4", "table5", "table4-at", "accuracy", "diagnostics")
+TABLES = (
+    "table1",
+    "table2",
+    "table3",
+    "table4",
+    "table5",
+    "table4-at",
+    "accuracy",
+    "survival",
+    "diagnostics",
+)
 #: The rows and columns of the paper's Table 4 (robustness to adversarial training).
 ROBUST_ROWS = ("clean", "rem-2", "gue-at-2", "rem-4", "gue-at-4", "gue")
 ROBUST_DEFENSES = ("none", "at-2", "at-4")
@@ -66,6 +80,16 @@ PAPER_ROBUST = {
     ("rem-4", "at-4"): 44.91,
     ("gue-at-4", "at-4"): 52.79,
 }
+
+
+#: The defense-survival table: each protection, then the defense-aware game's, against the
+#: victim's pipeline (none, grayscale, JPEG from image shortcut squeezing's 10 to the 75–90
+#: photo sites apply).
+SURVIVAL_ROWS = ("clean", "em", "tap", "gue", "gue-robust")
+SURVIVAL_QUALITIES = (10, 30, 50, 75, 90)
+SURVIVAL_TRANSFORMS = ("none", "grayscale", *(f"jpeg-{q}" for q in SURVIVAL_QUALITIES))
+#: The goal: at most half of the clean victim's accuracy under each of these.
+SURVIVAL_GOAL = ("none", "grayscale", "jpeg-10", "jpeg-75")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,7 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rows",
-        help=f"table4-at only: the rows to make, a subset of {','.join(ROBUST_ROWS)} "
+        help=f"table4-at and survival only: the rows to make, a subset of "
+        f"{','.join(ROBUST_ROWS)} (table4-at) or {','.join(SURVIVAL_ROWS)} (survival) "
         "(default: all); the table shows every row made so far",
     )
     parser.add_argument(
@@ -100,8 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="a saved generator for a variant poison (gue-at-2, gue-at-4, gue-accuracy); "
-        "default: train the scale's GUE preset in that variant",
+        help="a saved generator for a variant poison (gue-at-2, gue-at-4, gue-accuracy, "
+        "gue-robust); default: train the scale's GUE preset in that variant",
     )
     parser.add_argument(
         "--cached-only",
@@ -112,14 +137,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.attacks = _choices(args.attacks, TABLE_ATTACKS, "attack", parser)
     args.defenses = _choices(args.defenses, TABLE_DEFENSES, "defense", parser)
-    args.rows = _choices(args.rows, ROBUST_ROWS, "row", parser)
+    rows = SURVIVAL_ROWS if args.table == "survival" else ROBUST_ROWS
+    args.rows = _choices(args.rows, rows, "row", parser)
     args.generators = {}
     for item in args.generator:
         name, _, path = item.partition("=")
         if not path or name not in VARIANT_POISONS or name.startswith("rem"):
             parser.error(
                 f"--generator takes NAME=PATH with NAME one of gue-at-2, gue-at-4, "
-                f"gue-accuracy; got {item!r}"
+                f"gue-accuracy, gue-robust; got {item!r}"
             )
         args.generators[name] = Path(path)
     args.output_dir = args.output_dir or Path("results") / f"tables-{args.scale}"
@@ -460,6 +486,72 @@ def _robust_label(attack: str) -> str:
     return labels.get(attack, attack)
 
 
+def survival(bench: Benchmark, rows: tuple[str, ...]) -> None:
+    """Make ``rows`` (victims trained on each protection's poisons after the victim's own
+    pipeline: none, grayscale, JPEG at several qualities), then write the table of every row
+    made so far, the clean victim under the same pipeline as the reference, and the goal
+    (at most half of the clean victim's accuracy) checked per cell."""
+    for attack in rows:
+        for transform in SURVIVAL_TRANSFORMS:
+            bench.victim_result(attack, transform)
+    table: dict[str, dict[str, float]] = {}
+    grid: list[list[float | None]] = []
+    for attack in SURVIVAL_ROWS:
+        cells = [bench.cached_result(attack, defense_spec(t)[0]) for t in SURVIVAL_TRANSFORMS]
+        grid.append([None if c is None else c["accuracy"] for c in cells])
+        made = {t: c["accuracy"] for t, c in zip(SURVIVAL_TRANSFORMS, cells, strict=True) if c}
+        if made:
+            table[attack] = made
+    clean = table.get("clean", {})
+
+    def shown(attack: str, transform: str) -> str:
+        value = table.get(attack, {}).get(transform)
+        if value is None:
+            return "—"
+        reference = clean.get(transform)
+        halved = attack != "clean" and reference is not None and value <= reference / 2
+        return f"**{_percent(value):.1f}**" if halved else f"{_percent(value):.1f}"
+
+    header = ["protection \\ victim's pipeline", *SURVIVAL_TRANSFORMS]
+    table_rows = [
+        [attack, *(shown(attack, t) for t in SURVIVAL_TRANSFORMS)] for attack in SURVIVAL_ROWS
+    ]
+    goal = {
+        attack: all(t in made and t in clean and made[t] <= clean[t] / 2 for t in SURVIVAL_GOAL)
+        for attack, made in table.items()
+        if attack != "clean"
+    }
+    write_outputs(
+        bench,
+        "survival",
+        "Protection under the victim's pipeline: victim clean test accuracy (%)",
+        markdown_table(header, table_rows)
+        + "\n**Bold**: at most half of the clean victim's accuracy under the same pipeline. "
+        f"Goal: that under each of {', '.join(SURVIVAL_GOAL)}; met by: "
+        + (", ".join(a for a, ok in goal.items() if ok) or "none")
+        + ".\n"
+        + _partial(grid, "`--rows NAME` makes a row"),
+        {"rows": table, "transforms": list(SURVIVAL_TRANSFORMS), "goal_met": goal},
+    )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for attack, made in table.items():
+        qualities = [q for q in SURVIVAL_QUALITIES if f"jpeg-{q}" in made]
+        style = "k-" if attack == "clean" else "-"
+        (line,) = ax.plot(
+            qualities, [_percent(made[f"jpeg-{q}"]) for q in qualities], style, marker="o",
+            label=attack,
+        )  # fmt: skip
+        for transform, x, marker in (("none", 100, "s"), ("grayscale", 5, "^")):
+            if transform in made:
+                ax.plot(x, _percent(made[transform]), marker, color=line.get_color())
+    ax.set_xlabel("JPEG quality of the victim's pipeline (square: none; triangle: grayscale)")
+    ax.set_ylabel("victim clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    _save(fig, bench.out / "survival.png")
+
+
 def accuracy_variant(bench: Benchmark) -> None:
     """The accuracy variant's GUE against the standard one: both generators trained with the
     scale's GUE preset (or the saved ones given), their victims, and their training curves
@@ -638,6 +730,8 @@ def main(argv: list[str] | None = None) -> None:
         table4_adversarial(bench, args.rows)
     elif args.table == "accuracy":
         accuracy_variant(bench)
+    elif args.table == "survival":
+        survival(bench, args.rows)
     else:
         diagnostics(bench, args.attacks)
 

@@ -235,6 +235,30 @@ def test_table4_at_makes_the_rows_asked_for_and_shows_the_rest_as_missing(
 
 
 @pytest.mark.slow
+def test_survival_makes_its_rows_and_trains_the_defense_aware_generator(tmp_path: Path) -> None:
+    """``survival --rows clean,gue-robust`` trains the defense-aware generator (the game with
+    the victim's pipeline in it), its victims under every pipeline and the clean ones; the
+    JSON has the ``{ATTACK: {TRANSFORM: accuracy}}`` shape; JPEG at 10 shares the ``jpeg``
+    defense's cells."""
+    common = ["--scale", "smoke", "--dataset", "digits", "--output-dir", str(tmp_path)]
+    result = run_table("survival", *common, "--no-progress", "--rows", "clean,gue-robust")
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = json.loads((tmp_path / "survival.json").read_text())
+    transforms = ["none", "grayscale", "jpeg-10", "jpeg-30", "jpeg-50", "jpeg-75", "jpeg-90"]
+    assert table["transforms"] == transforms
+    assert set(table["rows"]) == {"clean", "gue-robust"}
+    for row in table["rows"].values():
+        assert list(row) == transforms and all(0.0 <= v <= 1.0 for v in row.values())
+    assert set(table["goal_met"]) == {"gue-robust"}
+    cells = json.loads((tmp_path / "cells.json").read_text())
+    assert "clean|jpeg|convnet-small" in cells and "clean|jpeg-10|convnet-small" not in cells
+    generator = json.loads((tmp_path / "gue-robust" / "generator.json").read_text())
+    assert generator["trained_against"] == ["none", "grayscale", "jpeg-10:90"]
+    assert "Partial: 14 of 35 cells" in (tmp_path / "survival.md").read_text()
+    assert_png_figure(tmp_path / "survival.png")
+
+
+@pytest.mark.slow
 def test_table_command_rejects_unknown_attacks(tmp_path: Path) -> None:
     result = run_table("table1", "--attacks", "em,magic", "--output-dir", str(tmp_path))
     assert result.returncode == 2 and "magic" in result.stderr
