@@ -99,7 +99,7 @@ def conjugate_gradient(
     fixed budget, the curvature test applied on the device.
 
     The residual reported is CG's recursive one, ``r_k = r_{k−1} − α_k H p_k``: equal to
-    ``b − H x_k`` in exact arithmetic (Nocedal & Wright, eq. 5.10), so no product is spent on it.
+    ``b − H x_k`` in exact arithmetic (Nocedal & Wright, Alg. 5.2), so no product is spent on it.
     """
     b = tuple(b)
     x = tuple(torch.zeros_like(t) for t in b) if x0 is None else tuple(x0)
@@ -109,13 +109,13 @@ def conjugate_gradient(
     threshold = (tol * float(tree_norm(b))) ** 2 if tol > 0 else None
     active = torch.ones((), dtype=torch.bool, device=rs.device)
     iterations = torch.zeros((), dtype=torch.int64, device=rs.device)
+    zero = torch.zeros((), dtype=rs.dtype, device=rs.device)
     for _ in range(max_iterations):
         if threshold is not None and float(rs) <= threshold:
             break
         hp = matvec(p)
         curvature = tree_dot(p, hp)
         active = active & (curvature > 0)
-        zero = torch.zeros((), dtype=rs.dtype, device=rs.device)
         alpha = torch.where(active, rs / curvature, zero)
         x = tree_add(x, p, alpha=alpha)
         r = tree_add(r, hp, alpha=-alpha)
