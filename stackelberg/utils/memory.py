@@ -3,11 +3,14 @@
 On CUDA the peak is ``torch.cuda.max_memory_allocated`` during the call minus the memory
 allocated at its start. On the CPU it is the resident-set high-water mark during the call
 (``VmHWM``, reset through ``/proc/self/clear_refs`` just before it) minus the resident set at
-its start. glibc's malloc would otherwise keep freed activations in its heap (small long-lived
-tensors pin it) and the resident set would overstate what is live, so the first CPU
-measurement lowers glibc's mmap threshold to 16 KiB: tensors of that size or more are then
-returned to the OS when freed. Other allocations of the process count too, so measure in a
-process doing nothing else.
+its start. Other allocations of the process count too, so measure in a process doing nothing
+else.
+
+glibc's malloc keeps freed activations in its heap (small long-lived tensors pin it), so the
+resident set can overstate what is live. A measuring script that wants tight CPU numbers calls
+``return_freed_memory_to_os()`` once at its start: it lowers glibc's mmap threshold to 16 KiB,
+so that tensors of that size or more go back to the OS when freed. That is a process-wide
+setting, so the library never makes it on its own.
 """
 
 from __future__ import annotations
@@ -20,25 +23,24 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["peak_memory"]
+__all__ = ["peak_memory", "return_freed_memory_to_os"]
 
 T = TypeVar("T")
 _STATUS = Path("/proc/self/status")
-_mmap_threshold_lowered = False
 
 
-def _lower_mmap_threshold(threshold: int = 16 * 1024) -> None:
-    global _mmap_threshold_lowered
-    if _mmap_threshold_lowered:
-        return
+def return_freed_memory_to_os(threshold: int = 16 * 1024) -> bool:
+    """Lower glibc's mmap threshold to ``threshold`` bytes for the whole process (allocations
+    of that size or more are then mapped, and unmapped when freed), so the resident set tracks
+    live memory. Returns whether it was applied (``False`` off glibc)."""
     name = ctypes.util.find_library("c")
-    if name is not None:
-        try:
-            m_mmap_threshold = -3
-            ctypes.CDLL(name).mallopt(m_mmap_threshold, threshold)
-        except (OSError, AttributeError):
-            pass
-    _mmap_threshold_lowered = True
+    if name is None:
+        return False
+    try:
+        m_mmap_threshold = -3
+        return bool(ctypes.CDLL(name).mallopt(m_mmap_threshold, threshold))
+    except (OSError, AttributeError):
+        return False
 
 
 def _status_bytes(field: str) -> int:
@@ -64,7 +66,6 @@ def peak_memory(fn: Callable[[], T], device: torch.device | str = "cpu") -> tupl
         return result, max(torch.cuda.max_memory_allocated(device) - start, 0)
     if not _STATUS.exists():
         raise RuntimeError("CPU peak memory needs Linux (/proc/self/status)")
-    _lower_mmap_threshold()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
     start = _status_bytes("VmRSS")
     result = fn()
