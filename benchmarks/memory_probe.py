@@ -74,8 +74,8 @@ def main() -> None:
             mode=args.mode,
         )
 
-    sg.utils.return_freed_memory_to_os()  # this process only measures: tight CPU numbers
     solver(2).step()
+    sg.utils.return_freed_memory_to_os()  # this process only measures: tight CPU numbers
     info, extra = sg.utils.peak_memory(solver(args.inner_steps).step, device)
     parameters = sum(p.numel() for p in game.follower.parameters())
     print(
