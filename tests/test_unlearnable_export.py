@@ -79,3 +79,31 @@ def test_victim_learns_separable_data_and_reports_every_epoch() -> None:
         progress=False,
     )
     assert len(result.test_accuracy) == 6 and result.final == 1.0
+
+
+def test_the_run_figures_are_drawn(tmp_path: Path) -> None:
+    """The three figures of a run (victim curves, generator training, poison examples) are
+    written as PNG figures, for RGB and for one-channel images."""
+    from conftest import assert_png_figure
+
+    from stackelberg.games.unlearnable.plots import (
+        plot_generator_training,
+        plot_poison_examples,
+        plot_victim_curves,
+    )
+
+    plot_victim_curves(tmp_path / "victims.png", [0.3, 0.6], [0.3, 0.2], "smoke")
+    history = [
+        {"step": s, "poisoned_accuracy": 0.5 + 0.01 * s, "clean_accuracy": 0.4} for s in range(5)
+    ]
+    quick_tests = [{"epoch": 1, "validation_accuracy": 0.3}]
+    plot_generator_training(tmp_path / "training.png", history, quick_tests, steps_per_epoch=4)
+    for channels in (3, 1):
+        clean = torch.randint(0, 256, (6, channels, 8, 8), dtype=torch.uint8)
+        poisoned = (clean.int() + 2).clamp(0, 255).to(torch.uint8)
+        labels = torch.tensor([0, 1, 2, 0, 1, 2])
+        path = tmp_path / f"examples{channels}.png"
+        plot_poison_examples(path, clean, poisoned, labels, ("a", "b", "c"), EPS)
+        assert_png_figure(path)
+    assert_png_figure(tmp_path / "victims.png")
+    assert_png_figure(tmp_path / "training.png")
