@@ -40,6 +40,7 @@ import torch
 
 from stackelberg.data import load_dataset
 from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
+from stackelberg.games.unlearnable.diagnostics import linear_separability, noise_only_accuracy
 from stackelberg.games.unlearnable.export import poison_images, quantize_poison
 from stackelberg.games.unlearnable.presets import (
     PRESETS,
@@ -106,7 +107,7 @@ RUNS: dict[str, Run] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("train", "victims", "report"))
+    parser.add_argument("command", choices=("train", "victims", "diagnose", "report"))
     parser.add_argument("run", nargs="?", choices=(*RUNS, "clean"), help="which run (train)")
     parser.add_argument("--data-dir", type=Path, help="the CIFAR-10 image folder or .tar.gz")
     parser.add_argument("--runs-dir", type=Path, required=True, help="checkpoints and results")
@@ -118,11 +119,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="train: only save the generator at milestones; `victims` evaluates it later",
     )
+    parser.add_argument(
+        "--victim-without-augmentation",
+        action="store_true",
+        help="diagnose: also train the victim without crop-and-flip augmentation (17 min)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.command in ("train", "victims") and (args.run is None or args.data_dir is None):
+    if args.command in ("train", "victims", "diagnose") and (
+        args.run is None or args.data_dir is None
+    ):
         parser.error(f"{args.command} needs a run name and --data-dir")
     if args.command == "report" and args.output_dir is None:
         parser.error("report needs --output-dir")
@@ -130,12 +138,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def evaluate_victim(
-    preset: Preset, images: torch.Tensor, data: dict[str, Any], seed: int, progress: bool
+    preset: Preset,
+    images: torch.Tensor,
+    data: dict[str, Any],
+    seed: int,
+    progress: bool,
+    *,
+    augment: bool = True,
 ) -> dict[str, Any]:
     """Train the preset's victim on ``images`` (uint8) and score it on clean test and
-    validation images."""
+    validation images; ``augment=False`` drops the schedule's crop-and-flip augmentation."""
     train, validation, test = data["train"], data["validation"], data["test"]
     channels, num_classes = train.images.shape[1], len(train.classes)
+    schedule = preset.victim_schedule
+    if not augment:
+        schedule = dataclasses.replace(schedule, augment=False)
     torch.manual_seed(seed + 1)  # every victim starts from the same weights
     model = build_classifier(preset.victim, channels, num_classes)
     start = time.perf_counter()
@@ -145,7 +162,7 @@ def evaluate_victim(
         train.labels,
         test.images,
         test.labels,
-        preset.victim_schedule,
+        schedule,
         seed=seed,
         progress=progress,
         description="victim",
@@ -284,6 +301,73 @@ def evaluate_snapshots(args: argparse.Namespace) -> None:
         evaluate_milestone(run_dir, key, generator, preset, data, args.seed, not args.no_progress)
 
 
+def diagnose(args: argparse.Namespace) -> None:
+    """Why does a victim learn (or not) from a snapshot's poisons? For each saved snapshot
+    (``--steps``: one) without a diagnosis yet: how learnable the perturbations are on their
+    own (``noise_only_accuracy``: the follower's architecture trained on δ alone, held-out
+    accuracy; ``linear_*``: logistic regression on δ/ε, Yu et al. 2022), and with
+    ``--victim-without-augmentation`` the victim trained without crop-and-flip (a shortcut
+    tied to pixel positions can be broken by the victim's random crops). ``diagnose clean
+    --victim-without-augmentation`` gives that victim's clean baseline. Results go to
+    ``RUN/diagnostics.json`` (``clean-diagnostics.json``), keyed by step."""
+    torch.set_num_threads(args.threads)
+    run = RUNS.get(args.run, RUNS["official"])
+    preset = run.preset(args.run)
+    splits = load_dataset("folder", args.data_dir)
+    train, _, validation, test = split_preset_data(splits, preset, args.seed)
+    data = {"train": train, "validation": validation, "test": test}
+    progress = not args.no_progress
+    print(f"seed {args.seed}; diagnose {args.run}; preset {preset.to_dict()}", flush=True)
+    if args.run == "clean":
+        path = args.runs_dir / "clean-diagnostics.json"
+        if not args.victim_without_augmentation:
+            sys.exit("diagnose clean only trains the victim: pass --victim-without-augmentation")
+        result = evaluate_victim(preset, train.images, data, args.seed, progress, augment=False)
+        write_json(path, {"victim_without_augmentation": result})
+        print(f"clean victim without augmentation: {result['test_accuracy']:.4f}", flush=True)
+        return
+    run_dir: Path = args.runs_dir / args.run
+    path = run_dir / "diagnostics.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    snapshots = sorted((run_dir / "snapshots").glob("step-*.pt"), reverse=True)
+    if args.steps is not None:
+        snapshots = [p for p in snapshots if int(p.stem.split("-")[1]) == args.steps]
+    clean = train.images
+    classifier = preset.classifier
+    channels, num_classes = int(clean.shape[1]), len(train.classes)
+    for snapshot in snapshots:
+        key = str(int(snapshot.stem.split("-")[1]))
+        entry = dict(done.get(key, {}))
+        generator, _ = load_generator(snapshot)
+        poisoned = quantize_poison(clean, poison_images(generator, clean), preset.epsilon)
+        delta = (poisoned.float() - clean.float()) / 255
+        if "noise_only_accuracy" not in entry:
+            entry["noise_only_accuracy"] = noise_only_accuracy(
+                delta,
+                train.labels,
+                preset.epsilon,
+                lambda: build_classifier(classifier, channels, num_classes),
+                seed=args.seed,
+            )
+            separability = linear_separability(
+                delta, train.labels, preset.epsilon, num_classes, seed=args.seed
+            )
+            entry["linear_train_accuracy"] = separability["train_accuracy"]
+            entry["linear_test_accuracy"] = separability["test_accuracy"]
+        if args.victim_without_augmentation and "victim_without_augmentation" not in entry:
+            entry["victim_without_augmentation"] = evaluate_victim(
+                preset, poisoned, data, args.seed, progress, augment=False
+            )
+        done[key] = entry
+        write_json(path, done)
+        shown = {k: v for k, v in entry.items() if not isinstance(v, dict)}
+        if "victim_without_augmentation" in entry:
+            shown["victim_without_augmentation"] = entry["victim_without_augmentation"][
+                "test_accuracy"
+            ]
+        print(f"step {key}: {json.dumps(shown)}", flush=True)
+
+
 def _gap_curve(history: list[dict[str, float]], window: int) -> list[list[float]]:
     """``[step, mean gap]`` over consecutive windows of the logged history."""
     curve = []
@@ -355,6 +439,9 @@ def report(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     clean_path = args.runs_dir / "clean.json"
     clean = json.loads(clean_path.read_text()) if clean_path.is_file() else None
+    clean_diagnostics_path = args.runs_dir / "clean-diagnostics.json"
+    if clean is not None and clean_diagnostics_path.is_file():
+        clean = {**clean, **json.loads(clean_diagnostics_path.read_text())}
     rows, results = [], {}
     for name, run in RUNS.items():
         run_dir = args.runs_dir / name
@@ -364,6 +451,8 @@ def report(args: argparse.Namespace) -> None:
         victims_path = run_dir / "victims.json"
         victims = json.loads(victims_path.read_text()) if victims_path.is_file() else {}
         config = json.loads((run_dir / "config.json").read_text())
+        diagnostics_path = run_dir / "diagnostics.json"
+        diagnostics = json.loads(diagnostics_path.read_text()) if diagnostics_path.is_file() else {}
         history = training["history"]
         result = {
             "run": name,
@@ -373,6 +462,7 @@ def report(args: argparse.Namespace) -> None:
             "config": config,
             "gap_curve": _gap_curve(history, 5),  # [step, poisoned − clean gap, clean acc]
             "victims": victims,
+            "diagnostics": diagnostics,
             "extrapolation": extrapolate(victims),
             "clean_victim_test_accuracy": None if clean is None else clean["test_accuracy"],
         }
@@ -381,7 +471,7 @@ def report(args: argparse.Namespace) -> None:
         rows.append((name, run.description, result["steps_done"], victims))
     if clean is not None:
         write_json(out / "clean.json", clean)
-    write_text(out / "README.md", _markdown(rows, clean))
+    write_text(out / "README.md", _markdown(rows, clean, results))
     _plot(out / "study.png", results, clean)
     print(f"wrote {out}")
 
@@ -390,7 +480,53 @@ def _milestone_keys(victims: dict[str, Any]) -> list[int]:
     return sorted(int(k) for k in victims)
 
 
-def _markdown(rows: list[tuple[str, str, int, dict[str, Any]]], clean: dict | None) -> str:
+def _diagnostics_lines(results: dict[str, dict[str, Any]], clean: dict | None) -> list[str]:
+    """The table of ``diagnose``'s results, or nothing if no run has been diagnosed."""
+    rows = [
+        (name, int(step), entry)
+        for name, result in results.items()
+        for step, entry in result.get("diagnostics", {}).items()
+    ]
+    if not rows:
+        return []
+
+    def percent(value: float | None) -> str:
+        return "—" if value is None else f"{100 * value:.1f}"
+
+    lines = [
+        "",
+        "## Why the victim does not learn the shortcut: diagnostics of the poisons",
+        "",
+        "`diagnose NAME` (see below). *Noise only*: the follower's architecture trained on the "
+        "perturbations δ alone (5 epochs, no augmentation), accuracy on held-out δ (chance: "
+        "10 %). *Linear*: logistic regression on δ/ε, train / held-out accuracy. *Victim, no "
+        "augmentation*: the study's victim trained on the poisons without crop-and-flip.",
+        "",
+        "| run | step | noise only % | linear train / held-out % | victim, no augmentation % |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, step, entry in sorted(rows, key=lambda r: (r[0], r[1])):
+        victim = entry.get("victim_without_augmentation")
+        lines.append(
+            f"| `{name}` | {step} | {percent(entry.get('noise_only_accuracy'))} | "
+            f"{percent(entry.get('linear_train_accuracy'))} / "
+            f"{percent(entry.get('linear_test_accuracy'))} | "
+            f"{percent(None if victim is None else victim['test_accuracy'])} |"
+        )
+    baseline = None if clean is None else clean.get("victim_without_augmentation")
+    if baseline is not None:
+        lines += [
+            "",
+            f"Clean victim without augmentation: **{100 * baseline['test_accuracy']:.1f} %**.",
+        ]
+    return lines
+
+
+def _markdown(
+    rows: list[tuple[str, str, int, dict[str, Any]]],
+    clean: dict | None,
+    results: dict[str, dict[str, Any]],
+) -> str:
     done = {name: steps for name, _, steps, _ in rows}
     lines = [
         "# The paper's GUE game at CPU scale: the study",
@@ -430,6 +566,7 @@ def _markdown(rows: list[tuple[str, str, int, dict[str, Any]]], clean: dict | No
         "gap every 100 steps (`gap_curve`: step, gap, clean accuracy) and the milestone victims "
         "(test and validation accuracy, per-epoch test curve, measured ‖δ‖∞); `study.png` plots "
         "both.",
+        *_diagnostics_lines(results, clean),
         "",
         "## Continuing",
         "",
@@ -458,6 +595,14 @@ def _markdown(rows: list[tuple[str, str, int, dict[str, Any]]], clean: dict | No
         f"# clean victim: {'done' if clean is not None else 'not run'}",
         ".venv/bin/python experiments/gue_paper_game_study.py train clean "
         "--data-dir ../shared/data/cifar10-jpeg.tar.gz --runs-dir ~/runs/gue-paper-game-study",
+        "# diagnostics of a run's snapshots (about a minute each; the victim without "
+        "augmentation adds 17 min), and that victim's clean baseline",
+        ".venv/bin/python experiments/gue_paper_game_study.py diagnose official "
+        "--victim-without-augmentation --data-dir ../shared/data/cifar10-jpeg.tar.gz "
+        "--runs-dir ~/runs/gue-paper-game-study",
+        ".venv/bin/python experiments/gue_paper_game_study.py diagnose clean "
+        "--victim-without-augmentation --data-dir ../shared/data/cifar10-jpeg.tar.gz "
+        "--runs-dir ~/runs/gue-paper-game-study",
         "# then",
         ".venv/bin/python experiments/gue_paper_game_study.py report "
         "--runs-dir ~/runs/gue-paper-game-study --output-dir docs/results/gue-paper-game-study",
@@ -514,6 +659,8 @@ def main(argv: list[str] | None = None) -> None:
         train_run(args)
     elif args.command == "victims":
         evaluate_snapshots(args)
+    elif args.command == "diagnose":
+        diagnose(args)
     else:
         report(args)
 

@@ -321,3 +321,64 @@ def test_study_victims_evaluates_only_the_snapshots_without_one(
     assert victims["2574"]["test_accuracy"] == 0.5 and len(seen) == 1
     assert victims["2574"]["measured_linf_levels"] <= 8
     assert (seen[0].int() - images.int()).abs().max() <= 8
+
+
+def test_study_diagnose_measures_each_snapshot_once_and_the_report_shows_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from stackelberg.data.folders import ImageDataset
+    from stackelberg.games.unlearnable.checkpoint import save_generator
+    from stackelberg.games.unlearnable.presets import build_generator
+
+    study = _load_study()
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    data = ImageDataset(images, torch.arange(20) % 10, tuple(str(k) for k in range(10)))
+    monkeypatch.setattr(study, "load_dataset", lambda *args: {"train": data, "test": data})
+    monkeypatch.setattr(study, "split_preset_data", lambda *args: (data, None, data, data))
+    # a class-wise shortcut: each class's images moved by its own ±8/255 sign pattern
+    patterns = torch.randint(0, 2, (10, 3, 32, 32)).float() * 2 - 1
+
+    def shortcut(generator, clean):
+        return (clean.float() / 255 + 8 / 255 * patterns[data.labels]).clamp(0, 1)
+
+    monkeypatch.setattr(study, "poison_images", shortcut)
+    augment: list[bool] = []
+
+    def fake_victim(preset, poisoned, data, seed, progress, *, augment=True, seen=augment):
+        seen.append(augment)
+        return {"test_accuracy": 0.25, "validation_accuracy": 0.25}
+
+    monkeypatch.setattr(study, "evaluate_victim", fake_victim)
+    run_dir = tmp_path / "official"
+    (run_dir / "snapshots").mkdir(parents=True)
+    generator = build_generator("unet-small", 8 / 255, 3)
+    metadata = {"architecture": "unet-small", "label_conditioned": False, "num_classes": 10}
+    metadata.update({"epsilon": 8 / 255, "in_channels": 3})
+    save_generator(run_dir / "snapshots" / "step-01287.pt", generator, metadata)
+    common = ["--data-dir", "x", "--runs-dir", str(tmp_path), "--no-progress"]
+    study.main(["diagnose", "official", *common])
+    first = json.loads((run_dir / "diagnostics.json").read_text())["1287"]
+    assert augment == []  # no victim unless asked for
+    for key in ("noise_only_accuracy", "linear_train_accuracy", "linear_test_accuracy"):
+        assert 0 <= first[key] <= 1
+    # δ is (up to the clamp at 0 and 1) the class's pattern: linearly separable, also held out
+    assert first["linear_train_accuracy"] == 1.0 and first["linear_test_accuracy"] == 1.0
+    study.main(["diagnose", "official", "--victim-without-augmentation", *common])
+    second = json.loads((run_dir / "diagnostics.json").read_text())["1287"]
+    assert augment == [False]
+    assert second["noise_only_accuracy"] == first["noise_only_accuracy"]  # kept, not redone
+    assert second["victim_without_augmentation"]["test_accuracy"] == 0.25
+    study.main(["diagnose", "clean", "--victim-without-augmentation", *common])
+    assert augment == [False, False]
+    # the report shows the table with the clean baseline
+    history = [{"step": 20, "clean_accuracy": 0.4, "poisoned_accuracy": 0.4}]
+    (run_dir / "training.json").write_text(json.dumps({"epoch": 1, "history": history}))
+    (run_dir / "config.json").write_text(json.dumps({"seed": 0}))
+    (tmp_path / "clean.json").write_text(json.dumps({"test_accuracy": 0.767}))
+    out = tmp_path / "report"
+    study.main(["report", "--runs-dir", str(tmp_path), "--output-dir", str(out)])
+    text = (out / "README.md").read_text()
+    noise = f"{100 * first['noise_only_accuracy']:.1f}"
+    assert f"| `official` | 1287 | {noise} | 100.0 / " in text and "| 25.0 |" in text
+    assert "Clean victim without augmentation: **25.0 %**" in text
+    assert json.loads((out / "official.json").read_text())["diagnostics"]["1287"] == second
