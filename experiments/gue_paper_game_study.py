@@ -71,6 +71,7 @@ class Run:
     classifier: str | None = None
     solver_options: dict[str, Any] = field(default_factory=dict)
     generator_lr: float | None = None
+    follower_transforms: tuple[str, ...] = ()
 
     def preset(self, name: str) -> Preset:
         base = PRESETS[BASE_PRESET]
@@ -86,6 +87,8 @@ class Run:
         changes: dict[str, Any] = {"name": f"study-{name}", "training": training}
         if self.classifier is not None:
             changes["classifier"] = self.classifier
+        if self.follower_transforms:
+            changes["follower_transforms"] = self.follower_transforms
         return base.with_changes(**changes)
 
 
@@ -101,6 +104,11 @@ RUNS: dict[str, Run] = {
     "follower-convnet": Run("follower convnet (289 k parameters)", 2500, classifier="convnet"),
     "follower-convnet-wide": Run(
         "follower convnet-wide (1.1 M parameters)", 1250, classifier="convnet-wide"
+    ),
+    "follower-crop-flip": Run(
+        "the follower sees the victim's crop-and-flip augmentation (the leader plays through it)",
+        2500,
+        follower_transforms=("crop-flip",),
     ),
 }
 

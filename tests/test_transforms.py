@@ -76,7 +76,9 @@ def test_grayscale_is_the_defenses_luma_before_rounding() -> None:
     assert grayscale(one_channel) is one_channel
 
 
-@pytest.mark.parametrize("transform", ["grayscale", "jpeg-10", "jpeg-75"])
+@pytest.mark.parametrize(
+    "transform", ["grayscale", "jpeg-10", "jpeg-75", "crop-flip", "jpeg-50+crop-flip"]
+)
 def test_gradients_through_the_transforms_match_finite_differences(transform: str) -> None:
     """The directional derivative of ``⟨c, T(x)⟩`` along random directions, by autograd and
     by central differences in float64 (step 1e-6)."""
@@ -100,8 +102,9 @@ def test_draws_are_seeded_resumable_and_cover_every_name() -> None:
     names = ["none", "grayscale", "jpeg-10", "jpeg-30:90"]
     first = FollowerTransforms(names, seed=3)
     drawn = [first.resample() for _ in range(60)]
-    assert {kind for kind, _ in drawn} == {"none", "grayscale", "jpeg"}
-    qualities = {q for kind, q in drawn if kind == "jpeg"}
+    assert all(len(steps) == 1 for steps in drawn)
+    assert {kind for ((kind, _),) in drawn} == {"none", "grayscale", "jpeg"}
+    qualities = {q for ((kind, q),) in drawn if kind == "jpeg"}
     assert 10 in qualities and all(q == 10 or 30 <= q <= 90 for q in qualities)
     assert len(qualities) > 3  # the range is drawn from, not one value
     replay = FollowerTransforms(names, seed=3)
@@ -118,11 +121,42 @@ def test_draws_are_seeded_resumable_and_cover_every_name() -> None:
     assert [other.resample() for _ in range(20)] != drawn[:20]
 
 
+def test_crop_flip_is_the_victims_augmentation_fixed_within_a_draw() -> None:
+    """``crop-flip`` applies ``victim.augment``: every call within one draw crops and flips the
+    same way (the value function of one outer step sees one pipeline), a new draw differently;
+    in a composition the steps run left to right (JPEG on the image, then the crop)."""
+    x = smooth_images(8, 16).float() / 255
+    follower = FollowerTransforms(["crop-flip"], seed=2)
+    follower.resample()
+    once, again = follower(x), follower(x)
+    assert torch.equal(once, again) and not torch.equal(once, x)
+    # each image is a shifted window of the zero-padded image, or its mirror
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for image, source in zip(once, padded, strict=True):
+        windows = [
+            w
+            for i in range(9)
+            for j in range(9)
+            for w in (source[:, i : i + 16, j : j + 16], source[:, i : i + 16, j : j + 16].flip(2))
+        ]
+        assert any(torch.equal(image, w) for w in windows)
+    follower.resample()
+    assert not torch.equal(follower(x), once)
+    composed = FollowerTransforms(["jpeg-30+crop-flip"], seed=2)
+    assert composed.resample() == (("jpeg", 30), ("crop-flip", 0))
+    cropped_only = FollowerTransforms(["jpeg-30+crop-flip"], seed=2)
+    cropped_only.resample()
+    cropped_only.current = (("none", 0), ("crop-flip", 0))  # the same crops, without the codec
+    assert torch.allclose(composed(x), cropped_only(jpeg(x, 30)), atol=1e-6)
+
+
 def test_bad_transform_names_are_refused() -> None:
     for bad, message in (
         ("blur", "unknown follower transform 'blur'"),
         ("jpeg-0", "1 <= LOW <= HIGH <= 100"),
         ("jpeg-90:30", "1 <= LOW <= HIGH <= 100"),
+        ("crop-flip+blur", "unknown follower transform 'blur'"),
+        ("jpeg-10+", "unknown follower transform ''"),
     ):
         with pytest.raises(ValueError, match=message):
             FollowerTransforms([bad])

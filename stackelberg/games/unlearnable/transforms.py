@@ -14,10 +14,16 @@ examples"), estimated with one transform drawn per outer step. Image shortcut sq
   replaces rounding and flooring by cubic approximations so that gradients pass. It follows
   Pillow's encoder closely but not exactly (``tests/test_transforms.py`` states the
   tolerance); a one-channel image is coded as gray RGB.
-- ``FollowerTransforms``: a distribution over such transforms, parsed from names
+- ``crop-flip``: the victim's own augmentation (``victim.augment``: a random crop of the
+  4-pixel zero-padded image and a random horizontal flip, one draw per image). A shortcut tied
+  to pixel positions that the victim's crops break is one the leader can learn to avoid.
+- ``FollowerTransforms``: a distribution over such pipelines, parsed from names
   (``"none"``, ``"grayscale"``, ``"jpeg-10"``, ``"jpeg-30:90"`` for a quality drawn uniformly
-  in that range). ``resample()`` draws the next one; the draws are a function of a seed and a
-  counter kept as a buffer, so a game's ``state_dict`` resumes them exactly.
+  in that range, ``"crop-flip"``, and compositions applied left to right such as
+  ``"jpeg-10:90+crop-flip"``: the defense on the dataset, then the augmentation per batch).
+  ``resample()`` draws the next one; the draws, the crops and the flips are a function of a
+  seed and a counter kept as a buffer, so a game's ``state_dict`` resumes them exactly, and
+  every call within one outer step sees the same pipeline (the same crops for the same batch).
 
 The budget is unaffected: ``‖x̃ − x‖∞ ≤ ε`` holds for the image as published, before any
 transform.
@@ -31,6 +37,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from stackelberg.games.unlearnable.victim import augment
 
 __all__ = ["LUMA", "FollowerTransforms", "grayscale", "jpeg"]
 
@@ -65,15 +73,21 @@ def jpeg(x: Tensor, quality: float) -> Tensor:
     return coded.mean(1, keepdim=True) if x.shape[1] == 1 else coded
 
 
-def _parse(name: str) -> tuple[str, int, int]:
-    """``("none" | "grayscale" | "jpeg", low quality, high quality)`` for one name."""
-    if name in ("none", "grayscale"):
+#: One step of a pipeline: its kind and its JPEG quality range (0, 0 for the others).
+Spec = tuple[str, int, int]
+#: One drawn step: its kind and its JPEG quality (0 for the others).
+Step = tuple[str, int]
+
+
+def _parse_step(name: str) -> Spec:
+    """``("none" | "grayscale" | "crop-flip" | "jpeg", low quality, high quality)``."""
+    if name in ("none", "grayscale", "crop-flip"):
         return name, 0, 0
     match = _JPEG.match(name)
     if match is None:
         raise ValueError(
-            f"unknown follower transform {name!r}: use 'none', 'grayscale', 'jpeg-Q' or "
-            "'jpeg-LOW:HIGH' (qualities in [1, 100])"
+            f"unknown follower transform {name!r}: use 'none', 'grayscale', 'crop-flip', "
+            "'jpeg-Q' or 'jpeg-LOW:HIGH' (qualities in [1, 100]), or several joined by '+'"
         )
     low = int(match.group(1))
     high = int(match.group(2) or low)
@@ -82,17 +96,25 @@ def _parse(name: str) -> tuple[str, int, int]:
     return "jpeg", low, high
 
 
+def _parse(name: str) -> tuple[Spec, ...]:
+    """The steps of a pipeline name such as ``"jpeg-10:90+crop-flip"``, in order."""
+    return tuple(_parse_step(part) for part in name.split("+"))
+
+
 class FollowerTransforms(nn.Module):
-    """A distribution over follower-side transforms, one drawn per outer step.
+    """A distribution over follower-side pipelines, one drawn per outer step.
 
     Args:
-        names: the transforms, drawn with equal probability (``"none"``, ``"grayscale"``,
-            ``"jpeg-Q"``, ``"jpeg-LOW:HIGH"``).
+        names: the pipelines, drawn with equal probability (``"none"``, ``"grayscale"``,
+            ``"crop-flip"``, ``"jpeg-Q"``, ``"jpeg-LOW:HIGH"``, or steps joined by ``"+"``,
+            applied left to right).
         seed: the seed of the draws.
 
-    Calling the module applies the current transform; ``resample()`` draws the next one. Draw
-    ``k`` depends only on ``seed`` and ``k``, and ``k`` is a buffer (``draws``), so the game's
-    ``state_dict`` carries it and a resumed run draws what the uninterrupted one would have.
+    Calling the module applies the current pipeline; ``resample()`` draws the next one and
+    returns it as a tuple of ``(kind, JPEG quality or 0)`` steps. Draw ``k`` (the pipeline,
+    its JPEG quality, and the crops and flips of ``crop-flip``) depends only on ``seed`` and
+    ``k``, and ``k`` is a buffer (``draws``), so the game's ``state_dict`` carries it and a
+    resumed run draws what the uninterrupted one would have.
     """
 
     draws: Tensor
@@ -105,17 +127,22 @@ class FollowerTransforms(nn.Module):
         self.specs = tuple(_parse(n) for n in self.names)
         self.seed = int(seed)
         self.register_buffer("draws", torch.zeros((), dtype=torch.int64))
-        self.current: tuple[str, int] = ("none", 0)
+        self.current: tuple[Step, ...] = (("none", 0),)
         self._draw(int(self.draws))
 
-    def _draw(self, k: int) -> None:
-        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
-        kind, low, high = self.specs[int(torch.randint(len(self.specs), (1,), generator=rng))]
-        quality = int(torch.randint(low, high + 1, (1,), generator=rng)) if kind == "jpeg" else 0
-        self.current = (kind, quality)
+    def _rng(self, k: int, salt: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + k + salt * 7_919)
 
-    def resample(self) -> tuple[str, int]:
-        """Draw the next transform; returns it as ``(kind, JPEG quality or 0)``."""
+    def _draw(self, k: int) -> None:
+        rng = self._rng(k)
+        steps = self.specs[int(torch.randint(len(self.specs), (1,), generator=rng))]
+        self.current = tuple(
+            (kind, int(torch.randint(low, high + 1, (1,), generator=rng)) if kind == "jpeg" else 0)
+            for kind, low, high in steps
+        )
+
+    def resample(self) -> tuple[Step, ...]:
+        """Draw the next pipeline; returns its ``(kind, JPEG quality or 0)`` steps."""
         self.draws += 1
         self._draw(int(self.draws))
         return self.current
@@ -125,11 +152,13 @@ class FollowerTransforms(nn.Module):
         self._draw(int(self.draws))  # the draw the saved counter points at
 
     def forward(self, x: Tensor) -> Tensor:
-        kind, quality = self.current
-        if kind == "grayscale":
-            return grayscale(x)
-        if kind == "jpeg":
-            return jpeg(x, quality)
+        for position, (kind, quality) in enumerate(self.current):
+            if kind == "grayscale":
+                x = grayscale(x)
+            elif kind == "jpeg":
+                x = jpeg(x, quality)
+            elif kind == "crop-flip":  # the same crops on every call of this draw
+                x = augment(x, self._rng(int(self.draws), salt=position + 1))
         return x
 
     def extra_repr(self) -> str:
