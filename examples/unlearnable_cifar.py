@@ -4,9 +4,10 @@ and train victims on clean and on poisoned data.
     python examples/unlearnable_cifar.py --preset cpu-em --dataset folder \\
         --data-dir ../shared/data/cifar10-jpeg.tar.gz --output-dir results/gue-cpu
 
-Steps: (1) the GUE game (generator leads, classifier follows) is solved by the chosen solver
-(BOME by default), with a checkpoint every epoch and a quick victim test on a held-out part of
-the training set; (2) the best generator poisons the training set, exported losslessly as
+Steps: (1) the GUE game (generator leads, classifier follows) is solved by the preset's
+solver (``train_preset_generator``, the function behind ``stackelberg train``), with a
+checkpoint every epoch and a quick victim test on clean images outside the training subset;
+(2) the best generator poisons the training subset, exported losslessly as
 ``poisoned_train.npz`` (uint8 NHWC ``x``, ``y``, ``indices`` into the source training split)
 with a JSON manifest; (3) one victim trains on the clean and one on the poisoned images with
 the preset's schedule, and both are scored on the clean test split every epoch.
@@ -29,8 +30,7 @@ from typing import Any
 
 import torch
 
-from stackelberg.data import DATASETS, load_dataset
-from stackelberg.games.unlearnable.checkpoint import save_generator
+from stackelberg.data import DATASETS, ImageDataset, load_dataset
 from stackelberg.games.unlearnable.export import export_npz, poison_images, quantize_poison
 from stackelberg.games.unlearnable.plots import (
     plot_generator_training,
@@ -41,11 +41,10 @@ from stackelberg.games.unlearnable.presets import (
     PRESETS,
     Preset,
     build_classifier,
-    build_game,
     split_preset_data,
+    train_preset_generator,
 )
-from stackelberg.games.unlearnable.training import GeneratorTraining
-from stackelberg.games.unlearnable.victim import train_victim
+from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.solvers import SOLVERS
 from stackelberg.utils.io import write_json
 
@@ -75,34 +74,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_preset(args: argparse.Namespace) -> Preset:
+    """The preset with the command line's changes."""
     preset = PRESETS[args.preset]
-    training = preset.training
-    if args.solver is not None and args.solver != training.solver:
-        training = type(training)(
-            **{**training.to_dict(), "solver": args.solver, "solver_options": {}}
-        )
+    training = {**preset.training.to_dict(), "seed": args.seed}
+    if args.solver is not None and args.solver != preset.training.solver:
+        training.update(solver=args.solver, solver_options={})
     if args.epochs is not None:
-        training = type(training)(**{**training.to_dict(), "epochs": args.epochs})
-    training = type(training)(**{**training.to_dict(), "seed": args.seed})
-    changes: dict[str, Any] = {"training": training}
+        training["epochs"] = args.epochs
+    changes: dict[str, Any] = {"training": type(preset.training)(**training)}
     if args.epsilon is not None:
         changes["epsilon"] = args.epsilon
     if args.train_size is not None:
         changes["train_size"] = args.train_size
     if args.victim_epochs is not None:
         schedule = preset.victim_schedule
-        changes["victim_schedule"] = type(schedule).scaled(
+        changes["victim_schedule"] = VictimSchedule.scaled(
             args.victim_epochs, lr=schedule.lr, batch_size=schedule.batch_size
         )
     return preset.with_changes(**changes)
 
 
+def train_victims(
+    poisoned: torch.Tensor,
+    train: ImageDataset,
+    test: ImageDataset,
+    preset: Preset,
+    args: argparse.Namespace,
+    done_path: Path,
+    generator_sha256: str,
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """One victim on the clean and one on the poisoned training images, from the same initial
+    weights, scored on the clean test split every epoch. Each finished victim is saved to
+    ``done_path``, so a resumed run only trains those still missing for this generator."""
+    victims: dict[str, list[float]] = {}
+    timings: dict[str, float] = {}
+    if args.resume and done_path.is_file():
+        saved = json.loads(done_path.read_text())
+        if saved.get("generator_sha256") == generator_sha256:
+            victims, timings = saved["curves"], saved["timings"]
+    channels, num_classes = train.images.shape[1], len(train.classes)
+    for name, images in (("clean", train.images), ("poisoned", poisoned)):
+        if name in victims:
+            print(f"victim trained on {name} data: reused from {done_path}", flush=True)
+            continue
+        start = time.perf_counter()
+        torch.manual_seed(args.seed + 1)  # both victims start from the same weights
+        model = build_classifier(preset.victim, channels, num_classes).to(args.device)
+        result = train_victim(
+            model,
+            images,
+            train.labels,
+            test.images,
+            test.labels,
+            preset.victim_schedule,
+            seed=args.seed,
+            progress=not args.no_progress,
+            description=f"{name} victim",
+        )
+        victims[name] = result.test_accuracy
+        timings[f"{name}_victim_s"] = time.perf_counter() - start
+        saved = {"generator_sha256": generator_sha256, "curves": victims, "timings": timings}
+        write_json(done_path, saved)
+        print(f"victim trained on {name} data: clean test accuracy {result.final:.4f}", flush=True)
+    return victims, timings
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     preset = resolve_preset(args)
-    torch.manual_seed(args.seed)
     out: Path = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    if (out / "checkpoint.pt").exists() and not args.resume:
+        sys.exit(
+            f"{out / 'checkpoint.pt'} exists: pass --resume to continue it, or choose "
+            "another --output-dir"
+        )
     config = {
         "preset": preset.to_dict(),
         "dataset": args.dataset,
@@ -112,9 +157,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
     }
     print(f"seed {args.seed}; config:\n{json.dumps(config, indent=2)}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config)
     progress = not args.no_progress
-    timings: dict[str, float] = {}
 
     start = time.perf_counter()
     try:
@@ -122,58 +167,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as error:
         sys.exit(f"error: {error}")
     train, train_indices, validation, test = split_preset_data(splits, preset, args.seed)
-    timings["load_data_s"] = time.perf_counter() - start
-    channels, num_classes = train.images.shape[1], len(train.classes)
+    timings = {"load_data_s": time.perf_counter() - start}
     print(
         f"data: {len(train)} training, {len(validation)} validation, {len(test)} test images, "
-        f"{num_classes} classes, {tuple(train.images.shape[1:])}",
+        f"{len(train.classes)} classes, {tuple(train.images.shape[1:])}",
         flush=True,
     )
 
-    device = torch.device(args.device)
-    game = build_game(preset, channels, num_classes).to(device)
-    training = GeneratorTraining(
-        game,
-        preset.training,
-        train,
-        validation=validation,
-        victim_factory=lambda: build_classifier(preset.victim, channels, num_classes),
-        run_dir=out,
-    )
-    if args.resume and training.resume():
-        print(f"resumed from {out / 'checkpoint.pt'} at epoch {training.epoch}", flush=True)
-    elif (out / "checkpoint.pt").exists() and not args.resume:
-        sys.exit(
-            f"{out / 'checkpoint.pt'} exists: pass --resume to continue it, or choose "
-            "another --output-dir"
-        )
+    # (1) The game, checkpointed every epoch; the best generator by quick test is kept.
+    if args.resume and (out / "checkpoint.pt").is_file():
+        print(f"resumed from {out / 'checkpoint.pt'}", flush=True)
     start = time.perf_counter()
-    training.run(progress=progress)
-    timings["train_generator_s"] = time.perf_counter() - start
-    best_epoch = training.use_best_generator()
-    generator_path = out / "generator.pt"
-    save_generator(
-        generator_path,
-        game.leader,
-        {
-            "architecture": preset.generator,
-            "label_conditioned": preset.label_conditioned,
-            "num_classes": num_classes,
-            "classes": list(train.classes),
-            "epsilon": preset.epsilon,
-            "in_channels": channels,
-            "epoch": best_epoch,
-            "solver": preset.training.solver,
-            "dataset": args.dataset,
-            "training_images": len(train),
-            "seed": args.seed,
-        },
+    generator, metadata = train_preset_generator(
+        preset,
+        train,
+        out,
+        seed=args.seed,
+        device=args.device,
+        progress=progress,
+        metadata={"dataset": args.dataset},
+        validation=validation,
     )
+    timings["train_generator_s"] = time.perf_counter() - start
 
+    # (2) The training subset, poisoned and exported losslessly.
     start = time.perf_counter()
     poisoned = quantize_poison(
         train.images,
-        poison_images(game.leader, train.images, train.labels, progress=progress),
+        poison_images(generator, train.images, train.labels, progress=progress),
         preset.epsilon,
     )
     timings["poison_s"] = time.perf_counter() - start
@@ -184,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train.labels,
         preset.epsilon,
         indices=train_indices,
-        generator_checkpoint=generator_path,
+        generator_checkpoint=out / "generator.pt",
         source={"dataset": args.dataset, "data_dir": config["data_dir"], "split": "train"},
         overwrite=True,  # only reached on --resume; an export not written by us is refused
     )
@@ -194,52 +215,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         flush=True,
     )
 
-    # Each finished victim is saved, so a resumed run only trains the ones still missing.
-    done_path = out / "victims.json"
-    victims: dict[str, list[float]] = {}
-    if args.resume and done_path.is_file():
-        saved = json.loads(done_path.read_text())
-        if saved.get("generator_sha256") == manifest["generator_sha256"]:
-            victims = saved["curves"]
-            timings.update(saved["timings"])
-    for name, images in (("clean", train.images), ("poisoned", poisoned)):
-        if name in victims:
-            print(f"victim trained on {name} data: reused from {done_path}", flush=True)
-            continue
-        start = time.perf_counter()
-        torch.manual_seed(args.seed + 1)  # both victims start from the same weights
-        model = build_classifier(preset.victim, channels, num_classes).to(device)
-        result = train_victim(
-            model,
-            images,
-            train.labels,
-            test.images,
-            test.labels,
-            preset.victim_schedule,
-            seed=args.seed,
-            progress=progress,
-            description=f"{name} victim",
-        )
-        victims[name] = result.test_accuracy
-        timings[f"{name}_victim_s"] = time.perf_counter() - start
-        write_json(
-            done_path,
-            {
-                "generator_sha256": manifest["generator_sha256"],
-                "curves": victims,
-                "timings": {k: v for k, v in timings.items() if k.endswith("_victim_s")},
-            },
-        )
-        print(f"victim trained on {name} data: clean test accuracy {result.final:.4f}", flush=True)
-
+    # (3) Victims on clean and on poisoned images, scored on the clean test split.
+    victims, victim_timings = train_victims(
+        poisoned, train, test, preset, args, out / "victims.json", manifest["generator_sha256"]
+    )
+    timings.update(victim_timings)
+    history = json.loads((out / "training.json").read_text())
     metrics = {
         "clean_victim_accuracy": victims["clean"][-1],
         "poisoned_victim_accuracy": victims["poisoned"][-1],
         "epsilon": preset.epsilon,
         "seed": args.seed,
         "config": config,
-        "generator_epoch": best_epoch,
-        "quick_tests": training.quick_tests,
+        "generator_epoch": metadata["epoch"],
+        "quick_tests": history["quick_tests"],
         "clean_victim_curve": victims["clean"],
         "poisoned_victim_curve": victims["poisoned"],
         "measured_linf_levels": manifest["measured_linf_levels"],
@@ -250,8 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plot_victim_curves(out / "victim_accuracy.png", victims["clean"], victims["poisoned"], title)
     plot_generator_training(
         out / "training.png",
-        training.history,
-        training.quick_tests,
+        history["history"],
+        history["quick_tests"],
         len(train) // preset.training.batch_size,
     )
     plot_poison_examples(

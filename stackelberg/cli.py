@@ -252,8 +252,11 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from stackelberg.data import subset
-    from stackelberg.games.unlearnable.presets import PRESETS, train_preset_generator
+    from stackelberg.games.unlearnable.presets import (
+        PRESETS,
+        split_preset_data,
+        train_preset_generator,
+    )
     from stackelberg.utils.io import write_json
 
     parallel = distributed.setup()
@@ -301,7 +304,8 @@ def _train(args: argparse.Namespace) -> int:
     if started and (run_dir / "config.json").is_file():
         _check_same_run(run_dir / "config.json", config)
     splits = _load(args)
-    train, _ = subset(splits["train"], preset.train_size, args.seed)
+    # the preset's training subset, and clean images outside it for the quick tests
+    train, _, validation, _ = split_preset_data(splits, preset, args.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main_process():
         write_json(run_dir / "config.json", config)
@@ -314,6 +318,7 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         metadata={"dataset": args.dataset, "classes": list(train.classes)},
         device=_rank_device(args.device) if parallel else args.device,
+        validation=validation,
     )
     if distributed.is_main_process():
         print(f"generator: {run_dir / 'generator.pt'} (epoch {metadata['epoch']})")

@@ -183,6 +183,25 @@ def test_unlearnable_example_smoke_on_a_cifar_archive(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_example_trains_the_generator_stackelberg_train_does(tmp_path: Path) -> None:
+    """The example is a script over the library's pipeline, not a second one: for the same
+    preset, data and seed it trains exactly the generator that ``stackelberg train`` does."""
+    from stackelberg.cli import main as cli
+
+    example = _run_unlearnable("--dataset", "digits", "--output-dir", str(tmp_path / "example"))
+    assert example.returncode == 0, example.stderr
+    common = ["--preset", "smoke", "--dataset", "digits", "--no-progress"]
+    assert cli(["train", str(tmp_path / "cli"), *common]) == 0
+    ours = torch.load(tmp_path / "example" / "generator.pt", weights_only=True)
+    theirs = torch.load(tmp_path / "cli" / "generator.pt", weights_only=True)
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+    quick = json.loads((tmp_path / "example" / "metrics.json").read_text())["quick_tests"]
+    assert quick == json.loads((tmp_path / "cli" / "generator.json").read_text())["quick_tests"]
+
+
+@pytest.mark.slow
 def test_unlearnable_example_on_digits_and_a_missing_archive(tmp_path: Path) -> None:
     completed = _run_unlearnable(
         "--dataset", "digits", "--output-dir", str(tmp_path / "d"), "--solver", "backgradient"

@@ -327,13 +327,16 @@ def train_preset_generator(
     epochs: int | None = None,
     progress: bool = True,
     metadata: dict[str, Any] | None = None,
+    validation: ImageDataset | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``preset``'s generator on ``train`` (its last ``validation_size`` images of a
-    seeded shuffle held out for the quick tests) into ``run_dir``, resuming from
+    """Train ``preset``'s generator on ``train`` into ``run_dir``, resuming from
     ``run_dir/checkpoint.pt`` if it exists (an interrupted run, or a finished one asked for more
-    epochs); a finished run's ``generator.pt`` is returned as is. ``epochs`` overrides the
-    preset's; ``metadata`` is added to the checkpoint's. Returns the generator and its
-    checkpoint metadata (architecture, ε, solver, data size, seed, date, quick tests)."""
+    epochs); a finished run's ``generator.pt`` is returned as is. The quick tests score victims
+    on ``validation`` (clean images outside ``train``, e.g. from ``split_preset_data``); without
+    it, the last ``validation_size`` images of a seeded shuffle of ``train`` are held out for
+    them and the generator trains on the rest. ``epochs`` overrides the preset's;
+    ``metadata`` is added to the checkpoint's. Returns the generator and its checkpoint
+    metadata (architecture, ε, solver, data size, seed, date, quick tests)."""
     run_dir = Path(run_dir)
     path = run_dir / "generator.pt"
     finished = path.is_file() and path.with_suffix(".json").is_file()
@@ -344,11 +347,13 @@ def train_preset_generator(
     if epochs is not None:
         config = dataclasses.replace(config, epochs=epochs)
     config = dataclasses.replace(config, seed=seed)
-    validation_size = min(preset.validation_size, len(train) // 5)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    held, kept = order[:validation_size], order[validation_size:]
-    fit = ImageDataset(train.images[kept], train.labels[kept], train.classes)
-    validation = ImageDataset(train.images[held], train.labels[held], train.classes)
+    fit = train
+    if validation is None:
+        validation_size = min(preset.validation_size, len(train) // 5)
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        held, kept = order[:validation_size], order[validation_size:]
+        fit = ImageDataset(train.images[kept], train.labels[kept], train.classes)
+        validation = ImageDataset(train.images[held], train.labels[held], train.classes)
     channels, num_classes = int(train.images.shape[1]), len(train.classes)
     torch.manual_seed(seed)
     game = build_game(preset, channels, num_classes).to(torch.device(device))
