@@ -42,11 +42,13 @@ from stackelberg.games.unlearnable.presets import (
     defense_aware_preset,
     train_preset_generator,
 )
+from stackelberg.games.unlearnable.transforms import FollowerTransforms
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.utils.io import atomic_path, write_json
 from stackelberg.utils.rng import keeps_global_rng
 
 __all__ = [
+    "GENERATOR_VARIANTS",
     "SCALES",
     "TABLE_ATTACKS",
     "TABLE_DEFENSES",
@@ -70,7 +72,11 @@ VARIANT_POISONS: dict[str, tuple[str, float | None]] = {
     "gue-at-4": ("gue-adversarial", 4 / 255),
     "gue-accuracy": ("gue-accuracy", None),
     "gue-robust": ("gue-robust", None),  # the defense-aware game (ROBUST_TRANSFORMS)
+    "em-robust": ("em-robust", None),  # EM crafted through the victim's pipeline (same)
+    "tap-robust": ("tap-robust", None),  # TAP crafted through it
 }
+#: The variant poisons made by a generator (a saved one can be given for each).
+GENERATOR_VARIANTS = tuple(name for name, (how, _) in VARIANT_POISONS.items() if "gue" in how)
 
 _JPEG_DEFENSE = re.compile(r"^jpeg-(\d+)$")
 
@@ -339,6 +345,10 @@ class Benchmark:
         elif how == "rem" and adversarial_epsilon is not None:
             options = {**self._attack_options("rem"), "adversarial_epsilon": adversarial_epsilon}
             poison = self._craft("rem", **options)
+        elif how in ("em-robust", "tap-robust"):
+            base = how.removesuffix("-robust")
+            pipeline = FollowerTransforms(ROBUST_TRANSFORMS, seed=self.seed)
+            poison = self._craft(base, **self._attack_options(base), follower_transforms=pipeline)
         else:
             poison = self._craft(attack, **self._attack_options(attack))
         with atomic_path(images_path) as tmp, open(tmp, "wb") as handle:

@@ -40,10 +40,10 @@ from typing import Any
 
 import torch
 from comparison_suite import (
+    GENERATOR_VARIANTS,
     SCALES,
     TABLE_ATTACKS,
     TABLE_DEFENSES,
-    VARIANT_POISONS,
     Benchmark,
     defense_spec,
 )
@@ -85,7 +85,7 @@ PAPER_ROBUST = {
 #: The defense-survival table: each protection, then the defense-aware game's, against the
 #: victim's pipeline (none, grayscale, JPEG from image shortcut squeezing's 10 to the 75–90
 #: photo sites apply).
-SURVIVAL_ROWS = ("clean", "em", "tap", "gue", "gue-robust")
+SURVIVAL_ROWS = ("clean", "em", "tap", "gue", "gue-robust", "em-robust", "tap-robust")
 SURVIVAL_QUALITIES = (10, 30, 50, 75, 90)
 SURVIVAL_TRANSFORMS = ("none", "grayscale", *(f"jpeg-{q}" for q in SURVIVAL_QUALITIES))
 #: The goal: at most half of the clean victim's accuracy under each of these.
@@ -142,10 +142,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.generators = {}
     for item in args.generator:
         name, _, path = item.partition("=")
-        if not path or name not in VARIANT_POISONS or name.startswith("rem"):
+        if not path or name not in GENERATOR_VARIANTS:
             parser.error(
-                f"--generator takes NAME=PATH with NAME one of gue-at-2, gue-at-4, "
-                f"gue-accuracy, gue-robust; got {item!r}"
+                f"--generator takes NAME=PATH with NAME one of {', '.join(GENERATOR_VARIANTS)}; "
+                f"got {item!r}"
             )
         args.generators[name] = Path(path)
     args.output_dir = args.output_dir or Path("results") / f"tables-{args.scale}"

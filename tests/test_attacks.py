@@ -26,6 +26,7 @@ from stackelberg.games.unlearnable.attacks import (
 )
 from stackelberg.games.unlearnable.attacks.noise import _run_process
 from stackelberg.games.unlearnable.presets import build_classifier, build_generator
+from stackelberg.games.unlearnable.transforms import FollowerTransforms, grayscale
 from stackelberg.games.unlearnable.victim import VictimSchedule
 
 EPS = 8 / 255
@@ -188,6 +189,62 @@ def test_tap_pushes_the_crafting_model_toward_the_next_class() -> None:
     with torch.no_grad():
         after = model((x + out.delta).clamp(0, 1)).argmax(1)
     assert float((after == (labels + 1) % K).float().mean()) == out.info["target_hit_rate"]
+
+
+def test_tap_through_grayscale_crafts_gray_noise() -> None:
+    """Through the victim's grayscale, ∂L/∂δ_c = w_c·∂L/∂luma with every luma weight
+    w_c > 0, so each signed step from δ = 0 moves the three channels alike: the noise is
+    gray, exactly; without the pipeline it is not."""
+    images, labels = toy_data(32)
+    images = images // 2 + 64  # away from 0 and 255, where clamp(x + δ) stops the gradient
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, K))
+    gray = targeted_adversarial_poison(
+        images,
+        labels,
+        0.1,
+        num_classes=K,
+        crafting_model=model,
+        steps=10,
+        follower_transforms=FollowerTransforms(["grayscale"]),
+    )
+    assert torch.equal(gray.delta[:, 0], gray.delta[:, 1])
+    assert torch.equal(gray.delta[:, 1], gray.delta[:, 2])
+    assert gray.info["follower_transforms"] == ["grayscale"]
+    with torch.no_grad():
+        seen = grayscale((images.float() / 255 + gray.delta).clamp(0, 1))
+        hits = (model(seen).argmax(1) == (labels + 1) % K).float().mean()
+    assert float(hits) == gray.info["target_hit_rate"] > 0.9
+    plain = targeted_adversarial_poison(
+        images, labels, 0.1, num_classes=K, crafting_model=model, steps=10
+    )
+    assert not torch.equal(plain.delta[:, 0], plain.delta[:, 1])
+
+
+def test_em_through_the_victims_pipeline() -> None:
+    """The identity pipeline changes nothing; through grayscale every PGD step moves the
+    channels of a pixel alike, so away from the ε clamp the change from EM's seeded random
+    start is the same in the three channels."""
+    images, labels = toy_data(32)
+    images = images // 2 + 64  # away from 0 and 255, where clamp(x + δ) stops the gradient
+    options = {"num_classes": K, "max_rounds": 1, "pgd_steps": 2, "train_steps": 2, "seed": 4}
+    plain = error_minimizing_noise(images, labels, EPS, **options)
+    identity = error_minimizing_noise(
+        images, labels, EPS, follower_transforms=FollowerTransforms(["none"]), **options
+    )
+    assert torch.equal(plain.delta, identity.delta)
+    gray = error_minimizing_noise(
+        images, labels, EPS, follower_transforms=FollowerTransforms(["grayscale"]), **options
+    )
+    start = (torch.rand(images.shape, generator=torch.Generator().manual_seed(4)) * 2 - 1) * EPS
+    inside = (start.abs() < EPS - 2 * EPS / 10).all(1)  # two steps of ε/10 cannot reach ±ε
+    change = gray.delta - start
+    assert inside.float().mean() > 0.5
+    for c in (1, 2):
+        assert torch.allclose(change[:, 0][inside], change[:, c][inside], atol=1e-7)
+    assert (change.abs() > 1e-6).float().mean() > 0.5  # it moved
+    assert not torch.allclose((plain.delta - start)[:, 0], (plain.delta - start)[:, 1])
+    with pytest.raises(TypeError, match="must be a FollowerTransforms"):
+        error_minimizing_noise(images, labels, EPS, follower_transforms=["grayscale"], **options)
 
 
 def test_label_specific_deepconfuse_targets_the_next_class() -> None:

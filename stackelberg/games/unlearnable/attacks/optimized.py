@@ -14,6 +14,14 @@ stores ``clamp(x + δ) − x`` instead and loses part of it).
 clean data, then for each image PGD toward the wrong label ``(y + shift) mod K``:
 ``min_{‖δ‖∞≤ε} L(f(x + δ), (y + shift) mod K)``. The published attack runs 250 steps with
 differentiable augmentation; the default here is 20 plain steps.
+
+**Through the victim's pipeline** (``follower_transforms``, a
+``transforms.FollowerTransforms``): both attacks can anticipate what the victim does to the
+published images before training (JPEG, grayscale, its augmentation). EM's surrogate then
+trains on ``T(x + δ)`` and the noise minimizes ``L(f(T(x + δ)), y)``; TAP's noise minimizes
+``L(f(T(x + δ)), (y + shift) mod K)``. A new ``T`` is drawn for every surrogate step and every
+PGD step (expectation over transformation, Athalye et al. 2018). The budget is on ``δ``, the
+image as published, before any transform.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from tqdm.auto import tqdm
 from stackelberg.games.adversarial import signed_gradient_steps
 from stackelberg.games.unlearnable.attacks.base import AttackOutput, check_attack_inputs
 from stackelberg.games.unlearnable.game import apply_perturbation
+from stackelberg.games.unlearnable.transforms import FollowerTransforms
 from stackelberg.games.unlearnable.victim import VictimSchedule, accuracy, train_victim
 from stackelberg.utils.rng import keeps_global_rng
 
@@ -51,17 +60,38 @@ def _float(images: Tensor, device: torch.device) -> Tensor:
     return images.to(device).float() / 255.0
 
 
+def _through(transforms: FollowerTransforms | None, x: Tensor) -> Tensor:
+    """``T(x)`` for a newly drawn victim pipeline ``T`` (``x`` itself without one)."""
+    if transforms is None:
+        return x
+    transforms.resample()
+    return transforms(x)
+
+
+def _check_transforms(transforms: FollowerTransforms | None) -> None:
+    if transforms is not None and not isinstance(transforms, FollowerTransforms):
+        raise TypeError(
+            f"follower_transforms must be a FollowerTransforms, got {type(transforms).__name__}"
+        )
+
+
 def _poisoned_accuracy(
-    model: nn.Module, images: Tensor, delta_of: Callable[[Tensor], Tensor], labels: Tensor
+    model: nn.Module,
+    images: Tensor,
+    delta_of: Callable[[Tensor], Tensor],
+    labels: Tensor,
+    transforms: FollowerTransforms | None = None,
 ) -> float:
-    """The model's accuracy on ``clamp(x + δ)`` over the whole set (eval mode)."""
+    """The model's accuracy on ``T(clamp(x + δ))`` over the whole set (eval mode; one draw
+    of ``T`` per batch of 500)."""
     device = next(model.parameters()).device
     model.eval()
     correct = 0
     with torch.no_grad():
         for index in torch.arange(len(labels)).split(500):
             x = apply_perturbation(_float(images[index], device), delta_of(index).to(device))
-            correct += int((model(x).argmax(1) == labels[index].to(device)).sum())
+            prediction = model(_through(transforms, x)).argmax(1)
+            correct += int((prediction == labels[index].to(device)).sum())
     return correct / max(len(labels), 1)
 
 
@@ -82,14 +112,18 @@ def error_minimizing_noise(
     max_rounds: int = 100,
     batch_size: int = 128,
     lr: float = 0.1,
+    follower_transforms: FollowerTransforms | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> AttackOutput:
-    """EM noise (sample-wise, or class-wise with ``classwise=True``); see the module doc.
+    """EM noise (sample-wise, or class-wise with ``classwise=True``), optionally through the
+    victim's pipeline ``follower_transforms``; see the module doc.
 
     ``info`` reports the rounds run, the surrogate's final accuracy on the poisoned training
-    set and whether it passed ``stop_accuracy`` (``converged``) before ``max_rounds``."""
+    set (through the pipeline, if any) and whether it passed ``stop_accuracy``
+    (``converged``) before ``max_rounds``."""
     check_attack_inputs(images, labels, epsilon, num_classes)
+    _check_transforms(follower_transforms)
     if train_steps < 1 or pgd_steps < 1 or max_rounds < 1 or batch_size < 1:
         raise ValueError("train_steps, pgd_steps, max_rounds and batch_size must be >= 1")
     if not 0 < stop_accuracy <= 1:
@@ -116,7 +150,9 @@ def error_minimizing_noise(
         for _ in range(train_steps):
             index = next(batches)
             x = apply_perturbation(_float(images[index], device), delta_of(index))
-            loss = F.cross_entropy(model(x), labels_cpu[index].to(device))
+            loss = F.cross_entropy(
+                model(_through(follower_transforms, x)), labels_cpu[index].to(device)
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -133,8 +169,11 @@ def error_minimizing_noise(
                 alpha,
                 pgd_steps,
                 device,
+                follower_transforms,
             )
-        poisoned_accuracy = _poisoned_accuracy(model, images, delta_of, labels_cpu)
+        poisoned_accuracy = _poisoned_accuracy(
+            model, images, delta_of, labels_cpu, follower_transforms
+        )
         rounds.set_postfix(poisoned_acc=f"{poisoned_accuracy:.3f}")
         if poisoned_accuracy > stop_accuracy:
             break
@@ -146,6 +185,9 @@ def error_minimizing_noise(
             "poisoned_train_accuracy": poisoned_accuracy,
             "converged": poisoned_accuracy > stop_accuracy,
             "classwise": classwise,
+            "follower_transforms": []
+            if follower_transforms is None
+            else list(follower_transforms.names),
         },
     )
 
@@ -161,9 +203,11 @@ def _minimize_noise(
     alpha: float,
     steps: int,
     device: torch.device,
+    transforms: FollowerTransforms | None = None,
 ) -> None:
-    """``steps`` signed descent steps of the loss in the batch's noise, written into
-    ``noise``: rows ``index``, or, if ``classwise``, the rows of the batch's classes.
+    """``steps`` signed descent steps of the loss in the batch's noise (through a newly
+    drawn ``T`` at each step, if ``transforms``), written into ``noise``: rows ``index``, or,
+    if ``classwise``, the rows of the batch's classes.
 
     Class-wise, every image starts from its class's noise and takes its own PGD steps; each
     class's noise then becomes the mean of its images' results (the update of Huang et al.'s
@@ -175,7 +219,7 @@ def _minimize_noise(
     rows = y if classwise else index.to(device)
     delta = signed_gradient_steps(
         noise[rows],
-        lambda d: F.cross_entropy(model(apply_perturbation(x, d)), y),
+        lambda d: F.cross_entropy(model(_through(transforms, apply_perturbation(x, d))), y),
         steps=steps,
         step_size=alpha,
         project=lambda d: d.clamp(-epsilon, epsilon),
@@ -206,16 +250,19 @@ def targeted_adversarial_poison(
     step_size: float | None = None,
     shift: int = 1,
     batch_size: int = 250,
+    follower_transforms: FollowerTransforms | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> AttackOutput:
     """TAP: PGD toward ``(y + shift) mod K`` against a crafting model trained on the clean
     images (``crafting_schedule``, default 10 epochs at lr 0.05), or against
-    ``crafting_model`` if given. Step size ``2.5ε/steps`` by default.
+    ``crafting_model`` if given, optionally through the victim's pipeline
+    ``follower_transforms`` (module doc). Step size ``2.5ε/steps`` by default.
 
     ``info`` reports the crafting model's accuracy on the clean training images and the
-    fraction of poisons it classifies as their target."""
+    fraction of poisons it classifies as their target (through a drawn pipeline, if any)."""
     check_attack_inputs(images, labels, epsilon, num_classes)
+    _check_transforms(follower_transforms)
     if steps < 1 or shift % num_classes == 0:
         raise ValueError("need steps >= 1 and a shift that is not a multiple of num_classes")
     device = torch.device(device)
@@ -247,14 +294,18 @@ def targeted_adversarial_poison(
         target = (labels_cpu[index].to(device) + shift) % num_classes
         delta = signed_gradient_steps(
             torch.zeros_like(x),
-            lambda d: F.cross_entropy(model(apply_perturbation(x, d)), target),  # noqa: B023
+            lambda d: F.cross_entropy(
+                model(_through(follower_transforms, apply_perturbation(x, d))),  # noqa: B023
+                target,  # noqa: B023
+            ),
             steps=steps,
             step_size=alpha,
             project=lambda d: d.clamp(-epsilon, epsilon),
             ascent=False,
         )
         with torch.no_grad():
-            hits += int((model(apply_perturbation(x, delta)).argmax(1) == target).sum())
+            poisoned = _through(follower_transforms, apply_perturbation(x, delta))
+            hits += int((model(poisoned).argmax(1) == target).sum())
         deltas.append(delta.cpu())
     return AttackOutput(
         torch.cat(deltas),
@@ -262,5 +313,8 @@ def targeted_adversarial_poison(
             "crafting_clean_accuracy": clean_accuracy,
             "target_hit_rate": hits / max(len(labels), 1),
             "steps": steps,
+            "follower_transforms": []
+            if follower_transforms is None
+            else list(follower_transforms.names),
         },
     )
