@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     poison.add_argument("--format", choices=("npz", "png"), default="npz")
     poison.add_argument("--split", choices=("train", "test"), default="train")
+    poison.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="poison only this preset's training subset (the images `train --preset` trained "
+        "on, for the same --seed), as the results of the docs do; default: the whole split",
+    )
     poison.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_data_options(poison)
     _add_common(poison)
@@ -172,10 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="a .npz written by `poison` (default: the clean training split)",
     )
-    evaluate.add_argument("--victim", choices=CLASSIFIERS, default="convnet-lite")
+    evaluate.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="the preset's victim protocol: its victim and schedule, and without --poisoned "
+        "its clean training subset (default: convnet-lite, 15 epochs at lr 0.02, the whole "
+        "training split)",
+    )
+    evaluate.add_argument(
+        "--victim", choices=CLASSIFIERS, help="victim architecture (overrides the preset's)"
+    )
     evaluate.add_argument("--defense", choices=sorted(DEFENSES), default="none")
-    evaluate.add_argument("--epochs", type=_positive, default=15)
-    evaluate.add_argument("--lr", type=float, default=0.02, help="SGD learning rate")
+    evaluate.add_argument("--epochs", type=_positive, help="victim epochs (overrides the preset's)")
+    evaluate.add_argument("--lr", type=float, help="SGD learning rate (overrides the preset's)")
     evaluate.add_argument("--output", type=Path, help="write the result as JSON here")
     evaluate.add_argument(
         "--overwrite", action="store_true", help="replace an earlier report at --output"
@@ -386,7 +401,14 @@ def _poison(args: argparse.Namespace) -> int:
         outputs,
     )
     generator, metadata = load_generator(args.generator, args.device)
-    split = _load(args)[args.split]
+    splits = _load(args)
+    split, indices = splits[args.split], None
+    if args.preset is not None:
+        from stackelberg.games.unlearnable.presets import PRESETS, split_preset_data
+
+        if args.split != "train":
+            raise ValueError("--preset selects a training subset: use it with --split train")
+        split, indices, _, _ = split_preset_data(splits, PRESETS[args.preset], args.seed)
     _check_compatible(metadata, split.images.shape[1], len(split.classes))
     epsilon = float(metadata["epsilon"])
     poisoned = quantize_poison(
@@ -396,6 +418,8 @@ def _poison(args: argparse.Namespace) -> int:
         source=str(args.generator),
     )
     source = {"dataset": args.dataset, "data_dir": str(args.data_dir), "split": args.split}
+    if args.preset is not None:
+        source.update(preset=args.preset, seed=args.seed)
     if args.format == "npz":
         manifest = export_npz(
             args.output,
@@ -403,6 +427,7 @@ def _poison(args: argparse.Namespace) -> int:
             split.images,
             split.labels,
             epsilon,
+            indices=indices,
             source=source,
             generator_checkpoint=args.generator,
             overwrite=args.overwrite,
@@ -441,7 +466,7 @@ def _check_compatible(metadata: dict[str, Any], channels: int, num_classes: int)
 
 def _evaluate(args: argparse.Namespace) -> int:
     from stackelberg.games.unlearnable.defenses import make_defense
-    from stackelberg.games.unlearnable.presets import build_classifier
+    from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, split_preset_data
     from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
     from stackelberg.utils.io import write_json
     from stackelberg.utils.ownership import check_disjoint, owned_json
@@ -461,6 +486,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     device = _rank_device(args.device) if parallel else args.device
     splits = _load(args)
     train, test = splits["train"], splits["test"]
+    preset = None if args.preset is None else PRESETS[args.preset]
+    if preset is not None and args.poisoned is None:
+        train = split_preset_data(splits, preset, args.seed)[0]  # the preset's clean subset
+    victim = args.victim or (preset.victim if preset else "convnet-lite")
+    if preset is not None and args.epochs is None and args.lr is None:
+        schedule = preset.victim_schedule
+    else:
+        base = preset.victim_schedule if preset else VictimSchedule.scaled(15, lr=0.02)
+        schedule = VictimSchedule.scaled(
+            args.epochs or base.epochs,
+            lr=args.lr or base.lr,
+            batch_size=base.batch_size,
+            augment=base.augment,
+        )
     images, labels = train.images, train.labels
     if args.poisoned is not None:
         images, labels = _read_npz(args.poisoned)
@@ -478,8 +517,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"labels must lie in [0, {num_classes}) for this dataset's {num_classes} classes, "
             f"got [{int(labels.min())}, {int(labels.max())}]"
         )
-    model = build_classifier(args.victim, images.shape[1], num_classes).to(device)
-    schedule = VictimSchedule.scaled(args.epochs, lr=args.lr)
+    model = build_classifier(victim, images.shape[1], num_classes).to(device)
     start = time.perf_counter()
     result = train_victim(
         model,
@@ -495,11 +533,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = {
         "command": "evaluate",
         "poisoned": None if args.poisoned is None else str(args.poisoned),
-        "victim": args.victim,
+        "preset": args.preset,
+        "victim": victim,
         "defense": args.defense,
-        "epochs": args.epochs,
-        "lr": args.lr,
+        "schedule": dataclasses.asdict(schedule),
+        "epochs": schedule.epochs,
+        "lr": schedule.lr,
         "seed": args.seed,
+        "training_images": len(labels),
         "test_accuracy": result.final,
         "test_curve": result.test_accuracy,
         "seconds": time.perf_counter() - start,
@@ -510,7 +551,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.output:
         write_json(args.output, report)
     print(
-        f"clean test accuracy: {100 * result.final:.2f} % ({args.victim}, defense "
+        f"clean test accuracy: {100 * result.final:.2f} % ({victim}, defense "
         f"{args.defense}, {len(labels)} training images)"
     )
     return 0

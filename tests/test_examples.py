@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,7 +111,10 @@ def test_adversarial_example_smoke_and_resume(tmp_path: Path) -> None:
     assert_png_figure(tmp_path / "out" / "robust_accuracy.png")
 
 
-def _run_unlearnable(*args: str) -> subprocess.CompletedProcess:
+def _run_unlearnable(*args: str, same_threads: bool = False) -> subprocess.CompletedProcess:
+    """The example on the ``smoke`` preset; ``same_threads``: on as many threads as this
+    process (a bit-for-bit comparison with an in-process run needs the same reduction order)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())} if same_threads else None
     return subprocess.run(
         [
             sys.executable,
@@ -123,6 +127,7 @@ def _run_unlearnable(*args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
 
 
@@ -188,7 +193,9 @@ def test_the_example_trains_the_generator_stackelberg_train_does(tmp_path: Path)
     preset, data and seed it trains exactly the generator that ``stackelberg train`` does."""
     from stackelberg.cli import main as cli
 
-    example = _run_unlearnable("--dataset", "digits", "--output-dir", str(tmp_path / "example"))
+    example = _run_unlearnable(
+        "--dataset", "digits", "--output-dir", str(tmp_path / "example"), same_threads=True
+    )
     assert example.returncode == 0, example.stderr
     common = ["--preset", "smoke", "--dataset", "digits", "--no-progress"]
     assert cli(["train", str(tmp_path / "cli"), *common]) == 0
@@ -199,6 +206,47 @@ def test_the_example_trains_the_generator_stackelberg_train_does(tmp_path: Path)
         assert torch.equal(ours[name], tensor), name
     quick = json.loads((tmp_path / "example" / "metrics.json").read_text())["quick_tests"]
     assert quick == json.loads((tmp_path / "cli" / "generator.json").read_text())["quick_tests"]
+    # `poison --preset` poisons the same training subset into the same file contents ...
+    import numpy as np
+
+    from stackelberg.games.unlearnable.presets import PRESETS
+
+    cli_npz = tmp_path / "cli" / "poisoned.npz"
+    generator = str(tmp_path / "cli" / "generator.pt")
+    data = ["--dataset", "digits", "--no-progress"]
+    assert (
+        cli(
+            [
+                "poison",
+                "--generator",
+                generator,
+                "--output",
+                str(cli_npz),
+                "--preset",
+                "smoke",
+                *data,
+            ]
+        )
+        == 0
+    )
+    with (
+        np.load(tmp_path / "example" / "poisoned_train.npz") as theirs_npz,
+        np.load(cli_npz) as ours_npz,
+    ):
+        for key in ("x", "y", "indices"):
+            assert np.array_equal(theirs_npz[key], ours_npz[key]), key
+    # ... and `evaluate --preset` trains the preset's victim with its schedule.
+    smoke = PRESETS["smoke"]
+    for poisoned in ([], ["--poisoned", str(cli_npz)]):
+        report_path = tmp_path / f"evaluate{len(poisoned)}.json"
+        args = ["evaluate", "--preset", "smoke", *poisoned, *data, "--output", str(report_path)]
+        assert cli(args) == 0
+        report = json.loads(report_path.read_text())
+        assert report["victim"] == smoke.victim and report["preset"] == "smoke"
+        assert report["schedule"]["epochs"] == smoke.victim_schedule.epochs
+        assert report["schedule"]["lr"] == smoke.victim_schedule.lr
+        assert len(report["test_curve"]) == smoke.victim_schedule.epochs
+        assert report["training_images"] == smoke.train_size  # the preset's subset, both ways
 
 
 @pytest.mark.slow
