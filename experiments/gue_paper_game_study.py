@@ -488,6 +488,27 @@ def _milestone_keys(victims: dict[str, Any]) -> list[int]:
     return sorted(int(k) for k in victims)
 
 
+#: The comparison tables' diagnostics, the reference the study's are read against.
+REFERENCE_DIAGNOSTICS = (
+    Path(__file__).resolve().parents[1] / "docs" / "results" / "tables-cpu" / "diagnostics.json"
+)
+_REFERENCE_ROWS = {
+    "random": "random noise",
+    "em": "EM",
+    "gue": "GUE `cpu-em`",
+    "deepconfuse": "DeepConfuse",
+    "shortcutgen": "ShortcutGen",
+}
+
+
+def _reference_diagnostics() -> list[tuple[str, dict[str, float]]]:
+    """``(label, row)`` of the comparison tables' diagnostics, if that file is there."""
+    if not REFERENCE_DIAGNOSTICS.is_file():
+        return []
+    rows = json.loads(REFERENCE_DIAGNOSTICS.read_text())["rows"]
+    return [(label, rows[name]) for name, label in _REFERENCE_ROWS.items() if name in rows]
+
+
 def _diagnostics_lines(results: dict[str, dict[str, Any]], clean: dict | None) -> list[str]:
     """The table of ``diagnose``'s results, or nothing if no run has been diagnosed."""
     rows = [
@@ -503,7 +524,7 @@ def _diagnostics_lines(results: dict[str, dict[str, Any]], clean: dict | None) -
 
     lines = [
         "",
-        "## Why the victim does not learn the shortcut: diagnostics of the poisons",
+        "## Is there a shortcut? Diagnostics of the poisons",
         "",
         "`diagnose NAME` (see below). *Noise only*: the follower's architecture trained on the "
         "perturbations δ alone (5 epochs, no augmentation), accuracy on held-out δ (chance: "
@@ -521,6 +542,20 @@ def _diagnostics_lines(results: dict[str, dict[str, Any]], clean: dict | None) -
             f"{percent(entry.get('linear_test_accuracy'))} | "
             f"{percent(None if victim is None else victim['test_accuracy'])} |"
         )
+    reference = _reference_diagnostics()
+    if reference:
+        lines += [
+            "",
+            "For reference, the same two measures of the comparison tables' poisons (`cpu` "
+            "scale, 10 000 images, `docs/results/tables-cpu/diagnostics.md`), noise only / "
+            "linear held-out: "
+            + "; ".join(
+                f"{label} {percent(row['noise_only_accuracy'])} / {percent(row['test_accuracy'])}"
+                for label, row in reference
+            )
+            + ". Poisons that protect are shortcuts: learnable from the noise alone, and "
+            "linearly, almost perfectly.",
+        ]
     baseline = None if clean is None else clean.get("victim_without_augmentation")
     if baseline is not None:
         lines += [
