@@ -448,8 +448,9 @@ def report(args: argparse.Namespace) -> None:
     clean_path = args.runs_dir / "clean.json"
     clean = json.loads(clean_path.read_text()) if clean_path.is_file() else None
     clean_diagnostics_path = args.runs_dir / "clean-diagnostics.json"
-    if clean is not None and clean_diagnostics_path.is_file():
-        clean = {**clean, **json.loads(clean_diagnostics_path.read_text())}
+    clean_diagnostics = (  # the clean victim without augmentation
+        json.loads(clean_diagnostics_path.read_text()) if clean_diagnostics_path.is_file() else {}
+    )
     rows, results = [], {}
     for name, run in RUNS.items():
         run_dir = args.runs_dir / name
@@ -479,7 +480,9 @@ def report(args: argparse.Namespace) -> None:
         rows.append((name, run.description, result["steps_done"], victims))
     if clean is not None:
         write_json(out / "clean.json", clean)
-    write_text(out / "README.md", _markdown(rows, clean, results))
+    if clean_diagnostics:
+        write_json(out / "clean-diagnostics.json", clean_diagnostics)
+    write_text(out / "README.md", _markdown(rows, clean, results, clean_diagnostics))
     _plot(out / "study.png", results, clean)
     print(f"wrote {out}")
 
@@ -509,7 +512,9 @@ def _reference_diagnostics() -> list[tuple[str, dict[str, float]]]:
     return [(label, rows[name]) for name, label in _REFERENCE_ROWS.items() if name in rows]
 
 
-def _diagnostics_lines(results: dict[str, dict[str, Any]], clean: dict | None) -> list[str]:
+def _diagnostics_lines(
+    results: dict[str, dict[str, Any]], clean_diagnostics: dict[str, Any]
+) -> list[str]:
     """The table of ``diagnose``'s results, or nothing if no run has been diagnosed."""
     rows = [
         (name, int(step), entry)
@@ -556,7 +561,7 @@ def _diagnostics_lines(results: dict[str, dict[str, Any]], clean: dict | None) -
             + ". Poisons that protect are shortcuts: learnable from the noise alone, and "
             "linearly, almost perfectly.",
         ]
-    baseline = None if clean is None else clean.get("victim_without_augmentation")
+    baseline = clean_diagnostics.get("victim_without_augmentation")
     if baseline is not None:
         lines += [
             "",
@@ -569,6 +574,7 @@ def _markdown(
     rows: list[tuple[str, str, int, dict[str, Any]]],
     clean: dict | None,
     results: dict[str, dict[str, Any]],
+    clean_diagnostics: dict[str, Any],
 ) -> str:
     done = {name: steps for name, _, steps, _ in rows}
     lines = [
@@ -609,7 +615,7 @@ def _markdown(
         "gap every 100 steps (`gap_curve`: step, gap, clean accuracy) and the milestone victims "
         "(test and validation accuracy, per-epoch test curve, measured ‖δ‖∞); `study.png` plots "
         "both.",
-        *_diagnostics_lines(results, clean),
+        *_diagnostics_lines(results, clean_diagnostics),
         "",
         "## Continuing",
         "",

@@ -441,7 +441,6 @@ def test_study_diagnose_measures_each_snapshot_once_and_the_report_shows_it(
     history = [{"step": 20, "clean_accuracy": 0.4, "poisoned_accuracy": 0.4}]
     (run_dir / "training.json").write_text(json.dumps({"epoch": 1, "history": history}))
     (run_dir / "config.json").write_text(json.dumps({"seed": 0}))
-    (tmp_path / "clean.json").write_text(json.dumps({"test_accuracy": 0.767}))
     out = tmp_path / "report"
     study.main(["report", "--runs-dir", str(tmp_path), "--output-dir", str(out)])
     text = (out / "README.md").read_text()
