@@ -673,7 +673,7 @@ def _plot(path: Path, results: dict[str, dict[str, Any]], clean: dict | None) ->
 
     from stackelberg.utils.io import atomic_path
 
-    fig, (gap_ax, victim_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (gap_ax, victim_ax, noise_ax) = plt.subplots(1, 3, figsize=(16, 4))
     for name, result in results.items():
         curve = result["gap_curve"]
         gap_ax.plot([c[0] for c in curve], [100 * c[1] for c in curve], lw=1, label=name)
@@ -684,6 +684,35 @@ def _plot(path: Path, results: dict[str, dict[str, Any]], clean: dict | None) ->
             marker="o",
             label=name,
         )
+        diagnostics = result.get("diagnostics", {})
+        steps = _milestone_keys(diagnostics)
+        if steps:
+            (line,) = noise_ax.plot(
+                steps,
+                [100 * diagnostics[str(k)]["noise_only_accuracy"] for k in steps],
+                marker="o",
+                label=f"{name}: noise only",
+            )
+            noise_ax.plot(
+                steps,
+                [100 * diagnostics[str(k)]["linear_test_accuracy"] for k in steps],
+                marker="s",
+                ls="--",
+                color=line.get_color(),
+                label=f"{name}: linear, held out",
+            )
+    for label, row in _reference_diagnostics():
+        if label in ("EM", "random noise"):
+            noise_ax.axhline(100 * row["noise_only_accuracy"], color="gray", ls=":", lw=1)
+            noise_ax.annotate(
+                f"{label} (tables)", (0.01, 100 * row["noise_only_accuracy"] + 1.5),
+                xycoords=("axes fraction", "data"), fontsize=7, color="gray",
+            )  # fmt: skip
+    noise_ax.set_xlabel("outer step (generator snapshot)")
+    noise_ax.set_ylabel("accuracy learned from δ alone, held out (%)")
+    noise_ax.set_ylim(0, 105)
+    noise_ax.grid(alpha=0.3)
+    noise_ax.legend(fontsize=7)
     if clean is not None:
         victim_ax.axhline(100 * clean["test_accuracy"], color="k", ls="--", label="clean victim")
     victim_ax.axhline(35, color="r", ls=":", label="goal (35 %)")
