@@ -712,7 +712,11 @@ def _plot(path: Path, results: dict[str, dict[str, Any]], clean: dict | None) ->
     noise_ax.set_ylabel("accuracy learned from δ alone, held out (%)")
     noise_ax.set_ylim(0, 105)
     noise_ax.grid(alpha=0.3)
-    noise_ax.legend(fontsize=7)
+    if noise_ax.get_legend_handles_labels()[0]:
+        noise_ax.legend(fontsize=7)
+    else:
+        noise_ax.text(0.5, 0.5, "no diagnostics yet (diagnose NAME)", ha="center",
+                      transform=noise_ax.transAxes, color="gray")  # fmt: skip
     if clean is not None:
         victim_ax.axhline(100 * clean["test_accuracy"], color="k", ls="--", label="clean victim")
     victim_ax.axhline(35, color="r", ls=":", label="goal (35 %)")
