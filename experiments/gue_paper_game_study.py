@@ -183,14 +183,21 @@ def evaluate_victim(
     }
 
 
-def train_run(args: argparse.Namespace) -> None:
-    run_dir: Path = args.runs_dir / args.run
+def run_data(args: argparse.Namespace) -> tuple[Run, Preset, dict[str, Any]]:
+    """The run (``clean``: the official one's settings), its preset and its data (training
+    subset, clean validation images outside it, test split), on ``args.threads`` threads."""
     torch.set_num_threads(args.threads)
     run = RUNS.get(args.run, RUNS["official"])
     preset = run.preset(args.run)
     splits = load_dataset("folder", args.data_dir)
     train, _, validation, test = split_preset_data(splits, preset, args.seed)
-    data = {"train": train, "validation": validation, "test": test}
+    return run, preset, {"train": train, "validation": validation, "test": test}
+
+
+def train_run(args: argparse.Namespace) -> None:
+    run_dir: Path = args.runs_dir / args.run
+    run, preset, data = run_data(args)
+    train = data["train"]
     config = {
         "run": args.run,
         "description": "clean victim" if args.run == "clean" else run.description,
@@ -291,11 +298,7 @@ def evaluate_snapshots(args: argparse.Namespace) -> None:
     """The victims of the saved milestone snapshots that have none yet (``--steps``: only
     that milestone), newest first."""
     run_dir: Path = args.runs_dir / args.run
-    torch.set_num_threads(args.threads)
-    preset = RUNS[args.run].preset(args.run)
-    splits = load_dataset("folder", args.data_dir)
-    train, _, validation, test = split_preset_data(splits, preset, args.seed)
-    data = {"train": train, "validation": validation, "test": test}
+    _, preset, data = run_data(args)
     victims_path = run_dir / "victims.json"
     done = json.loads(victims_path.read_text()) if victims_path.is_file() else {}
     snapshots = sorted((run_dir / "snapshots").glob("step-*.pt"), reverse=True)
@@ -318,12 +321,8 @@ def diagnose(args: argparse.Namespace) -> None:
     tied to pixel positions can be broken by the victim's random crops). ``diagnose clean
     --victim-without-augmentation`` gives that victim's clean baseline. Results go to
     ``RUN/diagnostics.json`` (``clean-diagnostics.json``), keyed by step."""
-    torch.set_num_threads(args.threads)
-    run = RUNS.get(args.run, RUNS["official"])
-    preset = run.preset(args.run)
-    splits = load_dataset("folder", args.data_dir)
-    train, _, validation, test = split_preset_data(splits, preset, args.seed)
-    data = {"train": train, "validation": validation, "test": test}
+    _, preset, data = run_data(args)
+    train = data["train"]
     progress = not args.no_progress
     print(f"seed {args.seed}; diagnose {args.run}; preset {preset.to_dict()}", flush=True)
     if args.run == "clean":

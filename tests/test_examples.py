@@ -307,6 +307,18 @@ def _load_study():
     return module
 
 
+def _study_on_random_images(monkeypatch, n: int):
+    """The study module, reading ``n`` random 32×32 images (10 classes) as every split."""
+    from stackelberg.data.folders import ImageDataset
+
+    study = _load_study()
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    data = ImageDataset(images, torch.arange(n) % 10, tuple(str(k) for k in range(10)))
+    monkeypatch.setattr(study, "load_dataset", lambda *args: {"train": data, "test": data})
+    monkeypatch.setattr(study, "split_preset_data", lambda *args: (data, None, data, data))
+    return study, data
+
+
 def test_study_extrapolation_recovers_a_log_linear_curve() -> None:
     study = _load_study()
     # accuracy = 0.9 − 0.05·log2(steps): 35 % at log2(steps) = 11, i.e. 2048 steps
@@ -357,15 +369,11 @@ def test_study_report_writes_json_readme_and_plot(tmp_path: Path) -> None:
 def test_study_victims_evaluates_only_the_snapshots_without_one(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from stackelberg.data.folders import ImageDataset
     from stackelberg.games.unlearnable.checkpoint import save_generator
     from stackelberg.games.unlearnable.presets import build_generator
 
-    study = _load_study()
-    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
-    data = ImageDataset(images, torch.arange(12) % 10, tuple(str(k) for k in range(10)))
-    monkeypatch.setattr(study, "load_dataset", lambda *args: {"train": data, "test": data})
-    monkeypatch.setattr(study, "split_preset_data", lambda *args: (data, None, data, data))
+    study, data = _study_on_random_images(monkeypatch, 12)
+    images = data.images
     seen: list[torch.Tensor] = []
 
     def fake_victim(preset, poisoned, data, seed, progress):
@@ -393,15 +401,10 @@ def test_study_victims_evaluates_only_the_snapshots_without_one(
 def test_study_diagnose_measures_each_snapshot_once_and_the_report_shows_it(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from stackelberg.data.folders import ImageDataset
     from stackelberg.games.unlearnable.checkpoint import save_generator
     from stackelberg.games.unlearnable.presets import build_generator
 
-    study = _load_study()
-    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
-    data = ImageDataset(images, torch.arange(20) % 10, tuple(str(k) for k in range(10)))
-    monkeypatch.setattr(study, "load_dataset", lambda *args: {"train": data, "test": data})
-    monkeypatch.setattr(study, "split_preset_data", lambda *args: (data, None, data, data))
+    study, data = _study_on_random_images(monkeypatch, 20)
     # a class-wise shortcut: each class's images moved by its own ±8/255 sign pattern
     patterns = torch.randint(0, 2, (10, 3, 32, 32)).float() * 2 - 1
 
