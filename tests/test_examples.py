@@ -319,6 +319,20 @@ def _study_on_random_images(monkeypatch, n: int):
     return study, data
 
 
+def _untrained_snapshots(run_dir: Path, steps: tuple[int, ...]) -> Path:
+    """``run_dir`` with an untrained ``unet-small`` saved as the snapshot of each step."""
+    from stackelberg.games.unlearnable.checkpoint import save_generator
+    from stackelberg.games.unlearnable.presets import build_generator
+
+    (run_dir / "snapshots").mkdir(parents=True)
+    generator = build_generator("unet-small", 8 / 255, 3)
+    metadata = {"architecture": "unet-small", "label_conditioned": False, "num_classes": 10}
+    metadata.update({"epsilon": 8 / 255, "in_channels": 3})
+    for step in steps:
+        save_generator(run_dir / "snapshots" / f"step-{step:05d}.pt", generator, metadata)
+    return run_dir
+
+
 def test_study_extrapolation_recovers_a_log_linear_curve() -> None:
     study = _load_study()
     # accuracy = 0.9 − 0.05·log2(steps): 35 % at log2(steps) = 11, i.e. 2048 steps
@@ -369,9 +383,6 @@ def test_study_report_writes_json_readme_and_plot(tmp_path: Path) -> None:
 def test_study_victims_evaluates_only_the_snapshots_without_one(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from stackelberg.games.unlearnable.checkpoint import save_generator
-    from stackelberg.games.unlearnable.presets import build_generator
-
     study, data = _study_on_random_images(monkeypatch, 12)
     images = data.images
     seen: list[torch.Tensor] = []
@@ -381,13 +392,7 @@ def test_study_victims_evaluates_only_the_snapshots_without_one(
         return {"test_accuracy": 0.5, "validation_accuracy": 0.5}
 
     monkeypatch.setattr(study, "evaluate_victim", fake_victim)
-    run_dir = tmp_path / "official"
-    (run_dir / "snapshots").mkdir(parents=True)
-    generator = build_generator("unet-small", 8 / 255, 3)
-    metadata = {"architecture": "unet-small", "label_conditioned": False, "num_classes": 10}
-    metadata.update({"epsilon": 8 / 255, "in_channels": 3})
-    for step in (1287, 2574):
-        save_generator(run_dir / "snapshots" / f"step-{step:05d}.pt", generator, metadata)
+    run_dir = _untrained_snapshots(tmp_path / "official", (1287, 2574))
     earlier = {"1287": {"test_accuracy": 0.75}}
     (run_dir / "victims.json").write_text(json.dumps(earlier))
     study.main(["victims", "official", "--data-dir", "x", "--runs-dir", str(tmp_path)])
@@ -401,9 +406,6 @@ def test_study_victims_evaluates_only_the_snapshots_without_one(
 def test_study_diagnose_measures_each_snapshot_once_and_the_report_shows_it(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from stackelberg.games.unlearnable.checkpoint import save_generator
-    from stackelberg.games.unlearnable.presets import build_generator
-
     study, data = _study_on_random_images(monkeypatch, 20)
     # a class-wise shortcut: each class's images moved by its own ±8/255 sign pattern
     patterns = torch.randint(0, 2, (10, 3, 32, 32)).float() * 2 - 1
@@ -419,12 +421,7 @@ def test_study_diagnose_measures_each_snapshot_once_and_the_report_shows_it(
         return {"test_accuracy": 0.25, "validation_accuracy": 0.25}
 
     monkeypatch.setattr(study, "evaluate_victim", fake_victim)
-    run_dir = tmp_path / "official"
-    (run_dir / "snapshots").mkdir(parents=True)
-    generator = build_generator("unet-small", 8 / 255, 3)
-    metadata = {"architecture": "unet-small", "label_conditioned": False, "num_classes": 10}
-    metadata.update({"epsilon": 8 / 255, "in_channels": 3})
-    save_generator(run_dir / "snapshots" / "step-01287.pt", generator, metadata)
+    run_dir = _untrained_snapshots(tmp_path / "official", (1287,))
     common = ["--data-dir", "x", "--runs-dir", str(tmp_path), "--no-progress"]
     study.main(["diagnose", "official", *common])
     first = json.loads((run_dir / "diagnostics.json").read_text())["1287"]
