@@ -490,16 +490,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if preset is not None and args.poisoned is None:
         train = split_preset_data(splits, preset, args.seed)[0]  # the preset's clean subset
     victim = args.victim or (preset.victim if preset else "convnet-lite")
-    if preset is not None and args.epochs is None and args.lr is None:
-        schedule = preset.victim_schedule
-    else:
-        base = preset.victim_schedule if preset else VictimSchedule.scaled(15, lr=0.02)
+    schedule = preset.victim_schedule if preset else VictimSchedule.scaled(15, lr=0.02)
+    if args.epochs is not None:  # the same schedule shortened or stretched
         schedule = VictimSchedule.scaled(
-            args.epochs or base.epochs,
-            lr=args.lr or base.lr,
-            batch_size=base.batch_size,
-            augment=base.augment,
+            args.epochs, lr=schedule.lr, batch_size=schedule.batch_size, augment=schedule.augment
         )
+    if args.lr is not None:
+        schedule = dataclasses.replace(schedule, lr=args.lr)
     images, labels = train.images, train.labels
     if args.poisoned is not None:
         images, labels = _read_npz(args.poisoned)
