@@ -34,7 +34,7 @@ from stackelberg.games.unlearnable.losses import (
     attacker_loss,
     cw_margin,
 )
-from stackelberg.games.unlearnable.transforms import FollowerTransforms
+from stackelberg.games.unlearnable.transforms import FollowerTransforms, check_follower_transforms
 
 __all__ = ["VARIANTS", "PoisonedBatch", "UnlearnableGame", "apply_perturbation"]
 
@@ -142,14 +142,7 @@ class UnlearnableGame(Game):
         self.adversarial_loss = adversarial_loss
         self.trades_beta = float(trades_beta)
         self.error_minimizing_weight = float(error_minimizing_weight)
-        if follower_transforms is not None and not isinstance(
-            follower_transforms, FollowerTransforms
-        ):
-            raise TypeError(
-                "follower_transforms must be a FollowerTransforms, got "
-                f"{type(follower_transforms).__name__}"
-            )
-        self.follower_transforms = follower_transforms
+        self.follower_transforms = check_follower_transforms(follower_transforms)
 
     # -- the poison --------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from stackelberg.games.unlearnable.victim import augment
 
-__all__ = ["LUMA", "FollowerTransforms", "grayscale", "jpeg"]
+__all__ = ["LUMA", "FollowerTransforms", "check_follower_transforms", "grayscale", "jpeg"]
 
 #: ITU-R BT.601 luma weights (R, G, B), as ``defenses.Grayscale`` uses them.
 LUMA = (0.299, 0.587, 0.114)
@@ -163,3 +163,13 @@ class FollowerTransforms(nn.Module):
 
     def extra_repr(self) -> str:
         return f"names={list(self.names)}, seed={self.seed}, current={self.current}"
+
+
+def check_follower_transforms(transforms: Any) -> FollowerTransforms | None:
+    """``transforms`` itself if it is ``None`` or a ``FollowerTransforms``; a ``TypeError``
+    naming what was given otherwise (a list of names, say, which must be wrapped first)."""
+    if transforms is not None and not isinstance(transforms, FollowerTransforms):
+        raise TypeError(
+            f"follower_transforms must be a FollowerTransforms, got {type(transforms).__name__}"
+        )
+    return transforms

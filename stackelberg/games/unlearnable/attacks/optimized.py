@@ -36,7 +36,10 @@ from tqdm.auto import tqdm
 from stackelberg.games.adversarial import signed_gradient_steps
 from stackelberg.games.unlearnable.attacks.base import AttackOutput, check_attack_inputs
 from stackelberg.games.unlearnable.game import apply_perturbation
-from stackelberg.games.unlearnable.transforms import FollowerTransforms
+from stackelberg.games.unlearnable.transforms import (
+    FollowerTransforms,
+    check_follower_transforms,
+)
 from stackelberg.games.unlearnable.victim import VictimSchedule, accuracy, train_victim
 from stackelberg.utils.rng import keeps_global_rng
 
@@ -66,13 +69,6 @@ def _through(transforms: FollowerTransforms | None, x: Tensor) -> Tensor:
         return x
     transforms.resample()
     return transforms(x)
-
-
-def _check_transforms(transforms: FollowerTransforms | None) -> None:
-    if transforms is not None and not isinstance(transforms, FollowerTransforms):
-        raise TypeError(
-            f"follower_transforms must be a FollowerTransforms, got {type(transforms).__name__}"
-        )
 
 
 def _poisoned_accuracy(
@@ -123,7 +119,7 @@ def error_minimizing_noise(
     set (through the pipeline, if any) and whether it passed ``stop_accuracy``
     (``converged``) before ``max_rounds``."""
     check_attack_inputs(images, labels, epsilon, num_classes)
-    _check_transforms(follower_transforms)
+    check_follower_transforms(follower_transforms)
     if train_steps < 1 or pgd_steps < 1 or max_rounds < 1 or batch_size < 1:
         raise ValueError("train_steps, pgd_steps, max_rounds and batch_size must be >= 1")
     if not 0 < stop_accuracy <= 1:
@@ -262,7 +258,7 @@ def targeted_adversarial_poison(
     ``info`` reports the crafting model's accuracy on the clean training images and the
     fraction of poisons it classifies as their target (through a drawn pipeline, if any)."""
     check_attack_inputs(images, labels, epsilon, num_classes)
-    _check_transforms(follower_transforms)
+    check_follower_transforms(follower_transforms)
     if steps < 1 or shift % num_classes == 0:
         raise ValueError("need steps >= 1 and a shift that is not a multiple of num_classes")
     device = torch.device(device)
