@@ -437,6 +437,18 @@ def test_study_diagnose_measures_each_snapshot_once_and_the_report_shows_it(
     assert second["victim_without_augmentation"]["test_accuracy"] == 0.25
     study.main(["diagnose", "clean", "--victim-without-augmentation", *common])
     assert augment == [False, False]
+    # the snapshot (an untrained U-Net: running statistics 0 and 1) recalibrated first
+    study.main(["diagnose", "official", "--calibrate-batchnorm", *common])
+    assert augment == [False, False, True]  # the study's victim, with its augmentation
+    third = json.loads((run_dir / "diagnostics.json").read_text())["1287"]
+    calibrated = third.pop("calibrated_batchnorm")
+    assert third == second  # the snapshot's own measures are untouched
+    assert calibrated["victim"]["test_accuracy"] == 0.25
+    assert calibrated["linear_test_accuracy"] == 1.0  # the same shortcut: poison_images is faked
+    before, after = calibrated["agreement_as_saved"], calibrated["agreement_calibrated"]
+    assert after["same_sign"] > 0.95 and after["cosine"] > 0.99
+    assert before["cosine"] < after["cosine"]
+    second["calibrated_batchnorm"] = calibrated
     # the report shows the table with the clean baseline
     history = [{"step": 20, "clean_accuracy": 0.4, "poisoned_accuracy": 0.4}]
     (run_dir / "training.json").write_text(json.dumps({"epoch": 1, "history": history}))
@@ -447,4 +459,7 @@ def test_study_diagnose_measures_each_snapshot_once_and_the_report_shows_it(
     noise = f"{100 * first['noise_only_accuracy']:.1f}"
     assert f"| `official` | 1287 | {noise} | 100.0 / " in text and "| 25.0 |" in text
     assert "Clean victim without augmentation: **25.0 %**" in text
+    assert "## The generator's BatchNorm statistics" in text
+    row = f"| `official` | 1287 | {100 * before['same_sign']:.1f} ({before['cosine']:.2f}) | "
+    assert row in text and "| 100.0 | 25.0 | — |" in text  # no victim of the saved snapshot
     assert json.loads((out / "official.json").read_text())["diagnostics"]["1287"] == second

@@ -3,6 +3,7 @@ device reads, every solver's training step, checkpoints and exact resume, quick 
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from stackelberg.data import ImageDataset
 from stackelberg.games.unlearnable import (
     UnlearnableGame,
 )
+from stackelberg.games.unlearnable.export import calibrate_batchnorm
 from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
 from stackelberg.games.unlearnable.victim import VictimSchedule
 from stackelberg.models import ConvNet
@@ -198,6 +200,21 @@ def test_resume_after_interrupt_reproduces_the_uninterrupted_run_exactly(
     assert whole.history == second.history
     assert whole.quick_tests == second.quick_tests
     assert whole.best_epoch == second.best_epoch
+
+
+def test_each_epoch_leaves_the_generator_calibrated_on_the_training_images(
+    tmp_path: Path,
+) -> None:
+    training = _training(tmp_path, epochs=1)
+    training.run(progress=False)
+    generator = training.game.leader
+    expected = copy.deepcopy(generator)
+    calibrate_batchnorm(expected, training.train.images)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["generator"]
+    for key, value in expected.state_dict().items():
+        assert torch.equal(generator.state_dict()[key], value), key
+        assert torch.equal(saved[key], value), key
+    assert int(generator.head[1].num_batches_tracked) == 1  # one pass of 48 images
 
 
 def test_checkpoints_load_with_weights_only_and_refuse_other_settings(tmp_path: Path) -> None:

@@ -31,12 +31,72 @@ from stackelberg.utils.io import atomic_directory, atomic_path, write_json
 from stackelberg.utils.ownership import OwnershipError, owned_json
 
 __all__ = [
+    "calibrate_batchnorm",
     "export_npz",
     "export_png_folder",
     "file_sha256",
     "poison_images",
     "quantize_poison",
 ]
+
+
+@torch.no_grad()
+def calibrate_batchnorm(
+    generator: nn.Module,
+    images: Tensor,
+    labels: Tensor | None = None,
+    *,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> bool:
+    """Set the generator's BatchNorm running statistics to those of its current weights on
+    ``images`` (uint8 or float in [0, 1]); returns whether it has any BatchNorm layer.
+
+    The game runs the generator in training mode, where each BatchNorm layer normalizes with
+    its batch's mean and variance; ``poison_images`` runs it in eval mode, where the layers
+    read running averages. Those averages are updated once per forward pass with momentum 0.1,
+    so while the generator's weights move they lag behind them: the poisons a saved generator
+    makes are then not the perturbations the game optimized. Measured on the paper-game study's
+    last snapshot (U-Net 16–64 after 10 062 BOME steps, batches of 128 training images): δ in
+    eval mode and in training mode agreed in sign on 92.8 % of the pixels (mean cosine 0.93),
+    and on 97.9 % (0.99) after this calibration.
+
+    The statistics are recomputed from scratch over ``images``, in batches of ``batch_size``
+    taken in a random order drawn from ``seed``, as the game draws its batches (a dataset is
+    often sorted by class, and a batch of one class has a smaller variance than the whole).
+    Each running mean becomes the mean of the per-batch means, each running variance the mean
+    of the per-batch unbiased variances (``torch.optim.swa_utils.update_bn``'s rule). The
+    weights, each layer's momentum and the training mode are left as they were. A
+    label-conditioned generator needs ``labels``.
+    """
+    layers = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return False
+    conditional = bool(getattr(generator, "conditional", False))
+    if conditional and labels is None:
+        raise ValueError("this generator is label-conditioned: pass the labels")
+    momenta = [layer.momentum for layer in layers]
+    was_training = generator.training
+    weight = next(generator.parameters())
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the batches
+    generator.train()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    try:
+        for index in order.split(batch_size):
+            chunk = images[index].to(weight.device)
+            x = chunk.to(weight.dtype) / (255.0 if chunk.dtype == torch.uint8 else 1.0)
+            if conditional:
+                assert labels is not None
+                generator(x, labels[index].to(weight.device))
+            else:
+                generator(x)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        generator.train(was_training)
+    return True
 
 
 @torch.no_grad()

@@ -44,7 +44,10 @@ as the presets set them (η, T, φ and the payoffs are the same everywhere: η =
 [2] 20 epochs of 117 steps (CPU time); the study ran it to 10 062 steps (victim 74.8 %).
 [3] CPU time. Ours has no conv biases and upsamples with ``align_corners=False``; BatchNorm
 running statistics are updated once per outer step for the generator (the code: 12 times) and
-at every inner iterate for the follower (the code: twice); see the site's architecture page.
+at every inner iterate for the follower (the code: twice). The eval-mode generator that
+poisons reads them in both; ours recomputes the generator's on the training images at the end
+of every epoch (``calibrate_batchnorm``), so its poisons are the perturbations the game
+optimized.
 [4] 24 k parameters (CPU time); the study also runs ``convnet`` and ``convnet-wide``.
 [5] CPU time; ``paper`` holds 1 000 training images out for its quick tests.
 [6] On clean held-out training images, never on the test split (the official code selects on

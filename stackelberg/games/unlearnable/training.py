@@ -1,6 +1,8 @@
 """Training the poison generator: the GUE game solved by any solver, with checkpoints.
 
-Every epoch ends with a checkpoint (generator, classifier, both optimizers, the solver's step
+Every epoch ends by recomputing the generator's BatchNorm running statistics on the training
+images (``calibrate_batchnorm``: the eval-mode generator then makes the perturbations the game
+optimized), then a checkpoint (generator, classifier, both optimizers, the solver's step
 count, the RNG state, the history, the best generator so far), written atomically and loaded with
 ``weights_only=True``; ``GeneratorTraining.resume`` continues an interrupted run exactly
 where it stopped (the data order of epoch ``e`` is drawn from ``seed`` and ``e`` alone). Every
@@ -22,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stackelberg.data.folders import ImageDataset
-from stackelberg.games.unlearnable.export import poison_images
+from stackelberg.games.unlearnable.export import calibrate_batchnorm, poison_images
 from stackelberg.games.unlearnable.game import UnlearnableGame
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.solvers import (
@@ -356,6 +358,9 @@ class GeneratorTraining:
                     gap = info["poisoned_accuracy"] - info["clean_accuracy"]
                     bar.set_postfix(gap=f"{gap:+.2f}", clean=f"{info['clean_accuracy']:.2f}")
             self.epoch += 1
+            # The eval-mode generator (quick tests, checkpoints, exported poisons) reads the
+            # BatchNorm running statistics, which lag behind the weights during training.
+            calibrate_batchnorm(self.game.leader, self.train.images, self.train.labels)
             if config.quick_test_every and self.epoch % config.quick_test_every == 0:
                 score = self.quick_test()
                 self.quick_tests.append({"epoch": self.epoch, "validation_accuracy": score})

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from stackelberg.data.folders import ImageDataset
 from stackelberg.games.unlearnable.attacks.base import AttackOutput, check_attack_inputs
-from stackelberg.games.unlearnable.export import poison_images
+from stackelberg.games.unlearnable.export import calibrate_batchnorm, poison_images
 from stackelberg.games.unlearnable.game import UnlearnableGame, apply_perturbation
 from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
 from stackelberg.utils.rng import keeps_global_rng
@@ -192,6 +192,7 @@ def shortcutgen_poison(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+    calibrate_batchnorm(g, images)  # eval-mode poisons from the trained weights' statistics
     fit_seconds = time.perf_counter() - start
     out = generator_poison(images, labels, epsilon, num_classes=num_classes, generator=g)
     with torch.no_grad():
