@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="diagnose: recompute the snapshot's BatchNorm statistics on the training images "
         "first (snapshots saved before training did so carry stale ones), measure how far that "
-        "moves the poisons, and train the victim on them (17 min); stored under "
+        "moves the poisons, and train the victim on them (10 min); stored under "
         "`calibrated_batchnorm`",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -384,7 +384,7 @@ def diagnose(args: argparse.Namespace) -> None:
             target["linear_train_accuracy"] = separability["train_accuracy"]
             target["linear_test_accuracy"] = separability["test_accuracy"]
         done[key] = entry
-        write_json(path, done)  # the minute's work is kept before a victim's 17 minutes
+        write_json(path, done)  # the minute's work is kept before the victim
         if args.victim_without_augmentation and "victim_without_augmentation" not in target:
             target["victim_without_augmentation"] = evaluate_victim(
                 preset, poisoned, data, args.seed, progress, augment=False
@@ -744,7 +744,7 @@ def _markdown(
         ".venv/bin/python experiments/gue_paper_game_study.py diagnose clean "
         "--victim-without-augmentation --data-dir ../shared/data/cifar10-jpeg.tar.gz "
         "--runs-dir ~/runs/gue-paper-game-study",
-        "# a snapshot with its BatchNorm statistics recalibrated, and its victim (18 min)",
+        "# a snapshot with its BatchNorm statistics recalibrated, and its victim (10 min)",
         ".venv/bin/python experiments/gue_paper_game_study.py diagnose official --steps 10062 "
         "--calibrate-batchnorm --data-dir ../shared/data/cifar10-jpeg.tar.gz "
         "--runs-dir ~/runs/gue-paper-game-study",
