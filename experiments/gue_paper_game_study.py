@@ -62,7 +62,6 @@ from stackelberg.utils.io import write_json, write_text
 BASE_PRESET = "cpu-paper-game"
 MILESTONES = (1250, 2500, 5000, 10_000)
 GOAL = 0.35  # the issue's goal: the poisoned victim at most 35 % on clean test data
-SECONDS_PER_STEP = 1.2  # one BOME step of the official run, measured on 2 cores (0.85–1.2)
 #: Two runs of the same command (``official``, seed 0, two sessions) gave victims of 74.93 %
 #: and 75.56 % at step 1 287, and 75.05 % and 75.07 % at step 2 574.
 RUN_TO_RUN_NOISE = 0.0063
@@ -78,6 +77,9 @@ class Run:
     solver_options: dict[str, Any] = field(default_factory=dict)
     generator_lr: float | None = None
     follower_transforms: tuple[str, ...] = ()
+    #: One BOME step's wall time on 2 cores, from the ``step N: S s since the last milestone``
+    #: lines ``train`` prints (the extrapolation's hours); the follower dominates it.
+    seconds_per_step: float = 1.2
 
     def preset(self, name: str) -> Preset:
         base = PRESETS[BASE_PRESET]
@@ -98,16 +100,22 @@ class Run:
         return base.with_changes(**changes)
 
 
-#: ``official`` runs to the official code's ~10 000 steps; the ablations stop at 2 500 (one
-#: session each on 2 cores, victims included) and are compared with ``official`` at its
-#: 2 574-step milestone (75.1 %; it showed no trend to 10 062 steps either).
+#: ``official`` runs to the official code's ~10 000 steps; the ablations stop at 2 500 (45 min
+#: with ``official``'s follower on 2 cores, 2.7 h with ``convnet``) and are compared with
+#: ``official`` at its 2 574-step milestone (75.1 %; it showed no trend to 10 062 steps either).
 RUNS: dict[str, Run] = {
+    # official: 1.06–1.32 s per step over its timed segments; inner-lr-1e-3: 0.99–1.02 s.
     "official": Run("the official code's settings (inner Adam 1e-4, generator SGD 0.1)"),
     "inner-lr-1e-3": Run(
-        "inner Adam lr 1e-3 (the paper's text)", 2500, solver_options={"inner_lr": 1e-3}
+        "inner Adam lr 1e-3 (the paper's text)",
+        2500,
+        solver_options={"inner_lr": 1e-3},
+        seconds_per_step=1.0,
     ),
     "generator-lr-1": Run("generator SGD lr 1.0 (the old cpu-paper-game)", 2500, generator_lr=1.0),
-    "follower-convnet": Run("follower convnet (289 k parameters)", 2500, classifier="convnet"),
+    "follower-convnet": Run(  # 3.7–4.0 s per step over its two timed segments
+        "follower convnet (289 k parameters)", 2500, classifier="convnet", seconds_per_step=3.8
+    ),
     "follower-convnet-wide": Run(
         "follower convnet-wide (1.1 M parameters)", 1250, classifier="convnet-wide"
     ),
@@ -463,13 +471,13 @@ def extrapolate(victims: dict[str, Any], goal: float = GOAL) -> dict[str, Any] |
     }
 
 
-def _extrapolation_text(fit: dict[str, Any] | None) -> str:
+def _extrapolation_text(fit: dict[str, Any] | None, seconds_per_step: float) -> str:
     if fit is None:
         return "fewer than two milestones: no fit yet"
     change = f"{100 * fit['slope_per_doubling']:+.2f} points per doubling of the steps"
     if fit["steps_to_goal"] is None:
         return f"{change}: the fitted line does not fall, so it never reaches the goal"
-    hours = fit["steps_to_goal"] * SECONDS_PER_STEP / 3600
+    hours = fit["steps_to_goal"] * seconds_per_step / 3600
     reach = (
         f"the fitted line reaches {100 * fit['goal']:.0f} % after about "
         f"{fit['steps_to_goal']:.3g} outer steps (≈ {hours:.3g} h of BOME steps on 2 cores)"
@@ -699,7 +707,8 @@ def _markdown(
         )
     lines += ["", "Extrapolation (least squares, accuracy against log2 of the steps):", ""]
     lines += [
-        f"- `{name}`: {_extrapolation_text(extrapolate(victims))}" for name, _, _, victims in rows
+        f"- `{name}`: {_extrapolation_text(extrapolate(victims), RUNS[name].seconds_per_step)}"
+        for name, _, _, victims in rows
     ]
     lines += [
         "",

@@ -348,8 +348,10 @@ def test_study_extrapolation_recovers_a_log_linear_curve() -> None:
         {"1287": {"test_accuracy": 0.7556}, "2574": {"test_accuracy": 0.7507}}
     )
     assert measured["steps_to_goal"] > 1e20  # falls, but by half a point per doubling
-    assert "within the run-to-run noise" in study._extrapolation_text(measured)
-    assert "within" not in study._extrapolation_text(fit)
+    assert "within the run-to-run noise" in study._extrapolation_text(measured, 1.2)
+    assert "within" not in study._extrapolation_text(fit, 1.2)
+    # 2048 steps of 3.6 s each: 2.05 hours
+    assert "(≈ 2.05 h of BOME steps on 2 cores)" in study._extrapolation_text(fit, 3.6)
 
 
 def test_study_report_writes_json_readme_and_plot(tmp_path: Path) -> None:
