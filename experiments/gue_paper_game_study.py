@@ -101,7 +101,8 @@ class Run:
 
 
 #: ``official`` runs to the official code's ~10 000 steps; the ablations stop at 2 500 (45 min
-#: with ``official``'s follower on 2 cores, 2.7 h with ``convnet``) and are compared with
+#: with ``official``'s follower on 2 cores, 2.7 h with ``convnet``; ``convnet-wide`` stops at
+#: 1 250, about 4.2 h) and are compared with
 #: ``official`` at its 2 574-step milestone (75.1 %; it showed no trend to 10 062 steps either).
 RUNS: dict[str, Run] = {
     # official: 1.06–1.32 s per step over its timed segments; inner-lr-1e-3: 0.99–1.02 s.
@@ -116,8 +117,11 @@ RUNS: dict[str, Run] = {
     "follower-convnet": Run(  # 3.7–4.0 s per step over its two timed segments
         "follower convnet (289 k parameters)", 2500, classifier="convnet", seconds_per_step=3.8
     ),
-    "follower-convnet-wide": Run(
-        "follower convnet-wide (1.1 M parameters)", 1250, classifier="convnet-wide"
+    "follower-convnet-wide": Run(  # 11.5 s per step over its first epoch (23 min)
+        "follower convnet-wide (1.1 M parameters)",
+        1250,
+        classifier="convnet-wide",
+        seconds_per_step=11.5,
     ),
     "follower-crop-flip": Run(
         "the follower sees the victim's crop-and-flip augmentation (the leader plays through it)",
