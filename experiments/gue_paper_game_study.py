@@ -102,8 +102,8 @@ class Run:
 
 #: ``official`` runs to the official code's ~10 000 steps; the ablations stop at 2 500 (45 min
 #: with ``official``'s follower on 2 cores, 2.7 h with ``convnet``; ``convnet-wide`` stops at
-#: 1 250, about 4.2 h) and are compared with
-#: ``official`` at its 2 574-step milestone (75.1 %; it showed no trend to 10 062 steps either).
+#: 1 250, about 4.2 h) and are compared with ``official`` at its milestones (75.6 % at 1 287
+#: steps, 75.1 % at 2 574; it showed no trend to 10 062 steps either).
 RUNS: dict[str, Run] = {
     # official: 1.06–1.32 s per step over its timed segments; inner-lr-1e-3: 0.99–1.02 s.
     "official": Run("the official code's settings (inner Adam 1e-4, generator SGD 0.1)"),
