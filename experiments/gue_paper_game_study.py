@@ -535,6 +535,7 @@ def report(args: argparse.Namespace) -> None:
             "victims": victims,
             "diagnostics": diagnostics,
             "extrapolation": extrapolate(victims),
+            "seconds_per_step": run.seconds_per_step,  # the extrapolation's hours
             "clean_victim_test_accuracy": None if clean is None else clean["test_accuracy"],
         }
         write_json(out / f"{name}.json", result)

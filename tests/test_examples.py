@@ -374,6 +374,7 @@ def test_study_report_writes_json_readme_and_plot(tmp_path: Path) -> None:
     assert result["steps_done"] == 234 and result["victims"] == victims
     assert result["gap_curve"] == [[100, 0.02, 0.4], [200, 0.07, 0.4]]
     assert result["extrapolation"]["steps_to_goal"] is None
+    assert result["seconds_per_step"] == study.RUNS["official"].seconds_per_step
     text = (out / "README.md").read_text()
     assert "| `official` |" in text and "1287: 74.9, 2574: 75.0" in text
     assert "never reaches the goal" in text and "Clean victim: **76.7 %**" in text
