@@ -222,8 +222,10 @@ def test_table4_at_makes_the_rows_asked_for_and_shows_the_rest_as_missing(
     assert done["clean"] == done["gue-at-2"] == [True, True, True]
     assert done["rem-2"] == done["gue"] == [False, False, False]
     assert table["paper"]["gue-at-2|at-2"] == 22.27
+    assert table["paper"]["rem-2|none"] == 21.14
     markdown = (tmp_path / "table4-at.md").read_text()
     assert "GUE-AT(8-2)" in markdown and "Partial: 6 of 18 cells" in markdown
+    assert "| ε_a = 0 (paper) |" in markdown
     assert_png_figure(tmp_path / "table4-at.png")
     result = run_table("accuracy", *common, "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
