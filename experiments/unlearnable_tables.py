@@ -502,8 +502,9 @@ def survival(bench: Benchmark, rows: tuple[str, ...]) -> None:
     pipeline: none, grayscale, JPEG at several qualities), then write the table of every row
     made so far, the clean victim under the same pipeline as the reference, and the goal
     (at most half of the clean victim's accuracy) checked per cell."""
+    goal_first = (*SURVIVAL_GOAL, *(t for t in SURVIVAL_TRANSFORMS if t not in SURVIVAL_GOAL))
     for attack in rows:
-        for transform in SURVIVAL_TRANSFORMS:
+        for transform in goal_first:  # an interrupted row has the goal's cells first
             bench.victim_result(attack, transform)
     table: dict[str, dict[str, float]] = {}
     grid: list[list[float | None]] = []
