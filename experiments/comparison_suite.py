@@ -72,6 +72,7 @@ VARIANT_POISONS: dict[str, tuple[str, float | None]] = {
     "gue-at-4": ("gue-adversarial", 4 / 255),
     "gue-accuracy": ("gue-accuracy", None),
     "gue-robust": ("gue-robust", None),  # the defense-aware game (ROBUST_TRANSFORMS)
+    "gue-robust-achromatic": ("gue-robust-achromatic", None),  # same, with a gray δ
     "em-robust": ("em-robust", None),  # EM crafted through the victim's pipeline (same)
     "tap-robust": ("tap-robust", None),  # TAP crafted through it
 }
@@ -289,8 +290,9 @@ class Benchmark:
         base = PRESETS[self.scale.gue_preset]
         if how == "gue-accuracy":
             preset = accuracy_preset(base)
-        elif how == "gue-robust":
-            preset = defense_aware_preset(base, ROBUST_TRANSFORMS)
+        elif how in ("gue-robust", "gue-robust-achromatic"):
+            achromatic = how == "gue-robust-achromatic"
+            preset = defense_aware_preset(base, ROBUST_TRANSFORMS, achromatic=achromatic)
         elif adversarial_epsilon is not None:
             preset = adversarial_preset(base, adversarial_epsilon, steps=self.scale.robust_steps)
         else:

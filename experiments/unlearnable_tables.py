@@ -95,7 +95,16 @@ PAPER_ROBUST = {
 #: The defense-survival table: each protection, then the defense-aware game's, against the
 #: victim's pipeline (none, grayscale, JPEG from image shortcut squeezing's 10 to the 75–90
 #: photo sites apply).
-SURVIVAL_ROWS = ("clean", "em", "tap", "gue", "gue-robust", "em-robust", "tap-robust")
+SURVIVAL_ROWS = (
+    "clean",
+    "em",
+    "tap",
+    "gue",
+    "gue-robust",
+    "gue-robust-achromatic",
+    "em-robust",
+    "tap-robust",
+)
 SURVIVAL_QUALITIES = (10, 30, 50, 75, 90)
 SURVIVAL_TRANSFORMS = ("none", "grayscale", *(f"jpeg-{q}" for q in SURVIVAL_QUALITIES))
 #: The goal: at most half of the clean victim's accuracy under each of these.

@@ -357,6 +357,9 @@ def _check_same_run(path: Path, config: dict[str, Any]) -> None:
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{path} cannot be read ({error}); the run cannot be resumed") from None
 
+    if isinstance(saved.get("preset"), dict):  # runs begun before presets had the field
+        saved["preset"].setdefault("achromatic", False)
+
     def defining(c: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in c.items() if k not in _RESUMABLE_CHANGES}
 

@@ -243,23 +243,26 @@ def test_survival_makes_its_rows_and_trains_the_defense_aware_generator(tmp_path
     JSON has the ``{ATTACK: {TRANSFORM: accuracy}}`` shape; JPEG at 10 shares the ``jpeg``
     defense's cells."""
     common = ["--scale", "smoke", "--dataset", "digits", "--output-dir", str(tmp_path)]
-    rows = "clean,gue-robust,em-robust"
+    rows = "clean,gue-robust,gue-robust-achromatic,em-robust"
     result = run_table("survival", *common, "--no-progress", "--rows", rows)
     assert result.returncode == 0, result.stderr[-2000:]
     table = json.loads((tmp_path / "survival.json").read_text())
     transforms = ["none", "grayscale", "jpeg-10", "jpeg-30", "jpeg-50", "jpeg-75", "jpeg-90"]
     assert table["transforms"] == transforms
-    assert set(table["rows"]) == {"clean", "gue-robust", "em-robust"}
+    assert set(table["rows"]) == {"clean", "gue-robust", "gue-robust-achromatic", "em-robust"}
     for row in table["rows"].values():
         assert list(row) == transforms and all(0.0 <= v <= 1.0 for v in row.values())
-    assert set(table["goal_met"]) == {"gue-robust", "em-robust"}
+    assert set(table["goal_met"]) == {"gue-robust", "gue-robust-achromatic", "em-robust"}
     em = json.loads((tmp_path / "poisons" / "em-robust.json").read_text())
     assert em["info"]["follower_transforms"] == ["none", "grayscale", "jpeg-10:90"]
     cells = json.loads((tmp_path / "cells.json").read_text())
     assert "clean|jpeg|convnet-small" in cells and "clean|jpeg-10|convnet-small" not in cells
     generator = json.loads((tmp_path / "gue-robust" / "generator.json").read_text())
     assert generator["trained_against"] == ["none", "grayscale", "jpeg-10:90"]
-    assert "Partial: 21 of 49 cells" in (tmp_path / "survival.md").read_text()
+    assert not generator["achromatic"]
+    gray = json.loads((tmp_path / "gue-robust-achromatic" / "generator.json").read_text())
+    assert gray["achromatic"] and gray["trained_against"] == generator["trained_against"]
+    assert "Partial: 28 of 56 cells" in (tmp_path / "survival.md").read_text()
     assert_png_figure(tmp_path / "survival.png")
 
 

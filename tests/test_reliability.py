@@ -20,7 +20,8 @@ import stackelberg as sg
 from stackelberg.cli import main
 from stackelberg.games import toys
 from stackelberg.games.unlearnable.budget import BudgetError, check_epsilon, enforce_budget
-from stackelberg.games.unlearnable.checkpoint import load_generator
+from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
+from stackelberg.games.unlearnable.presets import build_generator
 from stackelberg.games.unlearnable.protect import protect_folder
 from tests.test_cli import saturated_generator
 
@@ -140,6 +141,34 @@ def test_epsilon_true_in_generator_json_names_the_file_and_field(
     meta.write_text(json.dumps({**record, "in_channels": "three"}))
     assert main(poison_command(gray_generator, tmp_path / "o.npz")) == 1
     assert "'in_channels' must be a positive integer" in capsys.readouterr().err
+
+
+def test_achromatic_generator_round_trips_and_a_wrong_flag_names_the_field(
+    tmp_path: Path,
+) -> None:
+    """``achromatic`` is rebuilt from the metadata (absent: false, as in older files), and a
+    value that is not true or false is refused with the file and field named."""
+    torch.manual_seed(0)
+    generator = build_generator("unet-small", EPS, 3, achromatic=True)
+    record = {
+        "architecture": "unet-small",
+        "epsilon": EPS,
+        "in_channels": 3,
+        "label_conditioned": False,
+        "num_classes": 10,
+        "achromatic": True,
+    }
+    path = tmp_path / "generator.pt"
+    save_generator(path, generator, record)
+    loaded, _ = load_generator(path)
+    x = torch.rand(2, 3, 16, 16)
+    assert loaded.achromatic and torch.equal(loaded(x), generator.eval()(x))
+    meta = path.with_suffix(".json")
+    meta.write_text(json.dumps({k: v for k, v in record.items() if k != "achromatic"}))
+    assert not load_generator(path)[0].achromatic
+    meta.write_text(json.dumps({**record, "achromatic": "yes"}))
+    with pytest.raises(ValueError, match=r"generator\.json: the field 'achromatic' must be true"):
+        load_generator(path)
 
 
 @pytest.mark.parametrize("text", ["1/2/3", "0.001", "2", "abc", "8/0", "true"])

@@ -264,6 +264,45 @@ def test_label_conditioned_generator_starts_as_its_base_and_keeps_the_budget() -
     assert grad[y.unique()].abs().sum() > 0  # the class patterns get a gradient
 
 
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_achromatic_generator_is_one_gray_perturbation_that_grayscale_and_jpeg_chroma_keep(
+    conditioned: bool,
+) -> None:
+    """``δ_c = ε·tanh(mean_c' z_c')``: the same in every channel, within ε, with BT.601 luma
+    ``δ`` itself and JPEG chroma (Cb, Cr of JFIF) zero; the gradient reaches the weights."""
+    from stackelberg.games.unlearnable.transforms import grayscale
+
+    torch.manual_seed(0)
+    base = UNetGenerator(EPS, widths=(4, 8), achromatic=True)
+    x, y = batch(6)
+    generator = LabelConditionedGenerator(base, 4, pattern_size=2) if conditioned else base
+    if conditioned:
+        with torch.no_grad():
+            generator.patterns.normal_(0, 3)  # different per channel: the mean makes it gray
+    delta = generator(x, y) if conditioned else generator(x)
+    z = base.logits(x) + (
+        F.interpolate(generator.patterns, size=x.shape[-2:], mode="bilinear")[y]
+        if conditioned
+        else 0
+    )
+    expected = EPS * torch.tanh(z.mean(1, keepdim=True)).expand_as(z)
+    assert torch.allclose(delta, expected, atol=1e-7)
+    assert delta.abs().max() <= EPS and delta.abs().max() > 0.1 * EPS
+    assert torch.equal(delta[:, 0], delta[:, 1]) and torch.equal(delta[:, 0], delta[:, 2])
+    luma = grayscale(delta)
+    assert torch.allclose(luma, delta, atol=1e-7)
+    cb = -0.168736 * delta[:, 0] - 0.331264 * delta[:, 1] + 0.5 * delta[:, 2]
+    cr = 0.5 * delta[:, 0] - 0.418688 * delta[:, 1] - 0.081312 * delta[:, 2]
+    assert cb.abs().max() < 1e-7 and cr.abs().max() < 1e-7
+    weights = base.head[0].weight
+    (grad,) = torch.autograd.grad(delta.sum(), [weights])
+    assert grad.abs().sum() > 0
+    plain = UNetGenerator(EPS, widths=(4, 8))
+    plain.load_state_dict(base.state_dict())
+    assert not torch.equal(plain(x)[:, 0], plain(x)[:, 1])  # the option is what makes it gray
+    assert "achromatic=True" in repr(base)
+
+
 def test_error_minimizing_weight_adds_kappa_times_the_follower_loss() -> None:
     plain = small_game()
     weighted = small_game(error_minimizing_weight=0.7)

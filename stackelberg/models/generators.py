@@ -30,11 +30,21 @@ def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class _BoundedGenerator(nn.Module):
-    """Shared checks and the ``ε·tanh`` head."""
+    """Shared checks and the ``ε·tanh`` head.
+
+    With ``achromatic`` the head is ``δ_c = ε·tanh(mean_c' z_c'(x))`` for every channel ``c``:
+    one gray perturbation, the same in R, G and B, still within ``‖δ‖∞ ≤ ε``. Its BT.601 luma
+    is ``(0.299 + 0.587 + 0.114)·δ_c = δ_c``, so a victim's grayscale conversion keeps all of
+    it, and its JPEG chroma (Cb and Cr, whose weights sum to zero) is zero, so JPEG's chroma
+    subsampling and coarser chroma quantization do not touch it: only the luma quantization
+    does. An ordinary head spends part of the budget on colour, which both defenses of image
+    shortcut squeezing (Liu, Zhao & Larson 2023) remove.
+    """
 
     epsilon: float
     in_channels: int
     downsampling: int
+    achromatic: bool = False
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -49,6 +59,8 @@ class _BoundedGenerator(nn.Module):
             )
 
     def bound(self, z: Tensor) -> Tensor:
+        if self.achromatic:
+            z = z.mean(1, keepdim=True).expand_as(z)
         return self.epsilon * torch.tanh(z)
 
     def logits(self, x: Tensor) -> Tensor:
@@ -58,7 +70,7 @@ class _BoundedGenerator(nn.Module):
         return self.bound(self.logits(x))
 
     def extra_repr(self) -> str:
-        return f"epsilon={self.epsilon:.6g}"
+        return f"epsilon={self.epsilon:.6g}" + (", achromatic=True" if self.achromatic else "")
 
 
 class UNetGenerator(_BoundedGenerator):
@@ -74,13 +86,20 @@ class UNetGenerator(_BoundedGenerator):
         in_channels: image channels.
         widths: channel widths of the encoder levels (the paper's ``(64, 128, 256, 512)``;
             ``(16, 32, 64)`` is a CPU-sized version).
+        achromatic: one perturbation shared by the channels (see ``bound``).
     """
 
     def __init__(
-        self, epsilon: float, in_channels: int = 3, widths: Sequence[int] = (64, 128, 256, 512)
+        self,
+        epsilon: float,
+        in_channels: int = 3,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        *,
+        achromatic: bool = False,
     ) -> None:
         super().__init__()
         self.epsilon = check_epsilon(epsilon)
+        self.achromatic = bool(achromatic)
         widths = tuple(int(w) for w in widths)
         if len(widths) < 2 or min(widths) < 1:
             raise ValueError(f"widths needs >= 2 positive entries, got {widths}")
@@ -118,12 +137,16 @@ class EncoderDecoderGenerator(_BoundedGenerator):
 
     Two stride-2 3×3 convs (``width``, ``2·width`` channels) down, one residual 3×3 block at
     1/4 resolution, two 4×4 stride-2 transposed convs up, a 3×3 conv to the image channels,
-    then ``ε·tanh``. BatchNorm and ReLU after every hidden layer.
+    then ``ε·tanh`` (``achromatic``: one perturbation shared by the channels, see
+    ``bound``). BatchNorm and ReLU after every hidden layer.
     """
 
-    def __init__(self, epsilon: float, in_channels: int = 3, width: int = 32) -> None:
+    def __init__(
+        self, epsilon: float, in_channels: int = 3, width: int = 32, *, achromatic: bool = False
+    ) -> None:
         super().__init__()
         self.epsilon = check_epsilon(epsilon)
+        self.achromatic = bool(achromatic)
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
         self.in_channels = in_channels
@@ -159,7 +182,8 @@ class LabelConditionedGenerator(nn.Module):
     resized bilinearly to the image size, so any image size works. The leader then sees the
     labels of the data it protects, as class-wise error-minimizing noise (Huang et al. 2021) and
     DeepConfuse's label-specific variant do; the pattern gives it a direct route to a
-    class-consistent shortcut. Call it as ``generator(x, y)``.
+    class-consistent shortcut. Call it as ``generator(x, y)``. An ``achromatic`` base makes
+    the sum achromatic: ``δ_c = ε·tanh(mean_c' (z + P_y)_c')``.
 
     Args:
         base: a ``UNetGenerator`` or ``EncoderDecoderGenerator`` (its ε is used).

@@ -1,7 +1,8 @@
 """The generator checkpoint format: ``NAME.pt`` holds the state dict (tensors only, loaded with
 ``weights_only=True``), ``NAME.json`` beside it the metadata that rebuilds the module
-(``architecture``, ``epsilon``, ``in_channels``, ``label_conditioned``, ``num_classes``) plus
-whatever the writer adds (solver, dataset, epoch, seed, metrics). Loading never executes code
+(``architecture``, ``epsilon``, ``in_channels``, ``label_conditioned``, ``num_classes``, and
+``achromatic``, false when absent, as in files written before it existed) plus whatever the
+writer adds (solver, dataset, epoch, seed, metrics). Loading never executes code
 from either file."""
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def load_generator(
         metadata["epsilon"],
         metadata["in_channels"],
         num_classes=metadata["num_classes"] if metadata["label_conditioned"] else None,
+        achromatic=metadata.get("achromatic", False),
     )
     state = _load_state(path)
     try:
@@ -91,11 +93,10 @@ def _check_metadata(metadata: dict[str, Any], meta_path: Path) -> None:
             raise ValueError(
                 f"{meta_path}: the field {key!r} must be a positive integer, got {value!r}"
             )
-    if not isinstance(metadata["label_conditioned"], bool):
-        value = metadata["label_conditioned"]
-        raise ValueError(
-            f"{meta_path}: the field 'label_conditioned' must be true or false, got {value!r}"
-        )
+    for key in ("label_conditioned", "achromatic"):
+        value = metadata.get(key, False)
+        if not isinstance(value, bool):
+            raise ValueError(f"{meta_path}: the field {key!r} must be true or false, got {value!r}")
     if not isinstance(metadata["architecture"], str):
         value = metadata["architecture"]
         raise ValueError(f"{meta_path}: the field 'architecture' must be a string, got {value!r}")

@@ -20,6 +20,10 @@ Each preset's name says which game it plays:
   and solver. See ``adversarial_preset``.
 - ``cpu-em-accuracy``: ``cpu-em``'s game in the accuracy variant (``L_a`` = the
   Carlini–Wagner margin). See ``accuracy_preset``.
+- ``cpu-robust``: ``cpu-em``'s game played through the victim's pipeline (grayscale, JPEG at
+  quality 10–90, or nothing, drawn per outer step). See ``defense_aware_preset``.
+- ``cpu-robust-achromatic``: ``cpu-robust`` with a gray perturbation, the same in every
+  colour channel, which grayscale keeps whole and JPEG codes in luma only.
 - ``smoke``: seconds; for tests.
 
 The GUE hyperparameters, as the paper's text gives them, as the official code runs them, and
@@ -102,18 +106,23 @@ CLASSIFIERS = ("resnet18", "convnet-wide", "convnet", "convnet-lite", "convnet-s
 
 
 def build_generator(
-    name: str, epsilon: float, in_channels: int, *, num_classes: int | None = None
+    name: str,
+    epsilon: float,
+    in_channels: int,
+    *,
+    num_classes: int | None = None,
+    achromatic: bool = False,
 ) -> nn.Module:
     """``unet`` (widths 64–512, the paper's), ``unet-small`` (16–64) or ``encoder-decoder``;
-    wrapped in a ``LabelConditionedGenerator`` when ``num_classes``
-    is given."""
+    wrapped in a ``LabelConditionedGenerator`` when ``num_classes`` is given; ``achromatic``:
+    one perturbation shared by the channels (``UNetGenerator.bound``)."""
     base: UNetGenerator | EncoderDecoderGenerator
     if name == "unet":
-        base = UNetGenerator(epsilon, in_channels)
+        base = UNetGenerator(epsilon, in_channels, achromatic=achromatic)
     elif name == "unet-small":
-        base = UNetGenerator(epsilon, in_channels, widths=(16, 32, 64))
+        base = UNetGenerator(epsilon, in_channels, widths=(16, 32, 64), achromatic=achromatic)
     elif name == "encoder-decoder":
-        base = EncoderDecoderGenerator(epsilon, in_channels)
+        base = EncoderDecoderGenerator(epsilon, in_channels, achromatic=achromatic)
     else:
         raise ValueError(f"generator must be one of {', '.join(GENERATORS)}; got {name!r}")
     return base if num_classes is None else LabelConditionedGenerator(base, num_classes)
@@ -155,6 +164,9 @@ class Preset:
     #: The victim's pipeline the generator trains against (``transforms.FollowerTransforms``
     #: names, one drawn per outer step); empty: the victim trains on the poisons as published.
     follower_transforms: tuple[str, ...] = ()
+    #: One perturbation shared by the colour channels (a gray δ, which grayscale keeps whole
+    #: and JPEG codes in luma only; ``UNetGenerator.bound``).
+    achromatic: bool = False
 
     def with_changes(self, **changes: Any) -> Preset:
         return dataclasses.replace(self, **changes)
@@ -254,12 +266,20 @@ def accuracy_preset(base: Preset, *, name: str | None = None) -> Preset:
 
 
 def defense_aware_preset(
-    base: Preset, transforms: tuple[str, ...], *, name: str | None = None
+    base: Preset,
+    transforms: tuple[str, ...],
+    *,
+    achromatic: bool = False,
+    name: str | None = None,
 ) -> Preset:
     """``base`` with the victim's pipeline in the game: the follower trains on
     ``T(x̃)`` for a transform ``T`` drawn per outer step from ``transforms`` (JPEG, grayscale),
-    and the generator's gradient flows through it (``transforms.FollowerTransforms``)."""
-    return base.with_changes(name=name or f"{base.name}-robust", follower_transforms=transforms)
+    and the generator's gradient flows through it (``transforms.FollowerTransforms``).
+    ``achromatic``: the generator's perturbation is one gray image shared by the channels."""
+    default = f"{base.name}-robust" + ("-achromatic" if achromatic else "")
+    return base.with_changes(
+        name=name or default, follower_transforms=transforms, achromatic=achromatic
+    )
 
 
 #: JPEG at the qualities photo sites apply (75–90) down to image shortcut squeezing's 10,
@@ -273,6 +293,9 @@ PRESETS["cpu-em-accuracy"] = accuracy_preset(PRESETS["cpu-em"])
 PRESETS["cpu-robust"] = defense_aware_preset(
     PRESETS["cpu-em"], ROBUST_TRANSFORMS, name="cpu-robust"
 )
+PRESETS["cpu-robust-achromatic"] = defense_aware_preset(
+    PRESETS["cpu-em"], ROBUST_TRANSFORMS, achromatic=True, name="cpu-robust-achromatic"
+)
 
 
 def build_game(preset: Preset, in_channels: int, num_classes: int) -> UnlearnableGame:
@@ -282,6 +305,7 @@ def build_game(preset: Preset, in_channels: int, num_classes: int) -> Unlearnabl
         preset.epsilon,
         in_channels,
         num_classes=num_classes if preset.label_conditioned else None,
+        achromatic=preset.achromatic,
     )
     classifier = build_classifier(preset.classifier, in_channels, num_classes)
     transforms = (
@@ -378,6 +402,7 @@ def train_preset_generator(
         **(metadata or {}),
         "architecture": preset.generator,
         "label_conditioned": preset.label_conditioned,
+        "achromatic": preset.achromatic,
         "num_classes": num_classes,
         "classes": list(train.classes),
         "epsilon": preset.epsilon,
