@@ -37,8 +37,10 @@ class _BoundedGenerator(nn.Module):
     is ``(0.299 + 0.587 + 0.114)·δ_c = δ_c``, so a victim's grayscale conversion keeps all of
     it, and its JPEG chroma (Cb and Cr, whose weights sum to zero) is zero, so JPEG's chroma
     subsampling and coarser chroma quantization do not touch it: only the luma quantization
-    does. An ordinary head spends part of the budget on colour, which both defenses of image
-    shortcut squeezing (Liu, Zhao & Larson 2023) remove.
+    does. An ordinary head spends part of the budget on colour, which grayscale removes and
+    JPEG compresses hardest (image shortcut squeezing, Liu, Zhao & Larson 2023). Measured at
+    CPU scale (docs/results/defense-survival/), a gray δ protects better under grayscale and
+    worse without it or under JPEG.
     """
 
     epsilon: float
