@@ -440,3 +440,18 @@ def test_exif_orientation_is_applied_before_protecting(tmp_path: Path, rgb_gener
     generator, _ = load_generator(rgb_generator)
     protect_folder(generator, source, tmp_path / "out", epsilon=EPS, progress=False)
     assert Image.open(tmp_path / "out" / "phone.png").size == (8, 16)  # upright
+
+
+def test_resume_accepts_a_run_begun_before_presets_had_the_achromatic_field(
+    tmp_path: Path,
+) -> None:
+    """A run's ``config.json`` from before ``Preset.achromatic`` existed has no such key; the
+    field's default (false) is what that run trained with, so ``--resume`` continues it."""
+    run = tmp_path / "run"
+    base = ["train", str(run), "--preset", "smoke", "--dataset", "digits", "--no-progress"]
+    assert main([*base, "--epochs", "1"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    del config["preset"]["achromatic"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert main([*base, "--epochs", "2", "--resume"]) == 0
+    assert json.loads((run / "training.json").read_text())["epoch"] == 2
