@@ -16,8 +16,8 @@ import importlib
 from typing import Any
 
 from stackelberg import solvers
-from stackelberg.game import Game, Variable
-from stackelberg.solve import solve
+from stackelberg.game import BilevelBatch, Game, Variable
+from stackelberg.solve import History, solve
 from stackelberg.solvers import BOME, GDA, SOBA, BackGradient, TotalGradient
 
 #: Imported on first use (``sg.games.toys``, ``sg.data.load_dataset``): ``import stackelberg``
@@ -38,7 +38,9 @@ __all__ = [
     "GDA",
     "SOBA",
     "BackGradient",
+    "BilevelBatch",
     "Game",
+    "History",
     "TotalGradient",
     "Variable",
     "data",

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "BilevelBatch",
     "FunctionalView",
     "Game",
     "Variable",
+    "batch_for",
     "check_finite_losses",
     "checked_loss",
     "functional_view",
@@ -55,6 +58,33 @@ class Variable(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.value.shape)}, dtype={self.value.dtype}"
+
+
+@dataclass(frozen=True)
+class BilevelBatch:
+    """One outer step's data when the two players' losses read different data sets.
+
+    A real bilevel problem judges the leader on one data set (clean validation data) and
+    trains the follower on another (noisy training data). ``sg.solve(game, solver,
+    leader_data=..., follower_data=...)`` draws a batch from each stream, independently, and
+    hands the solver ``BilevelBatch(leader=..., follower=...)``; every solver then gives
+    ``leader_loss`` the ``leader`` part and ``follower_loss`` (and ``Game.follower_batch``)
+    the ``follower`` part. A game therefore never sees this class: each loss receives its own
+    batch, as if the other data set did not exist.
+    """
+
+    leader: Any
+    follower: Any
+
+    def part(self, loss: str) -> Any:
+        """The batch ``loss`` (``"leader_loss"`` or ``"follower_loss"``) reads."""
+        return self.leader if loss == "leader_loss" else self.follower
+
+
+def batch_for(loss: str, batch: Any) -> Any:
+    """What ``loss`` is given from an outer step's ``batch``: its own part of a
+    ``BilevelBatch``, or the batch itself (both losses share one data set)."""
+    return batch.part(loss) if isinstance(batch, BilevelBatch) else batch
 
 
 class Game(nn.Module):

@@ -163,7 +163,10 @@ def test_bad_names_and_options_are_refused_in_one_line_that_lists_what_is_accept
         TotalGradientOptions(linear_solver="lu")
     with pytest.raises(dataclasses.FrozenInstanceError):
         BOMEOptions().eta = 2.0  # type: ignore[misc]
-    for message in ("it accepts inner_steps, inner_lr, inner_optimizer, eta, phi, delta",):
+    for message in (
+        "it accepts inner_steps, inner_lr, inner_optimizer, inner_momentum, keep_inner_state, "
+        "eta, phi, delta",
+    ):
         with pytest.raises(TypeError, match=message):
             BOMEOptions().replace(step=1)
 

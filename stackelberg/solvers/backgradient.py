@@ -26,8 +26,9 @@ ending with ``∇L = g``. The three modes differ only in how ``θ_t`` is availab
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -68,7 +69,16 @@ class BackGradientOptions(SolverOptions):
         follower_steps: follower-optimizer steps on ``h`` after each leader step (``>= 0``);
             with ``warm_start`` they carry the follower toward its best response between steps.
         inversion_steps: fixed-point iterations per undone step in ``"reverse"`` mode.
+        keep_unrolled: after the leader's step, the follower takes ``θ_T``, the unroll's last
+            iterate (ITD style: the inner steps are not taken again), then its own
+            ``follower_steps`` (set ``follower_steps=0`` for ITD exactly).
     """
+
+    aliases: ClassVar[Mapping[str, str]] = {
+        "iterations": "inner_steps",
+        "K": "inner_steps",
+        "unroll_steps": "inner_steps",
+    }
 
     inner_steps: int = 10
     inner_lr: float = 0.1
@@ -76,6 +86,7 @@ class BackGradientOptions(SolverOptions):
     warm_start: bool = True
     follower_steps: int = 1
     inversion_steps: int = 1
+    keep_unrolled: bool = False
 
     def validate(self) -> None:
         check_int("inner_steps", self.inner_steps, 1)
@@ -85,6 +96,8 @@ class BackGradientOptions(SolverOptions):
             raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}")
         check_int("follower_steps", self.follower_steps, 0)
         check_int("inversion_steps", self.inversion_steps, 1)
+        if not isinstance(self.keep_unrolled, bool):
+            raise TypeError(f"keep_unrolled must be True or False, got {self.keep_unrolled!r}")
 
 
 class BackGradient(HypergradientSolver):
@@ -241,4 +254,6 @@ class BackGradient(HypergradientSolver):
                 w, theta_T, batch, at="at the end of the unroll", requires_grad=False
             )
         info["hypergrad_norm"] = tree_norm(hypergrad)
+        if self.options.keep_unrolled:
+            self._handover = theta_T
         return tuple(g.detach() for g in hypergrad), info

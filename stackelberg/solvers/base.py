@@ -22,7 +22,9 @@ import torch
 from torch import Tensor
 
 from stackelberg.game import (
+    BilevelBatch,
     Game,
+    batch_for,
     check_finite_losses,
     checked_loss,
     functional_view,
@@ -127,6 +129,8 @@ def detached(batch: Any) -> Any:
     """``batch`` with every tensor detached from the graph: tensors, tuples, lists, dicts and
     objects with a ``detach()`` method (such as a game's cached batch) are handled; anything
     else is returned as is."""
+    if isinstance(batch, BilevelBatch):
+        return BilevelBatch(detached(batch.leader), detached(batch.follower))
     if isinstance(batch, Tensor) or callable(getattr(batch, "detach", None)):
         return batch.detach()
     if isinstance(batch, tuple | list):
@@ -212,13 +216,18 @@ class SolverOptions:
         """The option names, in declaration order."""
         return tuple(f.name for f in dataclasses.fields(cls))
 
+    #: Names other code uses for an option, with what to write here instead: shown when one
+    #: of them is refused (``u1`` of the BOME authors' scripts is ``eta`` with ``phi="value"``).
+    aliases: ClassVar[Mapping[str, str]] = {}
+
     @classmethod
     def _check_names(cls, solver: str, names: Sequence[str]) -> None:
         unknown = [n for n in names if n not in cls.accepted()]
         if unknown:
+            hints = "".join(f" ({n}: use {cls.aliases[n]})" for n in unknown if n in cls.aliases)
             raise TypeError(
                 f"{solver} got unknown option{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(map(repr, unknown))}; it accepts {', '.join(cls.accepted())}"
+                f"{', '.join(map(repr, unknown))}; it accepts {', '.join(cls.accepted())}{hints}"
             )
 
     @classmethod
@@ -286,6 +295,10 @@ class Solver:
         self.leader_optimizer = self._checked_optimizer("leader", leader_optimizer)
         self.follower_optimizer = self._checked_optimizer("follower", follower_optimizer)
         self.steps_taken = 0
+        #: How many times each loss was evaluated (each evaluation is followed by at most one
+        #: backward pass, or a double-backward one for a Hessian-vector product): the
+        #: oracle-call count that benchmarks plot their curves against.
+        self.evaluations = {"leader_loss": 0, "follower_loss": 0}
         #: Losses evaluated since the last read, ``(value, name, where)``: their finiteness is
         #: checked at the next read (``apply_updates`` or ``read_floats``), all at once.
         self._pending_checks: list[tuple[Tensor, str, str]] = []
@@ -337,7 +350,8 @@ class Solver:
         check_finite: bool,
     ) -> Tensor:
         views = functional_view(self.game.leader, w), functional_view(self.game.follower, theta)
-        value = getattr(self.game, name)(*views, batch)
+        self.evaluations[name] += 1
+        value = getattr(self.game, name)(*views, batch_for(name, batch))
         where = self.where(at)
         value = checked_loss(value, name, where, requires_grad=requires_grad, check_finite=False)
         if check_finite:
@@ -419,11 +433,17 @@ class Solver:
             gradients(follower_loss, theta, create_graph=True),
         )
 
+    def prepared_follower_batch(self, w: Sequence[Tensor], batch: Any) -> Any:
+        """The game's ``follower_batch`` at leader parameters ``w`` on the follower's part of
+        ``batch`` (see ``BilevelBatch``), differentiable in ``w``."""
+        view = functional_view(self.game.leader, w)
+        return self.game.follower_batch(view, batch_for("follower_loss", batch))
+
     def fixed_leader_batch(self, w: Sequence[Tensor], batch: Any) -> Any:
-        """The game's ``follower_batch`` at leader parameters ``w``,
-        computed without grad (the leader is a constant for the follower's steps)."""
+        """``prepared_follower_batch`` computed without grad (the leader is a constant for
+        the follower's steps)."""
         with torch.no_grad():
-            return self.game.follower_batch(functional_view(self.game.leader, w), batch)
+            return self.prepared_follower_batch(w, batch)
 
     def follower_gradient_steps(self, batch: Any, steps: int) -> StepInfo:
         """Take ``steps`` follower-optimizer steps on ``∇_θ h`` at the leader's current point.
@@ -507,7 +527,11 @@ class Solver:
         the step count and whatever a subclass carries between steps (tensors, numbers and
         strings only, so ``torch.load(weights_only=True)`` reads it back). With the game's
         and the optimizers' state dicts it continues a run exactly."""
-        return {"solver": self.name, "steps_taken": self.steps_taken}
+        return {
+            "solver": self.name,
+            "steps_taken": self.steps_taken,
+            "evaluations": dict(self.evaluations),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``state_dict``'s output (of a solver of the same class)."""
@@ -515,6 +539,8 @@ class Solver:
         if saved != self.name:
             raise ValueError(f"the state is {saved}'s; it cannot be loaded into {self.name}")
         self.steps_taken = int(state["steps_taken"])
+        counts = state.get("evaluations", {})  # absent from states saved before the count
+        self.evaluations = {k: int(counts.get(k, 0)) for k in self.evaluations}
 
     def _matching(self, name: str, saved: Sequence[Tensor]) -> TensorTuple:
         """``saved`` tensors shaped like the follower's parameters, on their device/dtype."""
@@ -548,12 +574,35 @@ class HypergradientSolver(Solver):
         in ``leader.parameters()`` order; changes no parameter, gradient, optimizer or buffer."""
         with preserved_buffers(self.game):
             hypergrad, _ = self._hypergradient(batch)
+        self._handover = None
         self.read_floats({})  # raises if a loss it evaluated was not finite
         return hypergrad
 
+    #: Set by ``_hypergradient`` to a follower point the follower then takes (the last inner
+    #: iterate, ITD/AID style) before its own ``follower_steps``; ``None`` keeps it in place.
+    _handover: TensorTuple | None = None
+
+    @property
+    def follower_first(self) -> bool:
+        """Whether the follower's steps come before the hypergradient (AID's order)."""
+        return bool(getattr(self.options, "follower_first", False))
+
     def step(self, batch: Any = None) -> StepInfo:
+        self._handover = None
+        if self.follower_first:
+            follower = self._follower_steps(batch, self.follower_steps)
+            hypergrad, values = self._hypergradient(batch)
+            self.apply_updates((self.leader_optimizer, self.leader_params(), hypergrad))
+            self.steps_taken += 1
+            return self.read_floats({**follower, **values})
         hypergrad, values = self._hypergradient(batch)
         self.apply_updates((self.leader_optimizer, self.leader_params(), hypergrad))
+        if self._handover is not None:
+            with torch.no_grad():
+                for p, t in zip(self.follower_params(), self._handover, strict=True):
+                    p.copy_(t)
+                self.game.project()
+            self._handover = None
         if self.follower_steps:
             values.update(self._follower_steps(batch, self.follower_steps))
         self.steps_taken += 1

@@ -22,12 +22,13 @@ gradients per step and O(P) memory: no second-order derivative is ever taken.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from stackelberg.game import check_finite_losses, functional_view
+from stackelberg.game import Game, check_finite_losses
 from stackelberg.solvers.base import (
     Solver,
     SolverOptions,
@@ -45,7 +46,10 @@ from stackelberg.solvers.base import (
 
 __all__ = ["BOME", "BOMEOptions"]
 
-_INNER_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+_INNER_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+}
 
 
 @dataclass(frozen=True)
@@ -55,16 +59,34 @@ class BOMEOptions(SolverOptions):
     Args:
         inner_steps: ``T``, the inner optimizer's steps that estimate ``min_θ h(w, θ)``.
         inner_lr: the inner optimizer's learning rate ``α``.
-        inner_optimizer: ``"sgd"`` (plain gradient descent, as in the paper's analysis) or
-            ``"adam"`` (as in the GUE paper's code); a fresh one is made every step.
-        eta: ``η`` of the control barrier ``φ``.
-        phi: ``"grad_norm"`` for ``φ = η‖∇q̂‖²`` or ``"value"`` for ``φ = η·q̂``.
-        delta: ``δ``, guards the division when ``∇q̂`` vanishes.
+        inner_optimizer: ``"sgd"`` (gradient descent, as in the paper's analysis; with
+            ``inner_momentum``, heavy ball, as in the BOME authors' hyper-cleaning script),
+            ``"adam"`` (as in the GUE paper's code), or any ``torch.optim.Optimizer``
+            subclass, built as ``inner_optimizer(params, lr=inner_lr)``.
+        inner_momentum: the momentum of ``"sgd"`` (``0`` is plain gradient descent; the BOME
+            authors use ``0.9`` on hyper-cleaning); only ``"sgd"`` takes it.
+        keep_inner_state: keep the inner optimizer's state (momentum buffers, Adam's moments)
+            from one outer step to the next instead of starting a fresh optimizer at every
+            step; only the iterate is reset to the follower (θ̂⁰ = θ). The BOME authors'
+            scripts do this. The state is part of ``BOME.state_dict``.
+        eta: ``η`` of the control barrier ``φ`` (the BOME authors' scripts call it ``u1``).
+        phi: ``"grad_norm"`` for ``φ = η‖∇q̂‖²`` (the paper's default) or ``"value"`` for
+            ``φ = η·q̂`` (what the authors' hyper-cleaning script uses, with ``η = 0.1``).
+        delta: ``δ``, guards the division when ``∇q̂`` vanishes (the authors use ``1e-8``).
     """
+
+    aliases: ClassVar[Mapping[str, str]] = {
+        "u1": "eta; the BOME authors' u1 is eta with phi='value'",
+        "momentum": "inner_momentum",
+        "inner_iterations": "inner_steps",
+        "iterations": "inner_steps",
+    }
 
     inner_steps: int = 10
     inner_lr: float = 0.01
-    inner_optimizer: str = "sgd"
+    inner_optimizer: str | type[torch.optim.Optimizer] = "sgd"
+    inner_momentum: float = 0.0
+    keep_inner_state: bool = False
     eta: float = 0.5
     phi: str = "grad_norm"
     delta: float = 1e-12
@@ -72,10 +94,39 @@ class BOMEOptions(SolverOptions):
     def validate(self) -> None:
         check_int("inner_steps", self.inner_steps, 1)
         check_positive("inner_lr", self.inner_lr)
-        check_choice("inner_optimizer", self.inner_optimizer, tuple(_INNER_OPTIMIZERS))
+        optimizer = self.inner_optimizer
+        if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
+            check_choice("inner_optimizer", optimizer, tuple(_INNER_OPTIMIZERS))
+        check_positive("inner_momentum", self.inner_momentum, allow_zero=True)
+        if self.inner_momentum >= 1:
+            raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum}")
+        if self.inner_momentum and optimizer != "sgd":
+            raise ValueError(
+                f"inner_momentum is the momentum of inner_optimizer='sgd', got "
+                f"inner_optimizer={optimizer!r}; configure another optimizer's momentum in "
+                "its own class (a torch.optim.Optimizer subclass, e.g. with functools.partial)"
+            )
+        if not isinstance(self.keep_inner_state, bool):
+            raise TypeError(
+                f"keep_inner_state must be True or False, got {self.keep_inner_state!r}"
+            )
         check_positive("eta", self.eta, allow_zero=True)
         check_choice("phi", self.phi, ("grad_norm", "value"))
         check_positive("delta", self.delta)
+
+    def to_dict(self) -> dict[str, Any]:
+        optimizer = self.inner_optimizer
+        named = optimizer if isinstance(optimizer, str) else optimizer.__name__
+        return {**super().to_dict(), "inner_optimizer": named}
+
+    def make_inner_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        """The inner optimizer over ``params``."""
+        if isinstance(self.inner_optimizer, str):
+            kind = _INNER_OPTIMIZERS[self.inner_optimizer]
+            if self.inner_momentum:
+                return torch.optim.SGD(params, lr=self.inner_lr, momentum=self.inner_momentum)
+            return kind(params, lr=self.inner_lr)  # type: ignore[call-arg]
+        return self.inner_optimizer(params, lr=self.inner_lr)  # type: ignore[call-arg]
 
 
 class BOME(Solver):
@@ -92,6 +143,53 @@ class BOME(Solver):
     Options = BOMEOptions
     options: BOMEOptions
 
+    def __init__(
+        self,
+        game: Game,
+        leader_optimizer: torch.optim.Optimizer,
+        follower_optimizer: torch.optim.Optimizer,
+        options: BOMEOptions | None = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__(game, leader_optimizer, follower_optimizer, options, **overrides)
+        #: With ``keep_inner_state``: the inner iterate's tensors and their optimizer, kept
+        #: between outer steps (built at the first step).
+        self._inner: tuple[list[torch.Tensor], torch.optim.Optimizer] | None = None
+
+    def _inner_start(self) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+        """``θ̂⁰ = θ`` as fresh leaf tensors and the inner optimizer over them: a new one, or
+        with ``keep_inner_state`` the kept one, its iterate reset to θ."""
+        follower = self.follower_params()
+        if not self.options.keep_inner_state:
+            theta = [p.detach().clone().requires_grad_(True) for p in follower]
+            return theta, self.options.make_inner_optimizer(theta)
+        if self._inner is None:
+            theta = [p.detach().clone().requires_grad_(True) for p in follower]
+            self._inner = theta, self.options.make_inner_optimizer(theta)
+        theta, optimizer = self._inner
+        with torch.no_grad():
+            for mine, p in zip(theta, follower, strict=True):
+                mine.copy_(p)
+        return theta, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step count and, with ``keep_inner_state``, the inner optimizer's state."""
+        inner = None if self._inner is None else self._inner[1].state_dict()
+        return {**super().state_dict(), "inner_optimizer": inner}
+
+    def load_state_dict(self, state: Any) -> None:
+        super().load_state_dict(state)
+        saved = state.get("inner_optimizer")
+        if saved is not None and not self.options.keep_inner_state:
+            raise ValueError(
+                "the saved state holds an inner optimizer's state (keep_inner_state=True); "
+                "this BOME has keep_inner_state=False"
+            )
+        self._inner = None
+        if saved is not None:
+            _, optimizer = self._inner_start()
+            optimizer.load_state_dict(saved)
+
     def inner_solution(self, batch: Any, follower_batch: Any = None) -> TensorTuple:
         """``θ^T``: ``T`` inner-optimizer steps on ``h(w, ·)`` from the current θ, detached.
 
@@ -102,8 +200,7 @@ class BOME(Solver):
         loop never waits on the device.
         """
         w = tuple(p.detach() for p in self.leader_params())
-        theta = [p.detach().clone().requires_grad_(True) for p in self.follower_params()]
-        optimizer = _INNER_OPTIMIZERS[self.options.inner_optimizer](theta, lr=self.options.inner_lr)
+        theta, optimizer = self._inner_start()
         if follower_batch is None:
             follower_batch = self.fixed_leader_batch(w, batch)
         losses = []
@@ -133,7 +230,7 @@ class BOME(Solver):
         """
         w, theta = self.leader_params(), self.follower_params()
         n_w = len(w)
-        follower_batch = self.game.follower_batch(functional_view(self.game.leader, w), batch)
+        follower_batch = self.prepared_follower_batch(w, batch)
         theta_T = self.inner_solution(batch, detached(follower_batch))
 
         leader_loss = self.leader_loss(w, theta, batch, check_finite=False)

@@ -13,6 +13,7 @@ baseline every other solver must beat.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ class GDA(Solver):
 
     Options = GDAOptions
     options: GDAOptions
+    _warned_zero_gradient = False
 
     def step(self, batch: Any = None) -> StepInfo:
         follower: dict[str, Tensor | float] = {}
@@ -83,10 +85,22 @@ class GDA(Solver):
             if self.options.follower_steps > 1:
                 follower = self._follower_steps(batch, self.options.follower_steps - 1)
         self.steps_taken += 1
-        return self.read_floats(
+        info = self.read_floats(
             {
                 "leader_loss": leader_loss.detach(),
                 "leader_grad_norm": tree_norm(leader_grad),
                 **follower,
             }
         )
+        if info["leader_grad_norm"] == 0.0 and not self._warned_zero_gradient:
+            self._warned_zero_gradient = True
+            warnings.warn(
+                f"GDA: the leader's gradient ∇_w l is exactly zero at step {self.steps_taken - 1}, "
+                "so the leader does not move. The leader's loss does not depend on the leader "
+                "directly (only through the follower's response, as in hyper-cleaning or "
+                "hyperparameter selection), which GDA ignores: use a bilevel solver (BOME, "
+                "TotalGradient, BackGradient, SOBA). Shown once per solver.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return info

@@ -56,6 +56,9 @@ class TotalGradientOptions(SolverOptions):
         neumann_step: ``α`` of a named Neumann series; it must satisfy ``α < 2/λ_max(∇²_θθ h)``.
         damping: ``μ ≥ 0`` in eq. (1).
         follower_steps: follower-optimizer steps on ``h`` after each leader step (``>= 0``).
+        follower_first: take the ``follower_steps`` before the hypergradient instead of after
+            the leader's step (AID's order, as in the BOME authors' AID-CG: the hypergradient
+            is then taken at a follower that has just tracked the current leader).
         warm_start: start each linear solve from the previous step's solution ``v`` (default);
             ``v`` is part of ``TotalGradient.state_dict``.
     """
@@ -66,6 +69,7 @@ class TotalGradientOptions(SolverOptions):
     neumann_step: float = 0.1
     damping: float = 0.0
     follower_steps: int = 1
+    follower_first: bool = False
     warm_start: bool = True
 
     def validate(self) -> None:
@@ -76,6 +80,8 @@ class TotalGradientOptions(SolverOptions):
         check_positive("neumann_step", self.neumann_step)
         check_positive("damping", self.damping, allow_zero=True)
         check_int("follower_steps", self.follower_steps, 0)
+        if not isinstance(self.follower_first, bool):
+            raise TypeError(f"follower_first must be True or False, got {self.follower_first!r}")
         if not isinstance(self.warm_start, bool):
             raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}")
 
