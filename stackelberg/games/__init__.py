@@ -1,10 +1,19 @@
-"""Games: toys with closed-form answers, data poisoning, adversarial training, and the
+"""Games: toys with closed-form answers, real bilevel problems (data hyper-cleaning,
+hyperparameter selection, class reweighting), data poisoning, adversarial training, and the
 unlearnable-example game. Each submodule is imported on first use."""
 
 import importlib
 from typing import Any
 
-__all__ = ["adversarial", "poisoning", "toys", "unlearnable"]
+__all__ = [
+    "adversarial",
+    "hyper_cleaning",
+    "hyperparameters",
+    "poisoning",
+    "reweighting",
+    "toys",
+    "unlearnable",
+]
 
 
 def __getattr__(name: str) -> Any:

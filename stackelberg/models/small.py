@@ -24,18 +24,31 @@ class LogisticRegression(nn.Module):
         return self.linear(x.flatten(1))
 
 
-class MLP(nn.Module):
-    """One hidden layer with tanh (smooth, so Hessian-vector products are informative)."""
+_ACTIVATIONS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 32) -> None:
+
+class MLP(nn.Module):
+    """One hidden layer; tanh by default (smooth, so Hessian-vector products are informative),
+    or ``activation="sigmoid"`` (the 784-300-10 network of Shen & Chen's hyper-cleaning) or
+    ``"relu"``."""
+
+    def __init__(
+        self, in_features: int, num_classes: int, hidden: int = 32, activation: str = "tanh"
+    ) -> None:
         super().__init__()
         if in_features < 1 or num_classes < 2 or hidden < 1:
             raise ValueError(
                 f"need in_features, hidden >= 1 and num_classes >= 2, got {in_features}, "
                 f"{hidden}, {num_classes}"
             )
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {', '.join(_ACTIVATIONS)}; got {activation!r}"
+            )
         self.net = nn.Sequential(
-            nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, num_classes)
+            nn.Linear(in_features, hidden),
+            _ACTIVATIONS[activation](),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:
