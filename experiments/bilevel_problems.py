@@ -151,6 +151,8 @@ class RunConfig:
     follower_lr: float | None = None
     follower_momentum: float | None = None
     l2: float = 1e-3
+    weights: str = "clip"
+    leader_optimizer: str = "sgd"
     imbalance: float = 20.0
     largest: int = 500
     val_per_class: int = 20
@@ -166,6 +168,8 @@ class RunConfig:
         if self.solver not in sg.solvers.SOLVERS:
             names = ", ".join(sg.solvers.SOLVERS)
             raise ValueError(f"solver must be one of {names}; got {self.solver!r}")
+        if self.leader_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"leader_optimizer must be sgd or adam; got {self.leader_optimizer!r}")
         if self.model not in ("linear", "mlp", "cnn"):
             raise ValueError(f"model must be linear, mlp or cnn; got {self.model!r}")
         if self.dataset not in ("mnist", "cifar10", "digits"):
@@ -303,7 +307,9 @@ def build(config: RunConfig) -> tuple[sg.Game, sg.solvers.Solver, Any]:
     if config.problem == "hyper-cleaning":
         data = cleaning_data(config)
         classifier = _classifier(config, (data.num_features,), data.num_classes)
-        game = HyperCleaning(classifier, data.train[0].shape[0], l2=config.l2)
+        game = HyperCleaning(
+            classifier, data.train[0].shape[0], l2=config.l2, parametrization=config.weights
+        )
     elif config.problem == "reweighting":
         data = imbalanced_data(config)
         classifier = _classifier(config, tuple(data.train[0].shape[1:]), data.num_classes)
@@ -314,9 +320,13 @@ def build(config: RunConfig) -> tuple[sg.Game, sg.solvers.Solver, Any]:
     if config.init is not None:
         _load_init(game.follower, config.init)
     settings = config.optimizer_settings()
-    leader_opt = torch.optim.SGD(
-        game.leader.parameters(), lr=settings["leader"][0], momentum=settings["leader"][1]
-    )
+    leader_opt: torch.optim.Optimizer
+    if config.leader_optimizer == "adam":  # BOAT's example: Adam on the sigmoid's logits
+        leader_opt = torch.optim.Adam(game.leader.parameters(), lr=settings["leader"][0])
+    else:
+        leader_opt = torch.optim.SGD(
+            game.leader.parameters(), lr=settings["leader"][0], momentum=settings["leader"][1]
+        )
     follower_opt = torch.optim.SGD(
         game.follower.parameters(), lr=settings["follower"][0], momentum=settings["follower"][1]
     )
@@ -415,22 +425,44 @@ def compare(paths: Sequence[Path], output: Path, target: float | None) -> str:
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - plots are optional
         return table
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for path, record in records:
+    has_f1 = any("f1" in row for _, record in records for row in record["curve"])
+    figure, axes = plt.subplots(1, 3 if has_f1 else 2, figsize=(16 if has_f1 else 11, 4.5))
+    colours = plt.get_cmap("tab20").colors
+    for k, (path, record) in enumerate(records):
         curve = record["curve"]
         label = _label(record, path)
+        style = {
+            "label": label,
+            "color": colours[k % len(colours)],
+            "linestyle": "-" if label.startswith("ours") else "--",
+            "linewidth": 1.2,
+        }
+        seconds = [row["seconds"] for row in curve]
         accuracy = [100 * row["test_accuracy"] for row in curve]
-        axes[0].plot([row["seconds"] for row in curve], accuracy, label=label)
-        axes[1].plot([row["step"] for row in curve], accuracy, label=label)
-    for axis, xlabel in zip(
-        axes, ("wall time (s, evaluation excluded)", "outer step"), strict=True
-    ):
+        axes[0].plot(seconds, accuracy, **style)
+        axes[-1].plot([max(row["step"], 0.5) for row in curve], accuracy, **style)
+        if has_f1:
+            axes[1].plot(seconds, [row.get("f1", math.nan) for row in curve], **style)
+    axes[-1].set_xscale("log")
+    xlabels = ["wall time (s, evaluation excluded)", "outer step (log)"]
+    ylabels = ["test accuracy (%)", "test accuracy (%)"]
+    if has_f1:
+        xlabels.insert(1, "wall time (s, evaluation excluded)")
+        ylabels.insert(1, "F1 of w > 0.5 against the clean samples")
+    for axis, xlabel, ylabel in zip(axes, xlabels, ylabels, strict=True):
         axis.set_xlabel(xlabel)
-        axis.set_ylabel("test accuracy (%)")
+        axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
-        if target is not None:
+    if target is not None:
+        for axis in (axes[0], axes[-1]):
             axis.axhline(100 * target, color="gray", linestyle=":", linewidth=1)
-    axes[1].legend(fontsize=8)
+    accuracies = [100 * row["test_accuracy"] for _, r in records for row in r["curve"]]
+    top = max(accuracies)
+    for axis in (axes[0], axes[-1]):
+        axis.set_ylim(max(min(accuracies), top - 8), top + 0.5)
+    if has_f1:
+        axes[1].set_ylim(0.8, 1.0)
+    axes[-1].legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(output.with_suffix(".png"), dpi=120)
     plt.close(figure)
@@ -497,6 +529,13 @@ def _parser() -> argparse.ArgumentParser:
             add("--noise-rate", type=float, default=0.5)
             add("--l2", type=float, default=1e-3)
             add("--init", help="follower start: a state dict or a (K, d) tensor")
+            add(
+                "--weights",
+                default="clip",
+                choices=["clip", "sigmoid"],
+                help="w in [0, 1] projected (the BOME code) or σ(logits) (BOAT's example)",
+            )
+            add("--leader-optimizer", default="sgd", choices=["sgd", "adam"])
         elif reweighting:
             add("--model", default="mlp", choices=["mlp", "cnn"])
             add("--imbalance", type=float, default=20.0, help="largest / smallest class")

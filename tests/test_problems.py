@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import warnings
 from pathlib import Path
 
 import bilevel_problems
@@ -341,3 +342,50 @@ def test_imbalanced_split_counts_and_reference_weights() -> None:
     game.leader.logits.data = torch.tensor([0.0, 0.0, 0.0])
     scores = data.metrics(game)
     assert scores["weight_rank_correlation"] == 0.0  # uniform weights rank nothing
+
+
+def test_the_hyper_cleaning_hypergradient_equals_torchopts_implicit_one() -> None:
+    """TorchOpt's implicit differentiation (custom_root + CG, 10 iterations from zero) and our
+    TotalGradient (cg(10, tol=0), cold) solve the same system: the same hypergradient."""
+    torchopt = pytest.importorskip("torchopt")
+    x, y = blobs(50, 6, 3, seed=4)
+    val_x, val_y = blobs(30, 6, 3, seed=5)
+    torch.manual_seed(2)
+    game = HyperCleaning(LogisticRegression(6, 3), 50, l2=0.01).to(torch.float64)
+    with torch.no_grad():
+        game.leader.weights.uniform_(0.1, 0.9)
+    solver = sg.TotalGradient(
+        game,
+        torch.optim.SGD(game.leader.parameters(), lr=0.0),
+        torch.optim.SGD(game.follower.parameters(), lr=0.0),
+        linear_solver=sg.solvers.cg(max_iterations=10, tol=0.0),
+        warm_start=False,
+    )
+    batch = sg.BilevelBatch(leader=(val_x, val_y), follower=(x, y, torch.arange(50)))
+    (ours,) = solver.hypergradient(batch)
+
+    linear = game.follower.linear
+    shape, split = linear.weight.shape, linear.weight.numel()
+    theta = torch.cat([linear.weight.detach().reshape(-1), linear.bias.detach()])
+
+    def logits(theta_, inputs):
+        return inputs @ theta_[:split].view(shape).T + theta_[split:]
+
+    def follower_loss(theta_, w_):
+        per_sample = torch.nn.functional.cross_entropy(logits(theta_, x), y, reduction="none")
+        return torch.mean(w_ * per_sample) + 0.01 * theta_.pow(2).sum()
+
+    optimality = torch.func.grad(follower_loss, argnums=0)
+
+    @torchopt.diff.implicit.custom_root(
+        optimality, argnums=1, solve=torchopt.linear_solve.solve_cg(maxiter=10, rtol=0.0)
+    )
+    def at_current(theta_init, w_):
+        return theta_init  # the implicit gradient at the current follower, as ours
+
+    w = game.leader.weights.detach().clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchOpt calls functorch.vjp
+        loss = torch.nn.functional.cross_entropy(logits(at_current(theta, w), val_x), val_y)
+        (theirs,) = torch.autograd.grad(loss, w)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-12)

@@ -23,6 +23,7 @@ with_index=True)``); the leader's batches are ``(x, y)`` from the validation set
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,22 +44,45 @@ __all__ = [
 ]
 
 
-class SampleWeights(nn.Module):
-    """The leader of hyper-cleaning: one weight per training sample, ``weights ∈ [0, 1]ⁿ``.
+PARAMETRIZATIONS = ("clip", "sigmoid")
 
-    ``module()`` returns all of them, ``module(index)`` those of the samples at ``index``.
+
+class SampleWeights(nn.Module):
+    """The leader of hyper-cleaning: one weight per training sample in ``[0, 1]``.
+
+    ``parametrization="clip"`` (the BOME code's): the parameter ``weights`` is the weights
+    themselves, kept in ``[0, 1]`` by the game's projection. ``"sigmoid"`` (Shen & Chen's and
+    BOAT's example's): the parameter ``logits`` is unconstrained and the weights are
+    ``σ(logits)``; ``init`` is then the starting weight ``σ(logit)``, so 0.5 starts the logits
+    at 0. ``module()`` returns all the weights, ``module(index)`` those of the samples at
+    ``index``.
     """
 
-    def __init__(self, num_samples: int, init: float = 0.5) -> None:
+    def __init__(self, num_samples: int, init: float = 0.5, parametrization: str = "clip") -> None:
         super().__init__()
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-        if not 0.0 <= init <= 1.0:
-            raise ValueError(f"init must be in [0, 1], got {init}")
-        self.weights = nn.Parameter(torch.full((num_samples,), float(init)))
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(
+                f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}; "
+                f"got {parametrization!r}"
+            )
+        self.parametrization = parametrization
+        if parametrization == "clip":
+            if not 0.0 <= init <= 1.0:
+                raise ValueError(f"init must be in [0, 1], got {init}")
+            self.weights = nn.Parameter(torch.full((num_samples,), float(init)))
+        else:
+            if not 0.0 < init < 1.0:
+                raise ValueError(f"init must be in (0, 1) for the sigmoid, got {init}")
+            logit = math.log(init / (1.0 - init))
+            self.logits = nn.Parameter(torch.full((num_samples,), logit))
 
     def forward(self, index: Tensor | None = None) -> Tensor:
-        return self.weights if index is None else self.weights[index]
+        if self.parametrization == "clip":
+            return self.weights if index is None else self.weights[index]
+        logits = self.logits if index is None else self.logits[index]
+        return torch.sigmoid(logits)
 
 
 class HyperCleaning(Game):
@@ -72,6 +96,9 @@ class HyperCleaning(Game):
         num_samples: ``n``, the size of the training set.
         l2: ``r``, the follower's ℓ2 penalty on all its parameters.
         init: every weight's starting value (the BOME code: 0.5).
+        parametrization: ``"clip"`` (weights projected onto ``[0, 1]``, the BOME code) or
+            ``"sigmoid"`` (weights ``σ(logits)``, unconstrained; BOAT's example, with
+            ``l2=0``). See ``SampleWeights``.
 
     Batches: the follower's ``(x, y, index)``, the leader's ``(x, y)``.
     """
@@ -79,9 +106,15 @@ class HyperCleaning(Game):
     leader: SampleWeights
 
     def __init__(
-        self, classifier: nn.Module, num_samples: int, l2: float = 1e-3, init: float = 0.5
+        self,
+        classifier: nn.Module,
+        num_samples: int,
+        l2: float = 1e-3,
+        init: float = 0.5,
+        parametrization: str = "clip",
     ) -> None:
-        super().__init__(leader=SampleWeights(num_samples, init), follower=classifier)
+        leader = SampleWeights(num_samples, init, parametrization)
+        super().__init__(leader=leader, follower=classifier)
         if not l2 >= 0.0:
             raise ValueError(f"l2 must be >= 0, got {l2}")
         self.l2 = float(l2)
@@ -98,7 +131,8 @@ class HyperCleaning(Game):
         return F.cross_entropy(follower(x), y)
 
     def project(self) -> None:
-        self.leader.weights.clamp_(0.0, 1.0)
+        if self.leader.parametrization == "clip":
+            self.leader.weights.clamp_(0.0, 1.0)
 
 
 def _follower_batch(batch: object) -> tuple[Tensor, Tensor, Tensor]:
@@ -208,7 +242,7 @@ class CleaningData:
                 "test_loss": float(F.cross_entropy(logits, self.test[1])),
                 "val_loss": float(val_loss),
             }
-        return {**scores, **cleaning_scores(game.leader.weights, self.clean)}
+        return {**scores, **cleaning_scores(game.leader(), self.clean)}
 
 
 def split_for_cleaning(
