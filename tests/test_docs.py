@@ -88,3 +88,13 @@ def test_readme_is_short_and_links_only_inside_the_repository() -> None:
         assert (ROOT / target.split("#")[0]).exists(), f"README links to a missing {target}"
     pages = " ".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
     assert "../shared/DESIGN.md" not in text + pages
+
+
+def test_hyper_cleaning_snippet_cleans_far_better_than_chance(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    history = run_snippet("hyper_cleaning.py", monkeypatch, tmp_path)["history"]
+    first, last = history.evaluations[0], history.evaluations[-1]
+    assert [row["step"] for row in history.evaluations] == [0, 10, 20, 30, 40]
+    assert last["test_accuracy"] > first["test_accuracy"] + 0.5
+    assert last["precision"] > 0.8  # keeping samples at random: 0.55
