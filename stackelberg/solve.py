@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from stackelberg.checks import check_int
 from stackelberg.game import BilevelBatch, Game
-from stackelberg.solvers.base import Solver, StepInfo, check_int
+from stackelberg.solvers.base import Solver, StepInfo
 
 __all__ = ["History", "solve"]
 

@@ -10,7 +10,7 @@ import torch
 from conftest import SOLVERS, make_solver
 
 import stackelberg as sg
-from stackelberg.solvers.base import detached
+from stackelberg.solvers.autograd import detached
 
 
 class TwoSetGame(sg.Game):

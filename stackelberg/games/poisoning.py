@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stackelberg.checks import check_labels, check_unit_interval
 from stackelberg.game import Game
-from stackelberg.games._checks import check_labels, check_unit_interval
 
 __all__ = [
     "PoisonPoints",

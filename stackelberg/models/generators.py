@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from stackelberg.games._checks import check_epsilon
+from stackelberg.checks import check_epsilon
 
 __all__ = ["EncoderDecoderGenerator", "LabelConditionedGenerator", "UNetGenerator"]
 

@@ -15,10 +15,11 @@ methods are strategy objects: ``cg``, ``normal_cg``, ``neumann``.
 """
 
 from stackelberg.solvers.backgradient import BackGradient, BackGradientOptions
-from stackelberg.solvers.base import Solver, SolverOptions, StepInfo
+from stackelberg.solvers.base import Solver, StepInfo
 from stackelberg.solvers.bome import BOME, BOMEOptions
 from stackelberg.solvers.gda import GDA, GDAOptions
 from stackelberg.solvers.linsolve import LinearSolver, cg, neumann, normal_cg
+from stackelberg.solvers.options import SolverOptions
 from stackelberg.solvers.registry import SOLVERS, make, options_for
 from stackelberg.solvers.soba import SOBA, SOBAOptions
 from stackelberg.solvers.total_gradient import TotalGradient, TotalGradientOptions

@@ -1,4 +1,4 @@
-"""The interface every solver shares, and helpers on tuples of tensors.
+"""The interface every solver shares.
 
 A solver is built as ``Solver(game, leader_optimizer, follower_optimizer, **options)`` and
 advanced by ``Solver.step``. It computes update directions for the players, writes them
@@ -12,17 +12,15 @@ Parameters travel between the helpers as tuples of tensors in ``module.parameter
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
+from stackelberg.checks import check_choice, check_int, check_positive
 from stackelberg.game import (
-    BilevelBatch,
     Game,
     batch_for,
     check_finite_losses,
@@ -30,7 +28,12 @@ from stackelberg.game import (
     functional_view,
     trainable_parameters,
 )
+from stackelberg.solvers.autograd import detached, gradients, host_read, preserved_buffers
+from stackelberg.solvers.options import SolverOptions
+from stackelberg.solvers.tree import TensorTuple, tree_add, tree_dot, tree_norm, tree_scale
 
+# Beside its own classes, the names that lived here in 0.1 (now in stackelberg.checks,
+# solvers.tree, solvers.autograd and solvers.options) stay importable from here.
 __all__ = [
     "HypergradientSolver",
     "ImplicitTerms",
@@ -51,9 +54,7 @@ __all__ = [
     "tree_scale",
 ]
 
-TensorTuple = tuple[Tensor, ...]
 StepInfo = dict[str, float]
-_Options = TypeVar("_Options", bound="SolverOptions")
 
 
 class ImplicitTerms(NamedTuple):
@@ -66,198 +67,6 @@ class ImplicitTerms(NamedTuple):
     grad_theta_l: TensorTuple
     follower_loss: Tensor
     grad_theta_h: TensorTuple  # differentiable in (w, θ)
-
-
-def tree_dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    """``Σᵢ ⟨aᵢ, bᵢ⟩``: the inner product of two parameter tuples, as a 0-d tensor."""
-    if not a:
-        raise ValueError("cannot take the inner product of empty parameter tuples")
-    return sum((torch.sum(x * y) for x, y in zip(a, b, strict=True)), start=a[0].new_zeros(()))
-
-
-def tree_norm(a: Sequence[Tensor]) -> Tensor:
-    """The Euclidean norm of a parameter tuple seen as one flat vector."""
-    return torch.sqrt(tree_dot(a, a))
-
-
-def tree_add(a: Sequence[Tensor], b: Sequence[Tensor], alpha: float | Tensor = 1.0) -> TensorTuple:
-    """``a + alpha·b``, elementwise over the tuple."""
-    return tuple(x + alpha * y for x, y in zip(a, b, strict=True))
-
-
-def tree_scale(a: Sequence[Tensor], alpha: float | Tensor) -> TensorTuple:
-    """``alpha·a``, elementwise over the tuple."""
-    return tuple(alpha * x for x in a)
-
-
-def gradients(
-    output: Tensor | Sequence[Tensor],
-    inputs: Sequence[Tensor],
-    grad_outputs: Sequence[Tensor] | None = None,
-    *,
-    create_graph: bool = False,
-    retain_graph: bool | None = None,
-) -> TensorTuple:
-    """``torch.autograd.grad`` where an input the output does not depend on gets zeros.
-
-    Also accepts outputs that do not require grad at all (for example a gradient that is
-    constant in the inputs, whose own derivative is then zero).
-    """
-    outputs = [output] if isinstance(output, Tensor) else list(output)
-    if grad_outputs is not None:
-        pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
-        outputs = [o for o, _ in pairs]
-        grad_outputs = [g for _, g in pairs]
-    else:
-        outputs = [o for o in outputs if o.requires_grad]
-    if not outputs:
-        return tuple(torch.zeros_like(x) for x in inputs)
-    grads = torch.autograd.grad(
-        outputs,
-        list(inputs),
-        grad_outputs=grad_outputs,
-        create_graph=create_graph,
-        retain_graph=retain_graph,
-        allow_unused=True,
-    )
-    return tuple(
-        torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)
-    )
-
-
-def detached(batch: Any) -> Any:
-    """``batch`` with every tensor detached from the graph: tensors, tuples, lists, dicts and
-    objects with a ``detach()`` method (such as a game's cached batch) are handled; anything
-    else is returned as is."""
-    if isinstance(batch, BilevelBatch):
-        return BilevelBatch(detached(batch.leader), detached(batch.follower))
-    if isinstance(batch, Tensor) or callable(getattr(batch, "detach", None)):
-        return batch.detach()
-    if isinstance(batch, tuple | list):
-        return type(batch)(detached(b) for b in batch)
-    if isinstance(batch, dict):
-        return {k: detached(v) for k, v in batch.items()}
-    return batch
-
-
-@contextlib.contextmanager
-def preserved_buffers(game: Game) -> Iterator[None]:
-    """Restore every buffer of ``game`` (e.g. BatchNorm statistics) on exit."""
-    saved = [(b, b.detach().clone()) for b in game.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, copy in saved:
-                buffer.copy_(copy)
-
-
-@contextlib.contextmanager
-def host_read() -> Iterator[None]:
-    """Mark a deliberate read of device values by the host (a synchronization on a GPU).
-
-    A solver step reads the device only inside this context: once to check every loss and
-    update direction of the step before applying it, once for its diagnostics. Under
-    ``torch.cuda.set_sync_debug_mode("error")`` any other synchronization raises, which is how
-    the GPU check proves that no inner loop waits on the device."""
-    if not torch.cuda.is_available():
-        yield
-        return
-    mode = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(0)
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(mode)
-
-
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` if it is an integer ``>= minimum``; otherwise a clear error naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """``value`` as a float if it is positive (or zero where allowed) and finite."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
-    value = float(value)
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or value != value or value == float("inf"):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
-    return value
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    """``value`` if it is one of ``choices``; otherwise an error that lists them."""
-    if value not in choices:
-        listed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{name} must be one of {listed}; got {value!r}")
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class SolverOptions:
-    """Base of the solvers' option records: frozen, and validated once, when built
-    (subclasses check their fields in ``validate``)."""
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ``TypeError`` / ``ValueError`` naming the first bad field."""
-
-    @classmethod
-    def accepted(cls) -> tuple[str, ...]:
-        """The option names, in declaration order."""
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    #: Names other code uses for an option, with what to write here instead: shown when one
-    #: of them is refused (``u1`` of the BOME authors' scripts is ``eta`` with ``phi="value"``).
-    aliases: ClassVar[Mapping[str, str]] = {}
-
-    @classmethod
-    def _check_names(cls, solver: str, names: Sequence[str]) -> None:
-        unknown = [n for n in names if n not in cls.accepted()]
-        if unknown:
-            hints = "".join(f" ({n}: use {cls.aliases[n]})" for n in unknown if n in cls.aliases)
-            raise TypeError(
-                f"{solver} got unknown option{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(map(repr, unknown))}; it accepts {', '.join(cls.accepted())}{hints}"
-            )
-
-    @classmethod
-    def resolve(
-        cls: type[_Options],
-        solver: str,
-        options: SolverOptions | None,
-        overrides: Mapping[str, Any],
-    ) -> _Options:
-        """``options`` (default: all defaults) with ``overrides`` applied, checked: unknown
-        names and a record of another solver's options are refused with the accepted names."""
-        if options is not None and not isinstance(options, cls):
-            raise TypeError(f"{solver} takes {cls.__name__}, got {type(options).__name__}")
-        cls._check_names(solver, list(overrides))
-        if options is None:
-            return cls(**overrides)
-        return dataclasses.replace(options, **overrides) if overrides else options
-
-    def replace(self: _Options, **changes: Any) -> _Options:
-        """A copy with ``changes``, checked like a new record."""
-        self._check_names(type(self).__name__, list(changes))
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as JSON-ready values (a strategy object as its ``to_dict()``)."""
-        return {
-            f.name: getattr(v, "to_dict", lambda v=v: v)()
-            for f in dataclasses.fields(self)
-            for v in (getattr(self, f.name),)
-        }
 
 
 class Solver:

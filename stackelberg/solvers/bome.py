@@ -28,21 +28,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from stackelberg.checks import check_choice, check_int, check_positive
 from stackelberg.game import Game, check_finite_losses
-from stackelberg.solvers.base import (
-    Solver,
-    SolverOptions,
-    StepInfo,
-    TensorTuple,
-    check_choice,
-    check_int,
-    check_positive,
-    detached,
-    gradients,
-    host_read,
-    tree_add,
-    tree_dot,
-)
+from stackelberg.solvers.autograd import detached, gradients, host_read
+from stackelberg.solvers.base import Solver, StepInfo
+from stackelberg.solvers.options import SolverOptions
+from stackelberg.solvers.tree import TensorTuple, tree_add, tree_dot
 
 __all__ = ["BOME", "BOMEOptions"]
 

@@ -19,14 +19,11 @@ from typing import Any
 
 from torch import Tensor
 
-from stackelberg.solvers.base import (
-    Solver,
-    SolverOptions,
-    StepInfo,
-    check_int,
-    gradients,
-    tree_norm,
-)
+from stackelberg.checks import check_int
+from stackelberg.solvers.autograd import gradients
+from stackelberg.solvers.base import Solver, StepInfo
+from stackelberg.solvers.options import SolverOptions
+from stackelberg.solvers.tree import tree_norm
 
 __all__ = ["GDA", "GDAOptions"]
 

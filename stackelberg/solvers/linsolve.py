@@ -31,16 +31,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from stackelberg.solvers.base import (
-    TensorTuple,
-    check_choice,
-    check_int,
-    check_positive,
-    tree_add,
-    tree_dot,
-    tree_norm,
-    tree_scale,
-)
+from stackelberg.checks import check_choice, check_int, check_positive
+from stackelberg.solvers.tree import TensorTuple, tree_add, tree_dot, tree_norm, tree_scale
 
 __all__ = [
     "LINEAR_SOLVERS",

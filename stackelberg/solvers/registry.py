@@ -15,9 +15,10 @@ import torch
 
 from stackelberg.game import Game
 from stackelberg.solvers.backgradient import BackGradient
-from stackelberg.solvers.base import Solver, SolverOptions
+from stackelberg.solvers.base import Solver
 from stackelberg.solvers.bome import BOME
 from stackelberg.solvers.gda import GDA
+from stackelberg.solvers.options import SolverOptions
 from stackelberg.solvers.soba import SOBA
 from stackelberg.solvers.total_gradient import TotalGradient
 

@@ -29,17 +29,12 @@ from typing import Any
 
 import torch
 
+from stackelberg.checks import check_positive
 from stackelberg.game import Game
-from stackelberg.solvers.base import (
-    Solver,
-    SolverOptions,
-    StepInfo,
-    TensorTuple,
-    check_positive,
-    gradients,
-    tree_add,
-    tree_norm,
-)
+from stackelberg.solvers.autograd import gradients
+from stackelberg.solvers.base import Solver, StepInfo
+from stackelberg.solvers.options import SolverOptions
+from stackelberg.solvers.tree import TensorTuple, tree_add, tree_norm
 
 __all__ = ["SOBA", "SOBAOptions"]
 

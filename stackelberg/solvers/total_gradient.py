@@ -25,19 +25,13 @@ from typing import Any
 
 import torch
 
+from stackelberg.checks import check_choice, check_int, check_positive
 from stackelberg.game import Game
-from stackelberg.solvers.base import (
-    HypergradientSolver,
-    SolverOptions,
-    TensorTuple,
-    check_choice,
-    check_int,
-    check_positive,
-    gradients,
-    tree_add,
-    tree_norm,
-)
+from stackelberg.solvers.autograd import gradients
+from stackelberg.solvers.base import HypergradientSolver
 from stackelberg.solvers.linsolve import LINEAR_SOLVERS, LinearSolver, linear_solver
+from stackelberg.solvers.options import SolverOptions
+from stackelberg.solvers.tree import TensorTuple, tree_add, tree_norm
 
 __all__ = ["TotalGradient", "TotalGradientOptions"]
 

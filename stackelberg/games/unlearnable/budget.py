@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stackelberg.games._checks import LEVELS
-from stackelberg.games._checks import check_epsilon as _check_epsilon
+from stackelberg.checks import LEVELS
+from stackelberg.checks import check_epsilon as _check_epsilon
 
 __all__ = [
     "LEVELS",

@@ -29,7 +29,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from stackelberg.games._checks import check_epsilon
+from stackelberg.checks import check_epsilon
 from stackelberg.games.adversarial import pgd_attack
 
 __all__ = [

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from stackelberg.checks import check_epsilon
 from stackelberg.data.folders import ImageDataset
-from stackelberg.games._checks import check_epsilon
 from stackelberg.games.unlearnable.game import UnlearnableGame
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.solvers import BackGradient

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from stackelberg.checks import check_unit_interval
 from stackelberg.game import Game
-from stackelberg.games._checks import check_unit_interval
 from stackelberg.games.adversarial import pgd_attack, project_linf, signed_gradient_steps
 from stackelberg.games.unlearnable.budget import check_epsilon
 from stackelberg.games.unlearnable.losses import (

@@ -36,7 +36,8 @@ from stackelberg.solvers import (
     make,
     options_for,
 )
-from stackelberg.solvers.base import Solver, SolverOptions
+from stackelberg.solvers.base import Solver
+from stackelberg.solvers.options import SolverOptions
 from stackelberg.utils import distributed
 from stackelberg.utils.io import write_json, write_torch
 

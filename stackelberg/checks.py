@@ -1,17 +1,70 @@
-"""Input checks shared by the games on labelled data in ``[0, 1]``: one of each, used
-everywhere (the attacks, the defenses, the generators, the CLI)."""
+"""Input checks shared by every layer of the library: one of each.
+
+Each returns the checked value (normalized: a budget as a float) or raises an error that names
+the input and says what was expected, so that bad input never surfaces as a traceback from
+deep inside torch. This module imports nothing of the library: solvers, models, games and the
+unlearnable-example application all import it downward.
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+__all__ = [
+    "LEVELS",
+    "check_bool",
+    "check_choice",
+    "check_epsilon",
+    "check_int",
+    "check_labels",
+    "check_positive",
+    "check_unit_interval",
+]
+
 #: Intensity levels of an 8-bit image: a budget below ``1/LEVELS`` changes no pixel.
 LEVELS = 255
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` if it is an integer ``>= minimum``; otherwise a clear error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """``value`` as a float if it is positive (or zero where allowed) and finite."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or not math.isfinite(value):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is ``True`` or ``False`` (not ``1``, not ``"yes"``)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``; otherwise an error that lists them."""
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {listed}; got {value!r}")
+    return value
 
 
 def check_epsilon(
