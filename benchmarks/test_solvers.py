@@ -30,6 +30,7 @@ import torch
 
 import stackelberg as sg
 from stackelberg.games import toys
+from stackelberg.solvers import CG
 
 DIM, CONDITION_NUMBER, SEED = 100, 10.0, 0
 TOLERANCE = 1e-3
@@ -60,11 +61,11 @@ SETTINGS = {
     # CG to TorchOpt's default relative tolerance (1e-5), warm-started from the last step's v
     # (the default) and cold from zero every step; lr 2.5 is stable here (3.0 too, barely)
     "TotalGradient": Setting(
-        "total_gradient", {"solver_iterations": 100, "tol": 1e-5}, 2.5, 0.15, 1000
+        "total_gradient", {"linear_solver": CG(100, tol=1e-5)}, 2.5, 0.15, 1000
     ),
     "TotalGradient-cold": Setting(
         "total_gradient",
-        {"solver_iterations": 100, "tol": 1e-5, "warm_start": False},
+        {"linear_solver": CG(100, tol=1e-5), "warm_start": False},
         2.5,
         0.15,
         1000,
@@ -72,7 +73,7 @@ SETTINGS = {
     # a truncated solve: 3 CG iterations a step, warm-started, so the solve is amortized over
     # the outer steps (fewer than 3 no longer reaches the leader's rate: 2 takes 31 steps)
     "TotalGradient-truncated": Setting(
-        "total_gradient", {"solver_iterations": 3, "tol": 0.0}, 2.5, 0.15, 1000
+        "total_gradient", {"linear_solver": CG(3, tol=0.0)}, 2.5, 0.15, 1000
     ),
     # single loop: a leader lr of 0.3 or more diverges while v still lags its system
     "SOBA": Setting("soba", {}, 0.1, 0.15, 3000),

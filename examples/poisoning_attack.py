@@ -139,7 +139,7 @@ def attack_solver(
             game,
             leader_optimizer,
             follower_optimizer,
-            solver_iterations=50,
+            linear_solver=sg.solvers.CG(max_iterations=50),
             damping=1e-3,
             follower_steps=TOTAL_GRADIENT_FOLLOWER_STEPS,
         )

@@ -10,6 +10,7 @@ from conftest import make_solver, relative_error
 
 import stackelberg as sg
 from stackelberg.games import toys
+from stackelberg.solvers import CG, LinearSolver, NormalCG
 
 F64 = torch.float64
 GAMES = {
@@ -85,8 +86,10 @@ def test_bome_converges_on_the_non_singleton_game() -> None:
     assert history[-1]["leader_loss"] < 1e-3
 
 
-@pytest.mark.parametrize("linear_solver", ["cg", "normal_cg"])
-def test_total_gradient_with_damping_stays_finite_on_a_singular_hessian(linear_solver: str) -> None:
+@pytest.mark.parametrize("linear_solver", [CG(), NormalCG()], ids=str)
+def test_total_gradient_with_damping_stays_finite_on_a_singular_hessian(
+    linear_solver: LinearSolver,
+) -> None:
     game = toys.NonSingletonGame(dtype=F64, follower_init=[0.0, 0.5])
     solver = make_solver("TotalGradient", game, 0.1, 0.5, linear_solver=linear_solver, damping=1e-2)
     history = sg.solve(game, solver, None, 300, progress=False)

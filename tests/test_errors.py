@@ -134,9 +134,9 @@ def test_a_game_moved_apart_after_construction_is_caught_by_the_solver() -> None
         ("TotalGradient", {"damping": -0.1}, ValueError, "damping must be a finite number >= 0"),
         (
             "TotalGradient",
-            {"solver_iterations": 0},
+            {"linear_solver": {"name": "cg", "max_iterations": 0}},
             ValueError,
-            "solver_iterations must be an integer >= 1",
+            "max_iterations must be an integer >= 1",
         ),
         ("GDA", {"follower_steps": 0}, ValueError, "follower_steps must be an integer >= 1"),
         ("GDA", {"alternating": 1}, TypeError, "alternating must be True or False"),

@@ -11,6 +11,7 @@ from conftest import SOLVERS, make_solver
 import stackelberg as sg
 from stackelberg.game import functional_view
 from stackelberg.games import toys
+from stackelberg.solvers import CG
 
 
 class ShrinkageGame(sg.Game):
@@ -144,7 +145,7 @@ def test_a_step_reads_the_device_only_at_its_checks_on_cuda(solver_name: str) ->
     with a fixed budget (``tol=0``): an early stop on the residual would read it every
     iteration."""
     game = toys.QuadraticGame.random(8, dtype=torch.float32).to("cuda")
-    options = {"tol": 0.0, "solver_iterations": 5} if solver_name == "TotalGradient" else {}
+    options = {"linear_solver": CG(5, tol=0.0)} if solver_name == "TotalGradient" else {}
     solver = make_solver(solver_name, game, 0.05, 0.05, **options)
     solver.step()  # first-step allocations
     torch.cuda.set_sync_debug_mode("error")

@@ -9,10 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stackelberg.solvers.linsolve import (
+    CG,
+    LinearSolver,
+    NormalCG,
     conjugate_gradient,
     neumann_series,
     normal_conjugate_gradient,
-    solve_linear,
 )
 
 F64 = torch.float64
@@ -98,10 +100,10 @@ def test_solvers_work_on_tuples_of_tensors() -> None:
 
     b = (torch.ones(2, 1, dtype=F64), torch.arange(4, dtype=F64))
     expected = torch.linalg.solve(A, torch.cat([b[0].reshape(-1), b[1]]))
-    for method in ("cg", "normal_cg"):
-        result = solve_linear(method, matvec, b, max_iterations=100)
-        assert result.solution[0].shape == (2, 1)
-        got = torch.cat([t.reshape(-1) for t in result.solution])
+    for solver in (CG(100), NormalCG(100)):
+        solution, _ = solver(matvec, b)
+        assert solution[0].shape == (2, 1)
+        got = torch.cat([t.reshape(-1) for t in solution])
         assert relative_error(got, expected) < 1e-8
 
 
@@ -145,5 +147,5 @@ def test_cg_freezes_on_non_positive_curvature_without_reading_the_device() -> No
 
 
 def test_unknown_method_is_named() -> None:
-    with pytest.raises(ValueError, match="linear_solver must be one of"):
-        solve_linear("lu", as_matvec(torch.eye(2)), (torch.ones(2),), max_iterations=3)
+    with pytest.raises(ValueError, match="linear solver name must be one of"):
+        LinearSolver.from_dict({"name": "lu", "max_iterations": 3})

@@ -73,7 +73,7 @@ def implicit_hypergradient(game: sg.Game, train, val) -> torch.Tensor:
         game,
         torch.optim.SGD(game.leader.parameters(), lr=0.0),
         torch.optim.SGD(game.follower.parameters(), lr=0.0),
-        linear_solver=sg.solvers.cg(max_iterations=500, tol=1e-14),
+        linear_solver=sg.solvers.CG(max_iterations=500, tol=1e-14),
     )
     (hypergrad,) = solver.hypergradient(sg.BilevelBatch(leader=val, follower=train))
     return hypergrad
@@ -346,7 +346,7 @@ def test_imbalanced_split_counts_and_reference_weights() -> None:
 
 def test_the_hyper_cleaning_hypergradient_equals_torchopts_implicit_one() -> None:
     """TorchOpt's implicit differentiation (custom_root + CG, 10 iterations from zero) and our
-    TotalGradient (cg(10, tol=0), cold) solve the same system: the same hypergradient."""
+    TotalGradient (CG(10, tol=0), cold) solve the same system: the same hypergradient."""
     torchopt = pytest.importorskip("torchopt")
     x, y = blobs(50, 6, 3, seed=4)
     val_x, val_y = blobs(30, 6, 3, seed=5)
@@ -358,7 +358,7 @@ def test_the_hyper_cleaning_hypergradient_equals_torchopts_implicit_one() -> Non
         game,
         torch.optim.SGD(game.leader.parameters(), lr=0.0),
         torch.optim.SGD(game.follower.parameters(), lr=0.0),
-        linear_solver=sg.solvers.cg(max_iterations=10, tol=0.0),
+        linear_solver=sg.solvers.CG(max_iterations=10, tol=0.0),
         warm_start=False,
     )
     batch = sg.BilevelBatch(leader=(val_x, val_y), follower=(x, y, torch.arange(50)))

@@ -13,13 +13,14 @@ from conftest import relative_error
 import stackelberg as sg
 from stackelberg.games import toys
 from stackelberg.solvers import (
+    CG,
     SOLVERS,
     BOMEOptions,
+    LinearSolver,
+    Neumann,
+    NormalCG,
     TotalGradientOptions,
-    cg,
     make,
-    neumann,
-    normal_cg,
     options_for,
 )
 
@@ -35,10 +36,11 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         "backgradient",
         {"inner_steps": 4, "inner_lr": 0.3, "mode": "reverse"},
     ),
-    "total_gradient": ("total_gradient", {"solver_iterations": 2}),  # warm start carries v
+    # The warm start carries v.
+    "total_gradient": ("total_gradient", {"linear_solver": CG(max_iterations=2)}),
     "total_gradient-neumann": (
         "total_gradient",
-        {"linear_solver": neumann(step=0.3, max_iterations=3)},
+        {"linear_solver": Neumann(step=0.3, max_iterations=3)},
     ),
     "soba": ("soba", {}),
 }
@@ -200,7 +202,7 @@ def _system(n: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    "solver", [cg(100), normal_cg(400), neumann(step=0.15, max_iterations=400)], ids=str
+    "solver", [CG(100), NormalCG(400), Neumann(step=0.15, max_iterations=400)], ids=str
 )
 def test_linear_solver_objects_solve_and_warm_start(solver) -> None:
     matrix, b = _system()
@@ -222,25 +224,60 @@ def test_linear_solver_objects_solve_and_warm_start(solver) -> None:
 
 def test_linear_solver_options_are_checked_once_at_build() -> None:
     with pytest.raises(ValueError, match="max_iterations must be an integer >= 1"):
-        cg(0)
+        CG(0)
     with pytest.raises(ValueError, match="step must be a finite number > 0"):
-        neumann(step=-0.1)
-    assert cg(7, 1e-6).to_dict() == {"name": "cg", "max_iterations": 7, "tol": 1e-6}
+        Neumann(step=-0.1)
+    assert CG(7, 1e-6).to_dict() == {"name": "cg", "max_iterations": 7, "tol": 1e-6}
 
 
-def test_total_gradient_accepts_a_solver_object_or_its_name_alike() -> None:
-    results = []
-    for spec in ({"linear_solver": "cg", "solver_iterations": 20}, {"linear_solver": cg(20)}):
-        game = toys.QuadraticGame.random(6, dtype=F64)
-        solver = make(
-            "total_gradient",
-            game,
-            torch.optim.SGD(game.leader.parameters(), lr=0.1),
-            torch.optim.SGD(game.follower.parameters(), lr=0.5),
-            **spec,
-        )
-        results.append(solver.hypergradient()[0])
-    assert torch.equal(results[0], results[1])
+def test_a_linear_solver_round_trips_through_its_dict_form() -> None:
+    for solver in (CG(7, 1e-6), NormalCG(3), Neumann(0.01, 10)):
+        spec = solver.to_dict()
+        assert LinearSolver.from_dict(spec) == solver
+        # The option record reads the dict form too (a JSON config, a command line).
+        assert TotalGradientOptions(linear_solver=spec).linear_solver == solver
+        assert TotalGradientOptions(linear_solver=solver).to_dict()["linear_solver"] == spec
+    with pytest.raises(ValueError, match="linear solver name must be one of 'cg'"):
+        LinearSolver.from_dict({"name": "lu"})
+    with pytest.raises(TypeError, match="got int"):
+        TotalGradientOptions(linear_solver=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="CG has no field 'step'; its fields are max_iterations"):
+        CG().replace(step=0.1)
+
+
+def _hypergradient(**options: Any) -> torch.Tensor:
+    game = toys.QuadraticGame.random(6, dtype=F64)
+    solver = make(
+        "total_gradient",
+        game,
+        torch.optim.SGD(game.leader.parameters(), lr=0.1),
+        torch.optim.SGD(game.follower.parameters(), lr=0.5),
+        **options,
+    )
+    return solver.hypergradient()[0]
+
+
+def test_the_deprecated_names_of_a_linear_solver_still_work_and_warn() -> None:
+    expected = _hypergradient(linear_solver=CG(20, tol=1e-8))
+    with pytest.warns(DeprecationWarning) as caught:
+        by_name = _hypergradient(linear_solver="cg", solver_iterations=20, tol=1e-8)
+    assert torch.equal(by_name, expected)
+    messages = [str(w.message) for w in caught]
+    assert any("linear_solver='cg' is deprecated" in m for m in messages)
+    assert any("solver_iterations, tol are deprecated" in m for m in messages)
+    with pytest.warns(DeprecationWarning, match=r"set max_iterations on the linear solver"):
+        options = TotalGradientOptions(solver_iterations=20)
+    assert options.linear_solver == CG(20)
+    with pytest.warns(DeprecationWarning, match="step on the linear solver"):
+        options = TotalGradientOptions(linear_solver=Neumann(0.1, 5), neumann_step=0.01)
+    assert options.linear_solver == Neumann(0.01, 5)
+    # An old field the chosen solver does not have is refused, not silently dropped.
+    with pytest.raises(TypeError, match="CG has no field 'step'"):
+        TotalGradientOptions(neumann_step=0.01)
+    with pytest.warns(DeprecationWarning, match=r"cg\(\) is deprecated; use CG"):
+        assert sg.solvers.cg(7) == CG(7)
+    with pytest.warns(DeprecationWarning, match=r"neumann\(\) is deprecated"):
+        assert sg.solvers.neumann(0.2) == Neumann(0.2)
 
 
 def test_warm_start_needs_fewer_products_for_the_same_path() -> None:
@@ -255,7 +292,7 @@ def test_warm_start_needs_fewer_products_for_the_same_path() -> None:
             game,
             torch.optim.SGD(game.leader.parameters(), lr=0.1),
             torch.optim.SGD(game.follower.parameters(), lr=0.02),
-            linear_solver=cg(100, tol=1e-4),
+            linear_solver=CG(100, tol=1e-4),
             warm_start=warm,
         )
         history = sg.solve(game, solver, None, 200, progress=False)

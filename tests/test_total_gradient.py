@@ -8,6 +8,7 @@ from conftest import make_solver, relative_error
 
 import stackelberg as sg
 from stackelberg.games import toys
+from stackelberg.solvers import CG, LinearSolver, Neumann, NormalCG
 
 F64 = torch.float64
 
@@ -46,26 +47,21 @@ GAMES = {
 
 
 @pytest.mark.parametrize("game_name", list(GAMES))
-@pytest.mark.parametrize("linear_solver", ["cg", "normal_cg", "neumann"])
+# Neumann needs α < 2/λ_max; κ(A) ≤ 5 keeps λ_max small enough for α = 0.1 everywhere.
+@pytest.mark.parametrize(
+    "linear_solver", [CG(100), NormalCG(2000), Neumann(0.1, 2000)], ids=lambda s: s.name
+)
 def test_hypergradient_matches_dense_implicit_function_gradient(
-    linear_solver: str, game_name: str
+    linear_solver: LinearSolver, game_name: str
 ) -> None:
     game = GAMES[game_name]()
-    # Neumann needs α < 2/λ_max; κ(A) ≤ 5 keeps λ_max small enough for α = 0.1 everywhere.
-    iterations = 2000 if linear_solver != "cg" else 100
-    solver = make_solver(
-        "TotalGradient",
-        game,
-        linear_solver=linear_solver,
-        solver_iterations=iterations,
-        neumann_step=0.1,
-    )
+    solver = make_solver("TotalGradient", game, linear_solver=linear_solver)
     (hypergrad,) = solver.hypergradient()
     assert relative_error(hypergrad, implicit_gradient_reference(game)) < 1e-6
 
 
-@pytest.mark.parametrize("linear_solver", ["cg", "normal_cg"])
-def test_damping_solves_the_shifted_system(linear_solver: str) -> None:
+@pytest.mark.parametrize("linear_solver", [CG(), NormalCG()], ids=str)
+def test_damping_solves_the_shifted_system(linear_solver: LinearSolver) -> None:
     game = GAMES["T4"]()
     solver = make_solver("TotalGradient", game, linear_solver=linear_solver, damping=0.3)
     (hypergrad,) = solver.hypergradient()
@@ -74,7 +70,7 @@ def test_damping_solves_the_shifted_system(linear_solver: str) -> None:
 
 def test_step_reports_the_residual_and_changes_parameters() -> None:
     game = GAMES["T1"]()
-    solver = make_solver("TotalGradient", game, solver_iterations=1)
+    solver = make_solver("TotalGradient", game, linear_solver=CG(max_iterations=1))
     before = game.leader.value.detach().clone()
     info = solver.step()
     # One CG iteration on a 2-d system leaves a residual; it is reported, not hidden.

@@ -22,6 +22,7 @@ from stackelberg.games.unlearnable.export import calibrate_batchnorm
 from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
 from stackelberg.games.unlearnable.victim import VictimSchedule
 from stackelberg.models import ConvNet
+from stackelberg.solvers import CG
 
 # -- solvers on the game --------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ def _training(
 
 @pytest.mark.parametrize(
     ("solver", "options"),
-    [("bome", None), ("total_gradient", {"solver_iterations": 2})],  # the latter carries v
+    [("bome", None), ("total_gradient", {"linear_solver": CG(max_iterations=2)})],  # v carried
 )
 def test_resume_after_interrupt_reproduces_the_uninterrupted_run_exactly(
     tmp_path: Path, solver: str, options: dict | None

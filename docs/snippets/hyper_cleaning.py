@@ -19,7 +19,7 @@ solver = sg.solvers.make(
     game,
     torch.optim.SGD(game.leader.parameters(), lr=100.0, momentum=0.9),
     torch.optim.SGD(game.follower.parameters(), lr=0.01, momentum=0.9),
-    solver_iterations=10,  # CG iterations (warm-started)
+    linear_solver=sg.solvers.CG(max_iterations=10),  # warm-started from the last step's v
     follower_steps=10,
 )
 history = sg.solve(

@@ -9,7 +9,7 @@ solver = sg.solvers.make(
     game,
     torch.optim.SGD(game.leader.parameters(), lr=0.1),
     torch.optim.SGD(game.follower.parameters(), lr=0.5),
-    linear_solver=sg.solvers.cg(max_iterations=20, tol=1e-6),  # warm-started by default
+    linear_solver=sg.solvers.CG(max_iterations=20, tol=1e-6),  # warm-started by default
 )
 sg.solve(game, solver, None, steps=300, progress=False)
 state = solver.state_dict()  # with game.state_dict() and the optimizers': an exact resume

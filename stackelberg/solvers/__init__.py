@@ -10,15 +10,16 @@
 
 ``make`` builds any of them by name (``"gda"``, ``"bome"``, ``"backgradient"``,
 ``"total_gradient"``, ``"soba"``); each takes a frozen option record (``BOMEOptions``, ...)
-and has ``state_dict()`` / ``load_state_dict()``. Linear solvers for the implicit-function
-methods are strategy objects: ``cg``, ``normal_cg``, ``neumann``.
+and has ``state_dict()`` / ``load_state_dict()``. The implicit-function method takes its
+linear solver as an object: ``CG(max_iterations, tol)``, ``NormalCG(...)``,
+``Neumann(step, max_iterations)``.
 """
 
 from stackelberg.solvers.backgradient import BackGradient, BackGradientOptions
 from stackelberg.solvers.base import Solver, StepInfo
 from stackelberg.solvers.bome import BOME, BOMEOptions
 from stackelberg.solvers.gda import GDA, GDAOptions
-from stackelberg.solvers.linsolve import LinearSolver, cg, neumann, normal_cg
+from stackelberg.solvers.linsolve import CG, LinearSolver, Neumann, NormalCG, cg, neumann, normal_cg
 from stackelberg.solvers.options import SolverOptions
 from stackelberg.solvers.registry import SOLVERS, make, options_for
 from stackelberg.solvers.soba import SOBA, SOBAOptions
@@ -26,6 +27,7 @@ from stackelberg.solvers.total_gradient import TotalGradient, TotalGradientOptio
 
 __all__ = [
     "BOME",
+    "CG",
     "GDA",
     "SOBA",
     "SOLVERS",
@@ -34,6 +36,8 @@ __all__ = [
     "BackGradientOptions",
     "GDAOptions",
     "LinearSolver",
+    "Neumann",
+    "NormalCG",
     "SOBAOptions",
     "Solver",
     "SolverOptions",

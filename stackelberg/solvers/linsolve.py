@@ -15,18 +15,21 @@ residual are 0-d tensors left on the device, so a solve with a fixed budget neve
 - ``neumann_series``: ``x = α Σ_{k<K} (I − α H)^k b``, the truncated Neumann series of
   ``H⁻¹`` (Lorraine, Vicol, Duvenaud 2020); converges when ``0 < α < 2/λ_max`` and ``H ≻ 0``.
 
-Strategy objects (as in JAXopt's ``solve=`` and TorchOpt's ``solve=``): ``cg``,
-``normal_cg`` and ``neumann`` check their options once and return a
-``LinearSolver``, a callable ``(matvec, b, x0) -> (x, info)``; ``x0`` warm-starts the
-solve (``TotalGradient`` passes the previous step's solution).
+One way to name each: the classes ``CG``, ``NormalCG`` and ``Neumann``, small frozen records
+that check their own fields when built (as Lineax's solvers do) and are callable,
+``solver(matvec, b, x0) -> (x, info)``; ``x0`` warm-starts the solve (``TotalGradient`` passes
+the previous step's solution). ``LinearSolver.from_dict`` reads back what ``to_dict`` wrote.
+The factories ``cg()``, ``normal_cg()``, ``neumann()`` of 0.1 still work, with a
+``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,22 +38,19 @@ from stackelberg.checks import check_choice, check_int, check_positive
 from stackelberg.solvers.tree import TensorTuple, tree_add, tree_dot, tree_norm, tree_scale
 
 __all__ = [
+    "CG",
     "LINEAR_SOLVERS",
     "LinearSolveInfo",
     "LinearSolveResult",
     "LinearSolver",
-    "cg",
+    "Neumann",
+    "NormalCG",
     "conjugate_gradient",
-    "linear_solver",
-    "neumann",
     "neumann_series",
-    "normal_cg",
     "normal_conjugate_gradient",
-    "solve_linear",
 ]
 
 MatVec = Callable[[TensorTuple], TensorTuple]
-LINEAR_SOLVERS = ("cg", "normal_cg", "neumann")
 
 
 @dataclass(frozen=True)
@@ -178,13 +178,15 @@ class LinearSolveInfo(NamedTuple):
     residual: Tensor
 
 
+@dataclass(frozen=True)
 class LinearSolver:
-    """A configured linear solver: ``solver(matvec, b, x0=None) -> (x, info)``.
+    """Base of the configured linear solvers: ``solver(matvec, b, x0=None) -> (x, info)``.
 
-    Built by ``cg``, ``normal_cg`` or ``neumann``, which check the options once.
+    Subclasses are frozen dataclasses that check their fields in ``__post_init__`` and set
+    ``name``, the key of their ``to_dict()`` form.
     """
 
-    name: str = ""
+    name: ClassVar[str] = ""
 
     def __call__(
         self, matvec: MatVec, b: Sequence[Tensor], x0: Sequence[Tensor] | None = None
@@ -199,8 +201,29 @@ class LinearSolver:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        """The solver's name and options (JSON-ready)."""
-        return {"name": self.name, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+        """The solver's name and fields (JSON-ready): ``{"name": "cg", "max_iterations": 50,
+        "tol": 1e-10}``."""
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+    def replace(self, **changes: Any) -> LinearSolver:
+        """A copy with ``changes``, checked like a new solver; a field this solver does not
+        have is refused with the ones it has."""
+        fields = [f.name for f in dataclasses.fields(self)]
+        unknown = [k for k in changes if k not in fields]
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no field {', '.join(map(repr, unknown))}; its "
+                f"fields are {', '.join(fields)}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def from_dict(spec: Mapping[str, Any]) -> LinearSolver:
+        """The solver ``to_dict`` described: ``{"name": ..., **fields}``."""
+        fields = dict(spec)
+        name = fields.pop("name", None)
+        check_choice("linear solver name", name, LINEAR_SOLVERS)
+        return _BY_NAME[name](**fields)
 
 
 def _counting(matvec: MatVec) -> tuple[MatVec, list[int]]:
@@ -214,20 +237,36 @@ def _counting(matvec: MatVec) -> tuple[MatVec, list[int]]:
 
 
 @dataclass(frozen=True)
-class _CG(LinearSolver):
-    max_iterations: int
-    tol: float
-    name = "cg"
+class CG(LinearSolver):
+    """Conjugate gradients (``conjugate_gradient``) for ``H ≻ 0``: at most
+    ``max_iterations`` iterations, stopping at a relative residual of ``tol`` (``tol = 0``:
+    always the full budget, with no read from the device)."""
+
+    max_iterations: int = 50
+    tol: float = 1e-10
+    name: ClassVar[str] = "cg"
+
+    def __post_init__(self) -> None:
+        check_int("max_iterations", self.max_iterations, 1)
+        object.__setattr__(self, "tol", check_positive("tol", self.tol, allow_zero=True))
 
     def _solve(self, matvec: MatVec, b: Sequence[Tensor], x0: Any) -> LinearSolveResult:
         return conjugate_gradient(matvec, b, x0, max_iterations=self.max_iterations, tol=self.tol)
 
 
 @dataclass(frozen=True)
-class _NormalCG(LinearSolver):
-    max_iterations: int
-    tol: float
-    name = "normal_cg"
+class NormalCG(LinearSolver):
+    """CG on the normal equations (``normal_conjugate_gradient``), for any ``H``: safe where
+    the Hessian is indefinite or singular, at twice the products per iteration and squared
+    conditioning."""
+
+    max_iterations: int = 50
+    tol: float = 1e-10
+    name: ClassVar[str] = "normal_cg"
+
+    def __post_init__(self) -> None:
+        check_int("max_iterations", self.max_iterations, 1)
+        object.__setattr__(self, "tol", check_positive("tol", self.tol, allow_zero=True))
 
     def _solve(self, matvec: MatVec, b: Sequence[Tensor], x0: Any) -> LinearSolveResult:
         return normal_conjugate_gradient(
@@ -236,69 +275,42 @@ class _NormalCG(LinearSolver):
 
 
 @dataclass(frozen=True)
-class _Neumann(LinearSolver):
-    step: float
-    max_iterations: int
-    name = "neumann"
+class Neumann(LinearSolver):
+    """The truncated Neumann series (``neumann_series``) with ``α = step`` and
+    ``max_iterations`` terms; converges for ``0 < α < 2/λ_max(H)`` and ``H ≻ 0``, and with a
+    small ``α`` stays bounded where CG does not (a network's Hessian away from a minimum)."""
+
+    step: float = 0.1
+    max_iterations: int = 50
+    name: ClassVar[str] = "neumann"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "step", check_positive("step", self.step))
+        check_int("max_iterations", self.max_iterations, 1)
 
     def _solve(self, matvec: MatVec, b: Sequence[Tensor], x0: Any) -> LinearSolveResult:
         return neumann_series(matvec, b, x0, step=self.step, max_iterations=self.max_iterations)
 
 
-def cg(max_iterations: int = 50, tol: float = 1e-10) -> LinearSolver:
-    """Conjugate gradients (``conjugate_gradient``) for ``H ≻ 0``: at most
-    ``max_iterations`` iterations, stopping at a relative residual of ``tol``."""
-    return _CG(
-        check_int("max_iterations", max_iterations, 1), check_positive("tol", tol, allow_zero=True)
-    )
+_BY_NAME: dict[str, type[LinearSolver]] = {c.name: c for c in (CG, NormalCG, Neumann)}
+#: The names ``to_dict`` writes (and, deprecated, ``TotalGradient(linear_solver=...)`` takes).
+LINEAR_SOLVERS = tuple(_BY_NAME)
 
 
-def normal_cg(max_iterations: int = 50, tol: float = 1e-10) -> LinearSolver:
-    """CG on the normal equations (``normal_conjugate_gradient``), for any ``H``."""
-    return _NormalCG(
-        check_int("max_iterations", max_iterations, 1), check_positive("tol", tol, allow_zero=True)
-    )
+def _deprecated_factory(cls: type[LinearSolver], old: str) -> Callable[..., LinearSolver]:
+    def factory(*args: Any, **kwargs: Any) -> LinearSolver:
+        warnings.warn(
+            f"{old}() is deprecated; use {cls.__name__}(...), the same fields",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return cls(*args, **kwargs)
+
+    factory.__name__ = factory.__qualname__ = old
+    factory.__doc__ = f"Deprecated: ``{cls.__name__}(...)``."
+    return factory
 
 
-def neumann(step: float = 0.1, max_iterations: int = 50) -> LinearSolver:
-    """The truncated Neumann series (``neumann_series``) with ``α = step`` and
-    ``max_iterations`` terms; needs ``0 < α < 2/λ_max(H)``."""
-    return _Neumann(check_positive("step", step), check_int("max_iterations", max_iterations, 1))
-
-
-def linear_solver(
-    spec: str | LinearSolver,
-    *,
-    max_iterations: int = 50,
-    tol: float = 1e-10,
-    neumann_step: float = 0.1,
-) -> LinearSolver:
-    """``spec`` itself if it is a ``LinearSolver``; for a name in ``LINEAR_SOLVERS``
-    (the older string form), the solver built from the keyword options."""
-    if isinstance(spec, LinearSolver):
-        return spec
-    check_choice("linear_solver", spec, LINEAR_SOLVERS)
-    if spec == "cg":
-        return cg(max_iterations, tol)
-    if spec == "normal_cg":
-        return normal_cg(max_iterations, tol)
-    return neumann(neumann_step, max_iterations)
-
-
-def solve_linear(
-    method: str,
-    matvec: MatVec,
-    b: Sequence[Tensor],
-    *,
-    max_iterations: int,
-    tol: float = 1e-10,
-    neumann_step: float = 0.1,
-) -> LinearSolveResult:
-    """Dispatch to the solver named ``method`` (one of ``LINEAR_SOLVERS``)."""
-    check_choice("linear_solver", method, LINEAR_SOLVERS)
-    check_int("max_iterations", max_iterations, 1)
-    if method == "cg":
-        return conjugate_gradient(matvec, b, max_iterations=max_iterations, tol=tol)
-    if method == "normal_cg":
-        return normal_conjugate_gradient(matvec, b, max_iterations=max_iterations, tol=tol)
-    return neumann_series(matvec, b, step=neumann_step, max_iterations=max_iterations)
+cg = _deprecated_factory(CG, "cg")
+normal_cg = _deprecated_factory(NormalCG, "normal_cg")
+neumann = _deprecated_factory(Neumann, "neumann")

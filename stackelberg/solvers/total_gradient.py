@@ -20,20 +20,28 @@ pair tracks the best-response curve; the fixed points are exactly the Stackelber
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from collections.abc import Mapping
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 import torch
 
-from stackelberg.checks import check_choice, check_int, check_positive
+from stackelberg.checks import check_bool, check_choice, check_int, check_positive
 from stackelberg.game import Game
 from stackelberg.solvers.autograd import gradients
 from stackelberg.solvers.base import HypergradientSolver
-from stackelberg.solvers.linsolve import LINEAR_SOLVERS, LinearSolver, linear_solver
+from stackelberg.solvers.linsolve import CG, LINEAR_SOLVERS, LinearSolver
 from stackelberg.solvers.options import SolverOptions
 from stackelberg.solvers.tree import TensorTuple, tree_add, tree_norm
 
 __all__ = ["TotalGradient", "TotalGradientOptions"]
+
+
+#: ``CG(50, 1e-10)``: a frozen record, safe to share as the default.
+DEFAULT_LINEAR_SOLVER = CG()
+#: The 0.1 names of a linear solver's fields, and the field each sets now.
+_LEGACY_FIELDS = {"solver_iterations": "max_iterations", "tol": "tol", "neumann_step": "step"}
 
 
 @dataclass(frozen=True)
@@ -41,13 +49,10 @@ class TotalGradientOptions(SolverOptions):
     """TotalGradient's options.
 
     Args:
-        linear_solver: a ``LinearSolver`` (``cg(...)``,
-            ``normal_cg(...)``, ``neumann(...)``) or, in the older form, a name: ``"cg"``
-            (default; needs ``∇²_θθ h + μI ≻ 0``), ``"normal_cg"`` (any Hessian, slower) or
-            ``"neumann"``, configured by the three options below.
-        solver_iterations: a named linear solver's iteration budget.
-        tol: relative residual at which a named CG stops early.
-        neumann_step: ``α`` of a named Neumann series; it must satisfy ``α < 2/λ_max(∇²_θθ h)``.
+        linear_solver: the solver of eq. (1), an object: ``CG(max_iterations, tol)`` (default
+            ``CG(50, 1e-10)``; needs ``∇²_θθ h + μI ≻ 0``), ``NormalCG(...)`` (any Hessian,
+            slower) or ``Neumann(step, max_iterations)`` (``α = step < 2/λ_max``; bounded on a
+            network's indefinite Hessian). Its ``to_dict()`` form is read back too.
         damping: ``μ ≥ 0`` in eq. (1).
         follower_steps: follower-optimizer steps on ``h`` after each leader step (``>= 0``).
         follower_first: take the ``follower_steps`` before the hypergradient instead of after
@@ -55,38 +60,69 @@ class TotalGradientOptions(SolverOptions):
             is then taken at a follower that has just tracked the current leader).
         warm_start: start each linear solve from the previous step's solution ``v`` (default);
             ``v`` is part of ``TotalGradient.state_dict``.
+        solver_iterations, tol, neumann_step: deprecated (0.1): the linear solver's
+            ``max_iterations``, ``tol`` and ``step``, set on ``linear_solver`` with a
+            ``DeprecationWarning``; one that the linear solver does not have is refused. So is
+            a name (``"cg"``, ``"normal_cg"``, ``"neumann"``) in place of the object, with a
+            warning, for one release.
     """
 
-    linear_solver: str | LinearSolver = "cg"
-    solver_iterations: int = 50
-    tol: float = 1e-10
-    neumann_step: float = 0.1
+    linear_solver: LinearSolver = DEFAULT_LINEAR_SOLVER
     damping: float = 0.0
     follower_steps: int = 1
     follower_first: bool = False
     warm_start: bool = True
+    solver_iterations: InitVar[int | None] = None
+    tol: InitVar[float | None] = None
+    neumann_step: InitVar[float | None] = None
+
+    def __post_init__(
+        self, solver_iterations: int | None, tol: float | None, neumann_step: float | None
+    ) -> None:
+        legacy = {"solver_iterations": solver_iterations, "tol": tol, "neumann_step": neumann_step}
+        object.__setattr__(self, "linear_solver", _linear_solver(self.linear_solver, legacy))
+        self.validate()
+
+    @classmethod
+    def accepted(cls) -> tuple[str, ...]:
+        return (*super().accepted(), *_LEGACY_FIELDS)
 
     def validate(self) -> None:
-        if not isinstance(self.linear_solver, LinearSolver):
-            check_choice("linear_solver", self.linear_solver, LINEAR_SOLVERS)
-        check_int("solver_iterations", self.solver_iterations, 1)
-        check_positive("tol", self.tol, allow_zero=True)
-        check_positive("neumann_step", self.neumann_step)
         check_positive("damping", self.damping, allow_zero=True)
         check_int("follower_steps", self.follower_steps, 0)
-        if not isinstance(self.follower_first, bool):
-            raise TypeError(f"follower_first must be True or False, got {self.follower_first!r}")
-        if not isinstance(self.warm_start, bool):
-            raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}")
+        check_bool("follower_first", self.follower_first)
+        check_bool("warm_start", self.warm_start)
 
-    def solver(self) -> LinearSolver:
-        """The linear solver these options name or hold."""
-        return linear_solver(
-            self.linear_solver,
-            max_iterations=self.solver_iterations,
-            tol=self.tol,
-            neumann_step=self.neumann_step,
+
+def _linear_solver(spec: Any, legacy: dict[str, Any]) -> LinearSolver:
+    """``spec`` as a ``LinearSolver``, with the 0.1 field names in ``legacy`` applied."""
+    if isinstance(spec, str):
+        check_choice("linear_solver", spec, LINEAR_SOLVERS)
+        warnings.warn(
+            f"linear_solver={spec!r} is deprecated; pass the object, e.g. "
+            f"{LinearSolver.from_dict({'name': spec})!r}",
+            DeprecationWarning,
+            stacklevel=5,
         )
+        spec = LinearSolver.from_dict({"name": spec})
+    elif isinstance(spec, Mapping):
+        spec = LinearSolver.from_dict(spec)
+    elif not isinstance(spec, LinearSolver):
+        raise TypeError(
+            "linear_solver must be a LinearSolver (CG(...), NormalCG(...), Neumann(...)), got "
+            f"{type(spec).__name__} ({spec!r})"
+        )
+    given = {k: v for k, v in legacy.items() if v is not None}
+    if not given:
+        return spec
+    changes = {_LEGACY_FIELDS[k]: v for k, v in given.items()}
+    warnings.warn(
+        f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} deprecated; set "
+        f"{', '.join(changes)} on the linear solver: {spec.replace(**changes)!r}",
+        DeprecationWarning,
+        stacklevel=5,
+    )
+    return spec.replace(**changes)
 
 
 class TotalGradient(HypergradientSolver):
@@ -114,7 +150,7 @@ class TotalGradient(HypergradientSolver):
         **overrides: Any,
     ) -> None:
         super().__init__(game, leader_optimizer, follower_optimizer, options, **overrides)
-        self.linear_solver = self.options.solver()
+        self.linear_solver = self.options.linear_solver
         #: The last solution ``v`` of eq. (1), the next solve's start under ``warm_start``.
         self.v: TensorTuple | None = None
 
@@ -122,8 +158,8 @@ class TotalGradient(HypergradientSolver):
     def divergence_hint(self) -> str:
         return (
             "The linear solve may have failed (see the residual diagnostic): add damping for a "
-            "singular Hessian, use linear_solver='normal_cg' for an indefinite one, or lower "
-            "neumann_step."
+            "singular Hessian, linear_solver=NormalCG(...) for an indefinite one, or "
+            "Neumann(step) with a small step on a network follower."
         )
 
     def _hypergradient(self, batch: Any) -> tuple[TensorTuple, dict[str, torch.Tensor | float]]:

@@ -28,6 +28,7 @@ from stackelberg.games.unlearnable.export import calibrate_batchnorm, poison_ima
 from stackelberg.games.unlearnable.game import UnlearnableGame
 from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.solvers import (
+    CG,
     BackGradientOptions,
     BOMEOptions,
     GDAOptions,
@@ -55,7 +56,7 @@ GUE_SOLVER_OPTIONS: dict[str, SolverOptions] = {
     "backgradient": BackGradientOptions(
         inner_steps=5, inner_lr=0.01, mode="store", follower_steps=1
     ),
-    "total_gradient": TotalGradientOptions(linear_solver="cg", solver_iterations=10, damping=1.0),
+    "total_gradient": TotalGradientOptions(linear_solver=CG(max_iterations=10), damping=1.0),
     "soba": SOBAOptions(damping=1.0),
     "gda": GDAOptions(alternating=True),
 }
@@ -137,7 +138,12 @@ class TrainingConfig:
         gue_solver_options(self.solver, self.solver_options)  # refuse bad options now
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready: a strategy object among the solver options (a linear solver) as its
+        ``to_dict()``, which the options read back."""
+        options = {
+            k: getattr(v, "to_dict", lambda v=v: v)() for k, v in self.solver_options.items()
+        }
+        return {**asdict(self), "solver_options": options}
 
 
 class GeneratorTraining:
