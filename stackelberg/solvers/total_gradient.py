@@ -60,11 +60,13 @@ class TotalGradientOptions(SolverOptions):
             is then taken at a follower that has just tracked the current leader).
         warm_start: start each linear solve from the previous step's solution ``v`` (default);
             ``v`` is part of ``TotalGradient.state_dict``.
-        solver_iterations, tol, neumann_step: deprecated (0.1): the linear solver's
-            ``max_iterations``, ``tol`` and ``step``, set on ``linear_solver`` with a
-            ``DeprecationWarning``; one that the linear solver does not have is refused. So is
-            a name (``"cg"``, ``"normal_cg"``, ``"neumann"``) in place of the object, with a
-            warning, for one release.
+        solver_iterations: deprecated (0.1): the linear solver's ``max_iterations``, set on
+            ``linear_solver`` with a ``DeprecationWarning``.
+        tol: deprecated (0.1): the linear solver's ``tol``, likewise; refused for
+            ``Neumann``, which has none.
+        neumann_step: deprecated (0.1): the linear solver's ``step``, likewise; refused for
+            ``CG`` and ``NormalCG``. A name (``"cg"``, ``"normal_cg"``, ``"neumann"``) in
+            place of the object also still works, with a warning, for one release.
     """
 
     linear_solver: LinearSolver = DEFAULT_LINEAR_SOLVER
