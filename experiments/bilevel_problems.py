@@ -445,7 +445,11 @@ def compare(paths: Sequence[Path], output: Path, target: float | None) -> str:
         None,
     )
     has_f1 = middle is not None
-    figure, axes = plt.subplots(1, 3 if has_f1 else 2, figsize=(16 if has_f1 else 11, 4.5))
+    # Against oracle calls: the follower-loss evaluations our runs count (the peers' do not).
+    has_calls = all("follower_evaluations" in r["curve"][-1] for _, r in records)
+    panels = 2 + has_f1 + has_calls
+    figure, axes = plt.subplots(1, panels, figsize=(5.4 * panels, 4.5))
+    accuracy_axes = [axes[0], axes[-1]] + ([axes[-2]] if has_calls else [])
     colours = plt.get_cmap("tab20").colors
     for k, (path, record) in enumerate(records):
         curve = record["curve"]
@@ -460,11 +464,18 @@ def compare(paths: Sequence[Path], output: Path, target: float | None) -> str:
         accuracy = [100 * row["test_accuracy"] for row in curve]
         axes[0].plot(seconds, accuracy, **style)
         axes[-1].plot([max(row["step"], 0.5) for row in curve], accuracy, **style)
+        if has_calls:
+            calls = [max(row["follower_evaluations"], 0.5) for row in curve]
+            axes[-2].plot(calls, accuracy, **style)
         if has_f1:
             axes[1].plot(seconds, [row.get(middle, math.nan) for row in curve], **style)
-    axes[-1].set_xscale("log")
     xlabels = ["wall time (s, evaluation excluded)", "outer step (log)"]
     ylabels = ["test accuracy (%)", "test accuracy (%)"]
+    if has_calls:
+        xlabels.insert(1, "follower-loss evaluations (log; Hessian-vector products not counted)")
+        ylabels.insert(1, "test accuracy (%)")
+        axes[-2].set_xscale("log")
+    axes[-1].set_xscale("log")
     if has_f1:
         xlabels.insert(1, "wall time (s, evaluation excluded)")
         ylabels.insert(1, MIDDLE_PANEL[middle])
@@ -473,7 +484,7 @@ def compare(paths: Sequence[Path], output: Path, target: float | None) -> str:
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
     if target is not None:
-        for axis in (axes[0], axes[-1]):
+        for axis in accuracy_axes:
             axis.axhline(100 * target, color="gray", linestyle=":", linewidth=1)
     accuracies = [100 * row["test_accuracy"] for _, r in records for row in r["curve"]]
     top = max(accuracies)
@@ -482,7 +493,7 @@ def compare(paths: Sequence[Path], output: Path, target: float | None) -> str:
     zoom = all(
         r.get("config", {}).get("problem", "hyper-cleaning") == "hyper-cleaning" for _, r in records
     )
-    for axis in (axes[0], axes[-1]):
+    for axis in accuracy_axes:
         axis.set_ylim(max(min(accuracies), top - 8) if zoom else 0, top + 0.5 if zoom else top + 2)
     if middle == "f1":
         axes[1].set_ylim(0.8, 1.0)
