@@ -318,7 +318,12 @@ def test_total_gradient_follower_first_is_follower_steps_then_the_hypergradient(
     plain = make_solver("TotalGradient", reference, follower_steps=0)
     for _ in range(2):
         solver.step(None)
-        plain.follower_gradient_steps(None, 3)  # AID's order, by hand
+        for _ in range(3):  # AID's order, by hand: three follower SGD steps on ∇_θ h
+            theta = tuple(reference.follower.parameters())
+            loss = reference.follower_loss(reference.leader, reference.follower, None)
+            for p, g in zip(theta, torch.autograd.grad(loss, theta), strict=True):
+                p.grad = g
+            plain.follower_optimizer.step()
         plain.step(None)
     for a, b in zip(first.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -54,8 +54,8 @@ def bome_steps(x: torch.Tensor, y: torch.Tensor, reducer=None) -> list[torch.Ten
         inner_optimizer="adam",
         eta=0.5,
         phi="value",
+        gradient_reducer=reducer,
     )
-    solver.gradient_reducer = reducer
     lambdas = [solver.step((x, y))["lambda"] for _ in range(STEPS)]
     assert max(lambdas) > 0  # the barrier is active: λ depends on the averaged gradients
     return [game.leader.value.detach().clone(), game.follower.value.detach().clone()]

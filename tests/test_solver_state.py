@@ -300,3 +300,72 @@ def test_warm_start_needs_fewer_products_for_the_same_path() -> None:
         paths[warm] = game.leader.value.detach().clone()
     assert products[True] < 0.7 * products[False]
     assert relative_error(paths[True], paths[False]) < 1e-3
+
+
+# -- the solver base: its hooks -------------------------------------------------------------
+
+
+def test_a_solver_keeps_its_own_state_through_init_state_not_a_copied_constructor() -> None:
+    """A new solver adds state by overriding ``init_state``, called once at the end of the
+    base constructor with the options in place; the built-in ones do the same."""
+
+    class CountingGDA(sg.solvers.GDA):
+        def init_state(self) -> None:
+            self.started_with = self.options.follower_steps
+            self.calls = getattr(self, "calls", 0) + 1
+
+    game = toys.QuadraticGame.random(4, dtype=F64)
+    solver = CountingGDA(
+        game,
+        torch.optim.SGD(game.leader.parameters(), lr=0.1),
+        torch.optim.SGD(game.follower.parameters(), lr=0.1),
+        follower_steps=3,
+    )
+    assert (solver.calls, solver.started_with) == (1, 3)
+    for name in SOLVERS:
+        assert "__init__" not in vars(SOLVERS[name]), f"{name} copies the constructor"
+
+
+def test_hypergradient_options_declare_and_check_follower_steps() -> None:
+    from stackelberg.solvers import BackGradientOptions, HypergradientOptions
+
+    for options in (BackGradientOptions(follower_steps=4), TotalGradientOptions(follower_steps=4)):
+        assert isinstance(options, HypergradientOptions) and options.follower_steps == 4
+        with pytest.raises(ValueError, match="follower_steps must be an integer >= 0"):
+            options.replace(follower_steps=-1)
+
+
+def test_the_gradient_reducer_is_a_constructor_argument_applied_to_every_gradient() -> None:
+    """An identity reducer that counts its calls: BOME's step is unchanged, and every gradient
+    it combines went through the reducer (the inner loop's, ∇l, ∇q̂ and q̂)."""
+    calls = []
+
+    def identity(tensors):
+        calls.append(len(tensors))
+        return tuple(tensors)
+
+    steps = {}
+    for reducer in (None, identity):
+        game = toys.QuadraticGame.random(4, dtype=F64)
+        solver = make(
+            "bome",
+            game,
+            torch.optim.SGD(game.leader.parameters(), lr=0.1),
+            torch.optim.SGD(game.follower.parameters(), lr=0.1),
+            gradient_reducer=reducer,
+            inner_steps=3,
+        )
+        solver.step()
+        steps[reducer is None] = [p.detach().clone() for p in game.parameters()]
+    assert len(calls) == 3 + 3  # 3 inner gradients, then ∇l, ∇q̂ and q̂
+    for a, b in zip(steps[True], steps[False], strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="gradient_reducer must be callable"):
+        make("gda", game, *_optimizers(game), gradient_reducer=3)
+
+
+def _optimizers(game: sg.Game) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    return (
+        torch.optim.SGD(game.leader.parameters(), lr=0.1),
+        torch.optim.SGD(game.follower.parameters(), lr=0.1),
+    )

@@ -20,7 +20,7 @@ from stackelberg.solvers.base import Solver, StepInfo
 from stackelberg.solvers.bome import BOME, BOMEOptions
 from stackelberg.solvers.gda import GDA, GDAOptions
 from stackelberg.solvers.linsolve import CG, LinearSolver, Neumann, NormalCG, cg, neumann, normal_cg
-from stackelberg.solvers.options import SolverOptions
+from stackelberg.solvers.options import HypergradientOptions, SolverOptions
 from stackelberg.solvers.registry import SOLVERS, make, options_for
 from stackelberg.solvers.soba import SOBA, SOBAOptions
 from stackelberg.solvers.total_gradient import TotalGradient, TotalGradientOptions
@@ -35,6 +35,7 @@ __all__ = [
     "BackGradient",
     "BackGradientOptions",
     "GDAOptions",
+    "HypergradientOptions",
     "LinearSolver",
     "Neumann",
     "NormalCG",

@@ -32,11 +32,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from stackelberg.checks import check_choice, check_int, check_positive
-from stackelberg.game import Game
+from stackelberg.checks import check_bool, check_choice, check_int, check_positive
 from stackelberg.solvers.autograd import gradients
 from stackelberg.solvers.base import HypergradientSolver
-from stackelberg.solvers.options import SolverOptions
+from stackelberg.solvers.options import HypergradientOptions
 from stackelberg.solvers.tree import TensorTuple, tree_add, tree_norm
 
 __all__ = ["BackGradient", "BackGradientOptions"]
@@ -49,7 +48,7 @@ def _leaves(tensors: TensorTuple) -> TensorTuple:
 
 
 @dataclass(frozen=True)
-class BackGradientOptions(SolverOptions):
+class BackGradientOptions(HypergradientOptions):
     """BackGradient's options.
 
     Args:
@@ -86,12 +85,10 @@ class BackGradientOptions(SolverOptions):
         check_int("inner_steps", self.inner_steps, 1)
         check_positive("inner_lr", self.inner_lr)
         check_choice("mode", self.mode, MODES)
-        if not isinstance(self.warm_start, bool):
-            raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}")
-        check_int("follower_steps", self.follower_steps, 0)
+        check_bool("warm_start", self.warm_start)
+        super().validate()
         check_int("inversion_steps", self.inversion_steps, 1)
-        if not isinstance(self.keep_unrolled, bool):
-            raise TypeError(f"keep_unrolled must be True or False, got {self.keep_unrolled!r}")
+        check_bool("keep_unrolled", self.keep_unrolled)
 
 
 class BackGradient(HypergradientSolver):
@@ -109,15 +106,7 @@ class BackGradient(HypergradientSolver):
     Options = BackGradientOptions
     options: BackGradientOptions
 
-    def __init__(
-        self,
-        game: Game,
-        leader_optimizer: torch.optim.Optimizer,
-        follower_optimizer: torch.optim.Optimizer,
-        options: BackGradientOptions | None = None,
-        **overrides: Any,
-    ) -> None:
-        super().__init__(game, leader_optimizer, follower_optimizer, options, **overrides)
+    def init_state(self) -> None:
         # θ_0 of every unroll when not warm-starting (a copy: the follower may still move).
         self._initial_theta: TensorTuple | None = (
             None

@@ -29,7 +29,7 @@ from stackelberg.game import (
     trainable_parameters,
 )
 from stackelberg.solvers.autograd import detached, gradients, host_read, preserved_buffers
-from stackelberg.solvers.options import SolverOptions
+from stackelberg.solvers.options import HypergradientOptions, SolverOptions
 from stackelberg.solvers.tree import TensorTuple, tree_add, tree_dot, tree_norm, tree_scale
 
 # Beside its own classes, the names that lived here in 0.1 (now in stackelberg.checks,
@@ -83,6 +83,9 @@ class Solver:
             parameters; it applies the leader's update direction.
         follower_optimizer: the same for the follower.
         options: the solver's option record (default: its defaults).
+        gradient_reducer: under data parallelism, ``tensors ↦ their mean over the ranks``
+            (``utils.distributed.all_reduce_mean``), applied to every gradient the step
+            combines; ``None`` (default) in a single process.
         **overrides: options by name, applied on top of ``options``.
     """
 
@@ -94,6 +97,8 @@ class Solver:
         leader_optimizer: torch.optim.Optimizer,
         follower_optimizer: torch.optim.Optimizer,
         options: SolverOptions | None = None,
+        *,
+        gradient_reducer: Callable[[Sequence[Tensor]], TensorTuple] | None = None,
         **overrides: Any,
     ) -> None:
         if not isinstance(game, Game):
@@ -111,9 +116,21 @@ class Solver:
         #: Losses evaluated since the last read, ``(value, name, where)``: their finiteness is
         #: checked at the next read (``apply_updates`` or ``read_floats``), all at once.
         self._pending_checks: list[tuple[Tensor, str, str]] = []
+        if gradient_reducer is not None and not callable(gradient_reducer):
+            raise TypeError(
+                f"gradient_reducer must be callable (tensors -> averaged tensors), got "
+                f"{type(gradient_reducer).__name__}"
+            )
         #: Averages gradients over data-parallel ranks (``utils.distributed.all_reduce_mean``);
         #: ``None`` in a single process.
-        self.gradient_reducer: Callable[[Sequence[Tensor]], TensorTuple] | None = None
+        self.gradient_reducer = gradient_reducer
+        self.init_state()
+
+    def init_state(self) -> None:
+        """Set up what the solver carries between steps beyond the base's (BOME's kept inner
+        optimizer, SOBA's and TotalGradient's ``v``, BackGradient's fixed ``θ_0``). Called once,
+        at the end of ``__init__``, with the game, optimizers and ``options`` in place; a
+        subclass overrides it instead of copying the constructor."""
 
     def reduce(self, tensors: Sequence[Tensor]) -> TensorTuple:
         """``tensors`` averaged over data-parallel ranks (unchanged in a single process)."""
@@ -254,17 +271,10 @@ class Solver:
         with torch.no_grad():
             return self.prepared_follower_batch(w, batch)
 
-    def follower_gradient_steps(self, batch: Any, steps: int) -> StepInfo:
-        """Take ``steps`` follower-optimizer steps on ``∇_θ h`` at the leader's current point.
-
-        Returns the follower's loss and gradient norm at the last step (before its update).
-        """
-        last = self._follower_steps(batch, steps)
-        return self.read_floats(last) if last else {}
-
     def _follower_steps(self, batch: Any, steps: int) -> dict[str, Tensor | float]:
-        """``follower_gradient_steps`` with its diagnostics left on the device, for a step that
-        reads them once with its own."""
+        """Take ``steps`` follower-optimizer steps on ``∇_θ h`` at the leader's current point;
+        the follower's loss and gradient norm at the last one (before its update) are returned
+        left on the device, for the step to read once with its own."""
         w = tuple(p.detach() for p in self.leader_params())
         batch = self.fixed_leader_batch(w, batch)
         last: dict[str, Tensor | float] = {}
@@ -282,6 +292,7 @@ class Solver:
         self,
         *updates: tuple[torch.optim.Optimizer, Sequence[Tensor], Sequence[Tensor]],
         synchronized: bool = False,
+        states: Mapping[str, Sequence[Tensor]] | None = None,
     ) -> None:
         """Apply ``(optimizer, params, direction)`` updates: write each direction into its
         parameters' ``.grad``, step the optimizer, then project the game.
@@ -289,27 +300,37 @@ class Solver:
         Under data parallelism the directions are first averaged over ranks, unless the
         solver built them from averaged gradients already (``synchronized``).
 
-        Every loss evaluated since the last read and every direction is checked before any is
+        This is every solver's one finiteness check: every loss evaluated since the last read,
+        every direction, and the updates of the solver's own state that the step applies
+        itself afterwards (``states``, by name: SOBA's ``v``) are checked before any is
         applied, with one read from the device, so a failure changes nothing.
 
         Raises:
-            ValueError: a loss or a direction is not finite (the loss is named first).
+            ValueError: a loss, a state update or a direction is not finite (named in that
+                order).
         """
         if not synchronized and self.gradient_reducer is not None:
             updates = tuple((o, p, self.reduce(d)) for o, p, d in updates)
+        states = dict(states or {})
         pending, self._pending_checks = self._pending_checks, []
         flags = [torch.isfinite(v).all() for v, _, _ in pending]
-        flags += [torch.stack([torch.isfinite(d).all() for d in u[2]]).all() for u in updates]
+        # The solver's own state first: a non-finite one (SOBA's v) usually spoils the
+        # players' directions too, and is the cause to name.
+        directions = list(states.values()) + [u[2] for u in updates]
+        flags += [torch.stack([torch.isfinite(d).all() for d in ds]).all() for ds in directions]
         device = flags[0].device if flags else None
         with host_read():
             finite = torch.stack([f.to(device) for f in flags]).tolist() if flags else []
         if not all(finite):
             check_finite_losses(pending)  # names the first non-finite loss, if one is
-            for (optimizer, _, _), ok in zip(updates, finite[len(pending) :], strict=True):
+            roles = list(states) + [
+                "the leader" if optimizer is self.leader_optimizer else "the follower"
+                for optimizer, _, _ in updates
+            ]
+            for role, ok in zip(roles, finite[len(pending) :], strict=True):
                 if not ok:
-                    role = "leader" if optimizer is self.leader_optimizer else "follower"
                     raise ValueError(
-                        f"{self.name} computed a non-finite update for the {role} at step "
+                        f"{self.name} computed a non-finite update for {role} at step "
                         f"{self.steps_taken}; no parameter was changed. {self.divergence_hint}"
                     )
         for optimizer, params, direction in updates:
@@ -368,12 +389,16 @@ class HypergradientSolver(Solver):
 
     Subclasses implement ``_hypergradient``, returning the hypergradient (one tensor per
     leader parameter) and its diagnostics, tensors left on the device: ``step`` reads them
-    with the follower's in one transfer. Their options carry ``follower_steps``.
+    with the follower's in one transfer. Their options are ``HypergradientOptions``, which
+    declare ``follower_steps``.
     """
+
+    Options: ClassVar[type[HypergradientOptions]] = HypergradientOptions
+    options: HypergradientOptions
 
     @property
     def follower_steps(self) -> int:
-        return int(self.options.follower_steps)  # type: ignore[attr-defined]
+        return self.options.follower_steps
 
     def _hypergradient(self, batch: Any) -> tuple[TensorTuple, dict[str, Tensor | float]]:
         raise NotImplementedError
@@ -393,8 +418,9 @@ class HypergradientSolver(Solver):
 
     @property
     def follower_first(self) -> bool:
-        """Whether the follower's steps come before the hypergradient (AID's order)."""
-        return bool(getattr(self.options, "follower_first", False))
+        """Whether the follower's steps come before the hypergradient (AID's order); a
+        solver with that option (TotalGradient) overrides this."""
+        return False
 
     def step(self, batch: Any = None) -> StepInfo:
         self._handover = None

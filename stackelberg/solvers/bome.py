@@ -29,8 +29,7 @@ from typing import Any, ClassVar
 import torch
 
 from stackelberg.checks import check_choice, check_int, check_positive
-from stackelberg.game import Game, check_finite_losses
-from stackelberg.solvers.autograd import detached, gradients, host_read
+from stackelberg.solvers.autograd import detached, gradients
 from stackelberg.solvers.base import Solver, StepInfo
 from stackelberg.solvers.options import SolverOptions
 from stackelberg.solvers.tree import TensorTuple, tree_add, tree_dot
@@ -134,15 +133,7 @@ class BOME(Solver):
     Options = BOMEOptions
     options: BOMEOptions
 
-    def __init__(
-        self,
-        game: Game,
-        leader_optimizer: torch.optim.Optimizer,
-        follower_optimizer: torch.optim.Optimizer,
-        options: BOMEOptions | None = None,
-        **overrides: Any,
-    ) -> None:
-        super().__init__(game, leader_optimizer, follower_optimizer, options, **overrides)
+    def init_state(self) -> None:
         #: With ``keep_inner_state``: the inner iterate's tensors and their optimizer, kept
         #: between outer steps (built at the first step).
         self._inner: tuple[list[torch.Tensor], torch.optim.Optimizer] | None = None
@@ -186,24 +177,24 @@ class BOME(Solver):
 
         The leader is fixed during these steps, so the loss is evaluated on the game's
         ``follower_batch`` (for a generator game: the poisoned batch,
-        computed once), or on ``follower_batch`` if given (a constant, as ``direction``
-        passes it). Finiteness of the ``T`` losses is checked once, after the loop, so the
-        loop never waits on the device.
+        computed once), or on ``follower_batch`` if given (a constant). Finiteness of the
+        ``T`` losses is checked once, after the loop, so the loop never waits on the device.
         """
+        theta_T = self._inner_solution(batch, follower_batch)
+        self.read_floats({})  # raises if an inner loss was not finite
+        return theta_T
+
+    def _inner_solution(self, batch: Any, follower_batch: Any) -> TensorTuple:
+        """``inner_solution`` with the losses' finiteness left to the step's next read."""
         w = tuple(p.detach() for p in self.leader_params())
         theta, optimizer = self._inner_start()
         if follower_batch is None:
             follower_batch = self.fixed_leader_batch(w, batch)
-        losses = []
         for t in range(self.options.inner_steps):
-            at = f"inner step {t}"
-            loss = self.follower_loss(w, theta, follower_batch, at=at, check_finite=False)
-            losses.append((loss.detach(), "follower_loss", self.where(at)))
+            loss = self.follower_loss(w, theta, follower_batch, at=f"inner step {t}")
             for p, g in zip(theta, self.reduce(gradients(loss, theta)), strict=True):
                 p.grad = g
             optimizer.step()
-        with host_read():
-            check_finite_losses(losses)
         return tuple(p.detach() for p in theta)
 
     def direction(self, batch: Any) -> tuple[TensorTuple, TensorTuple, StepInfo]:
@@ -215,28 +206,19 @@ class BOME(Solver):
         ``∂_x̃ h(θ) − ∂_x̃ h(θ^T)`` through the generator once. By the chain rule this is the
         same ``∇_w q̂`` as differentiating two separate generator passes.
 
-        The inner losses are checked for finiteness with one read-back from the device after
-        the inner loop, the three outer losses with one more, and the diagnostics are read in
-        one transfer: no synchronization happens inside the inner loop.
+        The inner and outer losses are checked for finiteness in the same read from the device
+        as the diagnostics (``read_floats``): nothing synchronizes inside the inner loop, and
+        the step's one other read is ``apply_updates``' check of the directions.
         """
         w, theta = self.leader_params(), self.follower_params()
         n_w = len(w)
         follower_batch = self.prepared_follower_batch(w, batch)
-        theta_T = self.inner_solution(batch, detached(follower_batch))
+        theta_T = self._inner_solution(batch, detached(follower_batch))
 
-        leader_loss = self.leader_loss(w, theta, batch, check_finite=False)
+        leader_loss = self.leader_loss(w, theta, batch)
         grad_l = self.reduce(gradients(leader_loss, w + theta))
-        h = self.follower_loss(w, theta, follower_batch, check_finite=False)
-        at_solution = "at the inner solution"
-        h_T = self.follower_loss(w, theta_T, follower_batch, at=at_solution, check_finite=False)
-        with host_read():
-            check_finite_losses(
-                [
-                    (leader_loss, "leader_loss", self.where()),
-                    (h, "follower_loss", self.where()),
-                    (h_T, "follower_loss", self.where(at_solution)),
-                ]
-            )
+        h = self.follower_loss(w, theta, follower_batch)
+        h_T = self.follower_loss(w, theta_T, follower_batch, at="at the inner solution")
         # θ^T is a constant, so one backward pass of q̂ = h − h_T gives
         # ∇q̂ = (∇_w h(w, θ) − ∇_w h(w, θ^T), ∇_θ h(w, θ)).
         # Under data parallelism every gradient (and q) is averaged over ranks *before* λ is
@@ -255,9 +237,7 @@ class BOME(Solver):
         d = tree_add(grad_l, grad_q, alpha=lam)
         names = ("q", "lambda", "grad_dot", "grad_q_norm", "phi", "leader_loss", "follower_loss")
         values = (q, lam, grad_dot, torch.sqrt(grad_q_sq), phi, leader_loss, h)
-        with host_read():
-            numbers = torch.stack([v.detach().reshape(()).to(q.dtype) for v in values]).tolist()
-        return d[:n_w], d[n_w:], dict(zip(names, numbers, strict=True))
+        return d[:n_w], d[n_w:], self.read_floats(dict(zip(names, values, strict=True)))
 
     def step(self, batch: Any = None) -> StepInfo:
         leader_d, follower_d, info = self.direction(batch)

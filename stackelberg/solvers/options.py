@@ -7,7 +7,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-__all__ = ["SolverOptions"]
+from stackelberg.checks import check_int
+
+__all__ = ["HypergradientOptions", "SolverOptions"]
 
 _Options = TypeVar("_Options", bound="SolverOptions")
 
@@ -70,3 +72,18 @@ class SolverOptions:
             for f in dataclasses.fields(self)
             for v in (getattr(self, f.name),)
         }
+
+
+class HypergradientOptions(SolverOptions):
+    """Options of a ``HypergradientSolver`` (BackGradient, TotalGradient): they declare
+    ``follower_steps``, the follower-optimizer steps on ``h`` per outer step (``>= 0``), which
+    the shared step reads and this ``validate`` checks.
+
+    Not a dataclass itself: each subclass declares ``follower_steps`` as its own field, where
+    its documentation and position belong, and calls ``super().validate()``.
+    """
+
+    follower_steps: int
+
+    def validate(self) -> None:
+        check_int("follower_steps", self.follower_steps, 0)

@@ -9,9 +9,11 @@ error that lists what is accepted.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from stackelberg.game import Game
 from stackelberg.solvers.backgradient import BackGradient
@@ -21,6 +23,7 @@ from stackelberg.solvers.gda import GDA
 from stackelberg.solvers.options import SolverOptions
 from stackelberg.solvers.soba import SOBA
 from stackelberg.solvers.total_gradient import TotalGradient
+from stackelberg.solvers.tree import TensorTuple
 
 __all__ = ["SOLVERS", "make", "options_for"]
 
@@ -53,8 +56,19 @@ def make(
     leader_optimizer: torch.optim.Optimizer,
     follower_optimizer: torch.optim.Optimizer,
     options: SolverOptions | None = None,
+    *,
+    gradient_reducer: Callable[[Sequence[Tensor]], TensorTuple] | None = None,
     **overrides: Any,
 ) -> Solver:
     """The solver ``name`` (one of ``SOLVERS``) for ``game``, with ``options`` (default:
-    the solver's defaults) updated by ``overrides``."""
-    return _solver_class(name)(game, leader_optimizer, follower_optimizer, options, **overrides)
+    the solver's defaults) updated by ``overrides``; ``gradient_reducer`` as in ``Solver``
+    (data parallelism)."""
+    solver = _solver_class(name)
+    return solver(
+        game,
+        leader_optimizer,
+        follower_optimizer,
+        options,
+        gradient_reducer=gradient_reducer,
+        **overrides,
+    )

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from stackelberg.checks import check_positive
-from stackelberg.game import Game
 from stackelberg.solvers.autograd import gradients
 from stackelberg.solvers.base import Solver, StepInfo
 from stackelberg.solvers.options import SolverOptions
@@ -78,20 +77,12 @@ class SOBA(Solver):
     Options = SOBAOptions
     options: SOBAOptions
 
-    def __init__(
-        self,
-        game: Game,
-        leader_optimizer: torch.optim.Optimizer,
-        follower_optimizer: torch.optim.Optimizer,
-        options: SOBAOptions | None = None,
-        **overrides: Any,
-    ) -> None:
-        super().__init__(game, leader_optimizer, follower_optimizer, options, **overrides)
+    def init_state(self) -> None:
         linear_lr = self.options.linear_lr
         if linear_lr is None:
             linear_lr = check_positive(
                 "the follower optimizer's lr (SOBA's default linear_lr)",
-                follower_optimizer.param_groups[0]["lr"],
+                self.follower_optimizer.param_groups[0]["lr"],
             )
         self.linear_lr = float(linear_lr)
         self.v: TensorTuple = tuple(torch.zeros_like(p) for p in self.follower_params())
@@ -117,7 +108,6 @@ class SOBA(Solver):
         d_w = tree_add(grad_w_l, cross, alpha=-1.0)
         d_theta = tuple(g.detach() for g in grad_theta_h)
         scale = tree_norm(grad_theta_l)
-        v_finite = torch.stack([torch.isfinite(d).all() for d in d_v]).all()
         info = self.read_floats(
             {
                 "leader_loss": leader_loss.detach(),
@@ -125,7 +115,6 @@ class SOBA(Solver):
                 "follower_grad_norm": tree_norm(d_theta),
                 "linear_residual": tree_norm(d_v) / torch.clamp(scale, min=1e-30),
                 "hypergrad_norm": tree_norm(d_w),
-                "v_finite": v_finite,
             }
         )
         return _detached(d_w), d_theta, _detached(d_v), info
@@ -133,14 +122,10 @@ class SOBA(Solver):
     def step(self, batch: Any = None) -> StepInfo:
         d_w, d_theta, d_v, info = self.directions(batch)
         d_v = self.reduce(d_v)
-        if not info.pop("v_finite"):
-            raise ValueError(
-                f"{self.name} computed a non-finite update for v at step {self.steps_taken}; "
-                f"no parameter was changed. {self.divergence_hint}"
-            )
         self.apply_updates(
             (self.leader_optimizer, self.leader_params(), d_w),
             (self.follower_optimizer, self.follower_params(), d_theta),
+            states={"v": d_v},
         )
         self.v = tree_add(self.v, d_v, alpha=-self.linear_lr)
         self.steps_taken += 1

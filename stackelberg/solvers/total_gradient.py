@@ -27,12 +27,11 @@ from typing import Any
 
 import torch
 
-from stackelberg.checks import check_bool, check_choice, check_int, check_positive
-from stackelberg.game import Game
+from stackelberg.checks import check_bool, check_choice, check_positive
 from stackelberg.solvers.autograd import gradients
 from stackelberg.solvers.base import HypergradientSolver
 from stackelberg.solvers.linsolve import CG, LINEAR_SOLVERS, LinearSolver
-from stackelberg.solvers.options import SolverOptions
+from stackelberg.solvers.options import HypergradientOptions
 from stackelberg.solvers.tree import TensorTuple, tree_add, tree_norm
 
 __all__ = ["TotalGradient", "TotalGradientOptions"]
@@ -45,7 +44,7 @@ _LEGACY_FIELDS = {"solver_iterations": "max_iterations", "tol": "tol", "neumann_
 
 
 @dataclass(frozen=True)
-class TotalGradientOptions(SolverOptions):
+class TotalGradientOptions(HypergradientOptions):
     """TotalGradient's options.
 
     Args:
@@ -91,7 +90,7 @@ class TotalGradientOptions(SolverOptions):
 
     def validate(self) -> None:
         check_positive("damping", self.damping, allow_zero=True)
-        check_int("follower_steps", self.follower_steps, 0)
+        super().validate()
         check_bool("follower_first", self.follower_first)
         check_bool("warm_start", self.warm_start)
 
@@ -143,15 +142,11 @@ class TotalGradient(HypergradientSolver):
     Options = TotalGradientOptions
     options: TotalGradientOptions
 
-    def __init__(
-        self,
-        game: Game,
-        leader_optimizer: torch.optim.Optimizer,
-        follower_optimizer: torch.optim.Optimizer,
-        options: TotalGradientOptions | None = None,
-        **overrides: Any,
-    ) -> None:
-        super().__init__(game, leader_optimizer, follower_optimizer, options, **overrides)
+    @property
+    def follower_first(self) -> bool:
+        return self.options.follower_first
+
+    def init_state(self) -> None:
         self.linear_solver = self.options.linear_solver
         #: The last solution ``v`` of eq. (1), the next solve's start under ``warm_start``.
         self.v: TensorTuple | None = None

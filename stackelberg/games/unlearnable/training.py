@@ -192,22 +192,22 @@ class GeneratorTraining:
         self.classifier_optimizer = torch.optim.SGD(
             classifier.parameters(), lr=config.classifier_lr
         )
+        parallel = distributed.world_size() > 1
+        if parallel and config.batch_size % distributed.world_size():
+            raise ValueError(
+                f"batch_size {config.batch_size} must be divisible by the "
+                f"{distributed.world_size()} processes"
+            )
+        # Under torchrun each rank trains on its shard of every global batch and the solver
+        # averages gradients over ranks (BOME before computing λ).
         self.solver = make(
             config.solver,
             game,
             self.generator_optimizer,
             self.classifier_optimizer,
             gue_solver_options(config.solver, config.solver_options),
+            gradient_reducer=distributed.all_reduce_mean if parallel else None,
         )
-        if distributed.world_size() > 1:
-            # Under torchrun each rank trains on its shard of every global batch and the
-            # solver averages gradients over ranks (BOME before computing λ).
-            if config.batch_size % distributed.world_size():
-                raise ValueError(
-                    f"batch_size {config.batch_size} must be divisible by the "
-                    f"{distributed.world_size()} processes"
-                )
-            self.solver.gradient_reducer = distributed.all_reduce_mean
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.quick_tests: list[dict[str, float]] = []
