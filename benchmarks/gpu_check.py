@@ -36,10 +36,10 @@ import torch
 from PIL import Image
 
 from stackelberg.data.folders import ImageDataset
-from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
-from stackelberg.games.unlearnable.presets import PRESETS, build_game
-from stackelberg.games.unlearnable.protect import protect_folder
-from stackelberg.games.unlearnable.training import GeneratorTraining
+from stackelberg.unlearnable.checkpoint import load_generator, save_generator
+from stackelberg.unlearnable.presets import PRESETS, build_game
+from stackelberg.unlearnable.protect import protect_folder
+from stackelberg.unlearnable.training import GeneratorTraining
 from stackelberg.utils.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]

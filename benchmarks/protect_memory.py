@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stackelberg.games.unlearnable.presets import PRESETS, build_game
-from stackelberg.games.unlearnable.protect import protect_folder
+from stackelberg.unlearnable.presets import PRESETS, build_game
+from stackelberg.unlearnable.protect import protect_folder
 
 
 def _peak_bytes() -> int:

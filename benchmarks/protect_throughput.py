@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stackelberg.games.unlearnable.checkpoint import load_generator
-from stackelberg.games.unlearnable.protect import protect_folder
+from stackelberg.unlearnable.checkpoint import load_generator
+from stackelberg.unlearnable.protect import protect_folder
 from stackelberg.utils.io import write_json
 
 

@@ -24,8 +24,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from stackelberg.games.unlearnable.presets import PRESETS, build_game
 from stackelberg.solvers import make
+from stackelberg.unlearnable.presets import PRESETS, build_game
 
 BATCH, ROUNDS, INNER_STEPS = 128, 5, 10
 

@@ -31,21 +31,17 @@ from typing import Any
 import torch
 
 from stackelberg.data import DATASETS, ImageDataset, load_dataset
-from stackelberg.games.unlearnable.export import export_npz, poison_images, quantize_poison
-from stackelberg.games.unlearnable.plots import (
+from stackelberg.solvers import SOLVERS
+from stackelberg.unlearnable.architectures import build_classifier
+from stackelberg.unlearnable.driver import train_preset_generator
+from stackelberg.unlearnable.export import export_npz, poison_images, quantize_poison
+from stackelberg.unlearnable.plots import (
     plot_generator_training,
     plot_poison_examples,
     plot_victim_curves,
 )
-from stackelberg.games.unlearnable.presets import (
-    PRESETS,
-    Preset,
-    build_classifier,
-    split_preset_data,
-    train_preset_generator,
-)
-from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
-from stackelberg.solvers import SOLVERS
+from stackelberg.unlearnable.presets import PRESETS, Preset, split_preset_data
+from stackelberg.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.utils.io import write_json
 
 

@@ -29,21 +29,21 @@ from tqdm.auto import tqdm
 
 from stackelberg.data.datasets import subset
 from stackelberg.data.folders import ImageDataset
-from stackelberg.games.unlearnable.attacks import ATTACKS, Poison, craft_poison
-from stackelberg.games.unlearnable.checkpoint import load_generator
-from stackelberg.games.unlearnable.defenses import DEFENSES, JPEGCompression, make_defense
-from stackelberg.games.unlearnable.presets import (
+from stackelberg.unlearnable.architectures import build_classifier
+from stackelberg.unlearnable.attacks import ATTACKS, Poison, craft_poison
+from stackelberg.unlearnable.checkpoint import load_generator
+from stackelberg.unlearnable.defenses import DEFENSES, JPEGCompression, make_defense
+from stackelberg.unlearnable.driver import train_preset_generator
+from stackelberg.unlearnable.presets import (
     PRESETS,
     ROBUST_TRANSFORMS,
     Preset,
     accuracy_preset,
     adversarial_preset,
-    build_classifier,
     defense_aware_preset,
-    train_preset_generator,
 )
-from stackelberg.games.unlearnable.transforms import FollowerTransforms
-from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
+from stackelberg.unlearnable.transforms import FollowerTransforms
+from stackelberg.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.utils.io import atomic_path, write_json
 from stackelberg.utils.rng import keeps_global_rng
 

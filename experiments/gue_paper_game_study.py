@@ -41,22 +41,22 @@ from typing import Any
 import torch
 
 from stackelberg.data import load_dataset
-from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
-from stackelberg.games.unlearnable.diagnostics import linear_separability, noise_only_accuracy
-from stackelberg.games.unlearnable.export import (
+from stackelberg.unlearnable.checkpoint import load_generator, save_generator
+from stackelberg.unlearnable.diagnostics import linear_separability, noise_only_accuracy
+from stackelberg.unlearnable.export import (
     calibrate_batchnorm,
     poison_images,
     quantize_poison,
 )
-from stackelberg.games.unlearnable.presets import (
+from stackelberg.unlearnable.presets import (
     PRESETS,
     Preset,
     build_classifier,
     build_game,
     split_preset_data,
 )
-from stackelberg.games.unlearnable.training import GUE_SOLVER_OPTIONS, GeneratorTraining
-from stackelberg.games.unlearnable.victim import accuracy, train_victim
+from stackelberg.unlearnable.training import GUE_SOLVER_OPTIONS, GeneratorTraining
+from stackelberg.unlearnable.victim import accuracy, train_victim
 from stackelberg.utils.io import write_json, write_text
 
 BASE_PRESET = "cpu-paper-game"

@@ -49,13 +49,13 @@ from comparison_suite import (
 )
 
 from stackelberg.data import DATASETS, load_dataset
-from stackelberg.games.unlearnable.diagnostics import (
+from stackelberg.unlearnable.diagnostics import (
     attacker_loss_ablation,
     linear_separability,
     noise_only_accuracy,
 )
-from stackelberg.games.unlearnable.losses import DEFAULT_CE_CLIP
-from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, build_generator
+from stackelberg.unlearnable.losses import DEFAULT_CE_CLIP
+from stackelberg.unlearnable.presets import PRESETS, build_classifier, build_generator
 from stackelberg.utils.io import write_json, write_text
 
 TABLES = (

@@ -15,14 +15,17 @@ The public API::
 import importlib
 from typing import Any
 
-from stackelberg import solvers
+from stackelberg import _moved, solvers
 from stackelberg.game import BilevelBatch, Game, Variable
 from stackelberg.solve import History, solve
 from stackelberg.solvers import BOME, GDA, SOBA, BackGradient, TotalGradient
 
-#: Imported on first use (``sg.games.toys``, ``sg.data.load_dataset``): ``import stackelberg``
-#: loads the game API and the solvers only, not Pillow or the unlearnable-example application.
-_LAZY_SUBMODULES = ("data", "games", "models", "utils")
+#: Imported on first use (``sg.games.toys``, ``sg.data.load_dataset``, ``sg.unlearnable``):
+#: ``import stackelberg`` loads the game API and the solvers only, not Pillow or the
+#: unlearnable-example application.
+_LAZY_SUBMODULES = ("data", "games", "models", "unlearnable", "utils")
+
+_moved.install()  # stackelberg.games.unlearnable and stackelberg.cli, moved in 0.2
 
 
 def __getattr__(name: str) -> Any:
@@ -48,6 +51,7 @@ __all__ = [
     "models",
     "solve",
     "solvers",
+    "unlearnable",
     "utils",
 ]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from stackelberg.games.unlearnable import UnlearnableGame
 from stackelberg.models import ConvNet, UNetGenerator
+from stackelberg.unlearnable import UnlearnableGame
 
 EPS = 8 / 255
 

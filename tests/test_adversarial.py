@@ -199,8 +199,8 @@ def test_signed_steps_reach_the_corner_of_a_linear_objective(ascent: bool) -> No
 def test_every_epsilon_is_checked_by_one_validator() -> None:
     """The attacks, the game, the defenses and the generators refuse the same bad budgets
     with the same message."""
-    from stackelberg.games.unlearnable.defenses import AdversarialTraining
     from stackelberg.models import UNetGenerator
+    from stackelberg.unlearnable.defenses import AdversarialTraining
 
     model = linear_model()
     x, y = torch.rand(2, 6, dtype=F64), torch.tensor([0, 1])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stackelberg.games.unlearnable.attacks import (
+from stackelberg.unlearnable.attacks import (
     ATTACKS,
     DeepConfuseGame,
     autoregressive_noise,
@@ -24,10 +24,10 @@ from stackelberg.games.unlearnable.attacks import (
     shortcutgen_poison,
     targeted_adversarial_poison,
 )
-from stackelberg.games.unlearnable.attacks.noise import _run_process
-from stackelberg.games.unlearnable.presets import build_classifier, build_generator
-from stackelberg.games.unlearnable.transforms import FollowerTransforms, grayscale
-from stackelberg.games.unlearnable.victim import VictimSchedule
+from stackelberg.unlearnable.attacks.noise import _run_process
+from stackelberg.unlearnable.presets import build_classifier, build_generator
+from stackelberg.unlearnable.transforms import FollowerTransforms, grayscale
+from stackelberg.unlearnable.victim import VictimSchedule
 
 EPS = 8 / 255
 K = 4
@@ -278,7 +278,7 @@ def test_shortcutgen_lowers_the_fixed_classifiers_loss() -> None:
 
 
 def test_classwise_em_sets_each_class_noise_to_the_mean_of_its_images_pgd_results() -> None:
-    from stackelberg.games.unlearnable.attacks.optimized import _minimize_noise
+    from stackelberg.unlearnable.attacks.optimized import _minimize_noise
 
     images, labels = toy_data(12)
     torch.manual_seed(0)

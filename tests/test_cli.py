@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from stackelberg.cli import main
-from stackelberg.games.unlearnable.budget import enforce_budget
-from stackelberg.games.unlearnable.checkpoint import save_generator
-from stackelberg.games.unlearnable.game import apply_perturbation
-from stackelberg.games.unlearnable.presets import build_generator
-from stackelberg.games.unlearnable.protect import perturb_image, protect_pixels
+from stackelberg.unlearnable.budget import enforce_budget
+from stackelberg.unlearnable.checkpoint import save_generator
+from stackelberg.unlearnable.cli import main
+from stackelberg.unlearnable.game import apply_perturbation
+from stackelberg.unlearnable.presets import build_generator
+from stackelberg.unlearnable.protect import perturb_image, protect_pixels
 
 EPS = 8 / 255
 LEVELS = 8
@@ -252,7 +252,7 @@ def test_protect_pixels_streams_the_tiles_and_equals_quantizing_the_whole_image(
 
 @pytest.mark.slow
 def test_usage_errors_exit_with_2_and_missing_files_with_1(tmp_path: Path, capsys) -> None:
-    command = [sys.executable, "-m", "stackelberg.cli"]
+    command = [sys.executable, "-m", "stackelberg.unlearnable.cli"]
     assert subprocess.run([*command, "train"], capture_output=True).returncode == 2
     bad = subprocess.run(
         [*command, "train", str(tmp_path), "--epsilon", "2"], capture_output=True, text=True

@@ -15,14 +15,14 @@ from comparison_suite import Benchmark
 from conftest import assert_png_figure
 
 from stackelberg.data import load_digits
-from stackelberg.games.unlearnable.attacks import classwise_noise, random_noise
-from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
-from stackelberg.games.unlearnable.diagnostics import (
+from stackelberg.unlearnable.attacks import classwise_noise, random_noise
+from stackelberg.unlearnable.checkpoint import load_generator, save_generator
+from stackelberg.unlearnable.diagnostics import (
     attacker_loss_ablation,
     linear_separability,
     noise_only_accuracy,
 )
-from stackelberg.games.unlearnable.presets import build_classifier, build_generator
+from stackelberg.unlearnable.presets import build_classifier, build_generator
 
 EPS = 8 / 255
 ROOT = Path(__file__).resolve().parents[1]

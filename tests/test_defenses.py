@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from stackelberg.games.unlearnable.defenses import (
+from stackelberg.unlearnable.defenses import (
     DEFENSES,
     AdversarialTraining,
     CutMix,
@@ -21,8 +21,8 @@ from stackelberg.games.unlearnable.defenses import (
     Mixup,
     make_defense,
 )
-from stackelberg.games.unlearnable.presets import build_classifier
-from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
+from stackelberg.unlearnable.presets import build_classifier
+from stackelberg.unlearnable.victim import VictimSchedule, train_victim
 
 K = 5
 

@@ -122,7 +122,7 @@ def test_cli_train_and_evaluate_run_under_torchrun(tmp_path: Path) -> None:
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "stackelberg.cli",
+        "stackelberg.unlearnable.cli",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"

@@ -191,7 +191,7 @@ def test_unlearnable_example_smoke_on_a_cifar_archive(tmp_path: Path) -> None:
 def test_the_example_trains_the_generator_stackelberg_train_does(tmp_path: Path) -> None:
     """The example is a script over the library's pipeline, not a second one: for the same
     preset, data and seed it trains exactly the generator that ``stackelberg train`` does."""
-    from stackelberg.cli import main as cli
+    from stackelberg.unlearnable.cli import main as cli
 
     example = _run_unlearnable(
         "--dataset", "digits", "--output-dir", str(tmp_path / "example"), same_threads=True
@@ -209,7 +209,7 @@ def test_the_example_trains_the_generator_stackelberg_train_does(tmp_path: Path)
     # `poison --preset` poisons the same training subset into the same file contents ...
     import numpy as np
 
-    from stackelberg.games.unlearnable.presets import PRESETS
+    from stackelberg.unlearnable.presets import PRESETS
 
     cli_npz = tmp_path / "cli" / "poisoned.npz"
     generator = str(tmp_path / "cli" / "generator.pt")
@@ -321,8 +321,8 @@ def _study_on_random_images(monkeypatch, n: int):
 
 def _untrained_snapshots(run_dir: Path, steps: tuple[int, ...]) -> Path:
     """``run_dir`` with an untrained ``unet-small`` saved as the snapshot of each step."""
-    from stackelberg.games.unlearnable.checkpoint import save_generator
-    from stackelberg.games.unlearnable.presets import build_generator
+    from stackelberg.unlearnable.checkpoint import save_generator
+    from stackelberg.unlearnable.presets import build_generator
 
     (run_dir / "snapshots").mkdir(parents=True)
     generator = build_generator("unet-small", 8 / 255, 3)

@@ -199,7 +199,7 @@ def test_import_loads_the_core_only() -> None:
 
     code = (
         "import sys, stackelberg as sg\n"
-        "assert 'PIL' not in sys.modules and 'stackelberg.games.unlearnable' not in sys.modules\n"
+        "assert 'PIL' not in sys.modules and 'stackelberg.unlearnable' not in sys.modules\n"
         "assert sg.games.toys.QuadraticGame and sg.data.load_dataset\n"
         "print('ok')"
     )

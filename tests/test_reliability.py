@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 import stackelberg as sg
-from stackelberg.cli import main
 from stackelberg.games import toys
-from stackelberg.games.unlearnable.budget import BudgetError, check_epsilon, enforce_budget
-from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
-from stackelberg.games.unlearnable.presets import build_generator
-from stackelberg.games.unlearnable.protect import protect_folder
+from stackelberg.unlearnable.budget import BudgetError, check_epsilon, enforce_budget
+from stackelberg.unlearnable.checkpoint import load_generator, save_generator
+from stackelberg.unlearnable.cli import main
+from stackelberg.unlearnable.presets import build_generator
+from stackelberg.unlearnable.protect import protect_folder
 from tests.test_cli import saturated_generator
 
 EPS = 8 / 255

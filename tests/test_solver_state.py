@@ -174,7 +174,7 @@ def test_bad_names_and_options_are_refused_in_one_line_that_lists_what_is_accept
 
 
 def test_the_deprecated_gue_names_still_work_and_warn() -> None:
-    from stackelberg.games.unlearnable import training
+    from stackelberg.unlearnable import training
 
     with pytest.warns(DeprecationWarning, match="GUE_SOLVER_OPTIONS"):
         defaults = training.SOLVER_DEFAULTS

@@ -1,4 +1,4 @@
-"""The follower's pipeline (``games.unlearnable.transforms``): the differentiable JPEG codec
+"""The follower's pipeline (``unlearnable.transforms``): the differentiable JPEG codec
 against Pillow's encoder, gradients through the transforms against finite differences, the
 seeded draws and their exact resume, and the defense-aware game."""
 
@@ -13,9 +13,9 @@ import torch
 from gue_helpers import EPS, batch, small_game
 
 from stackelberg.data import ImageDataset
-from stackelberg.games.unlearnable.defenses import Grayscale
-from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
-from stackelberg.games.unlearnable.transforms import FollowerTransforms, grayscale, jpeg
+from stackelberg.unlearnable.defenses import Grayscale
+from stackelberg.unlearnable.training import GeneratorTraining, TrainingConfig
+from stackelberg.unlearnable.transforms import FollowerTransforms, grayscale, jpeg
 
 pytest.importorskip("kornia")
 

@@ -10,15 +10,15 @@ import pytest
 import torch
 from gue_helpers import EPS, small_game
 
-from stackelberg.games.unlearnable.export import (
+from stackelberg.models import ConvNet, LabelConditionedGenerator, UNetGenerator
+from stackelberg.unlearnable.export import (
     calibrate_batchnorm,
     export_npz,
     export_png_folder,
     poison_images,
     quantize_poison,
 )
-from stackelberg.games.unlearnable.victim import VictimSchedule, augment, train_victim
-from stackelberg.models import ConvNet, LabelConditionedGenerator, UNetGenerator
+from stackelberg.unlearnable.victim import VictimSchedule, augment, train_victim
 
 # -- BatchNorm calibration -------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ def test_the_run_figures_are_drawn(tmp_path: Path) -> None:
     written as PNG figures, for RGB and for one-channel images."""
     from conftest import assert_png_figure
 
-    from stackelberg.games.unlearnable.plots import (
+    from stackelberg.unlearnable.plots import (
         plot_generator_training,
         plot_poison_examples,
         plot_victim_curves,

@@ -15,17 +15,6 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from stackelberg.data import ImageDataset
-from stackelberg.games.unlearnable import (
-    UnlearnableGame,
-    attacker_loss,
-    cw_margin,
-    surrogate_loss,
-)
-from stackelberg.games.unlearnable.export import (
-    poison_images,
-    quantize_poison,
-)
-from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
 from stackelberg.models import (
     ConvNet,
     EncoderDecoderGenerator,
@@ -33,6 +22,17 @@ from stackelberg.models import (
     ResNet18,
     UNetGenerator,
 )
+from stackelberg.unlearnable import (
+    UnlearnableGame,
+    attacker_loss,
+    cw_margin,
+    surrogate_loss,
+)
+from stackelberg.unlearnable.export import (
+    poison_images,
+    quantize_poison,
+)
+from stackelberg.unlearnable.training import GeneratorTraining, TrainingConfig
 
 # -- payoffs ----------------------------------------------------------------------------------
 
@@ -270,7 +270,7 @@ def test_achromatic_generator_is_one_gray_perturbation_that_grayscale_and_jpeg_c
 ) -> None:
     """``δ_c = ε·tanh(mean_c' z_c')``: the same in every channel, within ε, with BT.601 luma
     ``δ`` itself and JPEG chroma (Cb, Cr of JFIF) zero; the gradient reaches the weights."""
-    from stackelberg.games.unlearnable.transforms import grayscale
+    from stackelberg.unlearnable.transforms import grayscale
 
     torch.manual_seed(0)
     base = UNetGenerator(EPS, widths=(4, 8), achromatic=True)
@@ -322,7 +322,7 @@ def test_error_minimizing_weight_adds_kappa_times_the_follower_loss() -> None:
 
 @pytest.mark.slow
 def test_presets_build_and_the_paper_models_take_a_bome_step() -> None:
-    from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, build_generator
+    from stackelberg.unlearnable.presets import PRESETS, build_classifier, build_generator
 
     for preset in PRESETS.values():
         generator = build_generator(

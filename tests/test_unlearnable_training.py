@@ -15,14 +15,14 @@ from torch.nn import functional as F
 
 import stackelberg as sg
 from stackelberg.data import ImageDataset
-from stackelberg.games.unlearnable import (
-    UnlearnableGame,
-)
-from stackelberg.games.unlearnable.export import calibrate_batchnorm
-from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
-from stackelberg.games.unlearnable.victim import VictimSchedule
 from stackelberg.models import ConvNet
 from stackelberg.solvers import CG
+from stackelberg.unlearnable import (
+    UnlearnableGame,
+)
+from stackelberg.unlearnable.export import calibrate_batchnorm
+from stackelberg.unlearnable.training import GeneratorTraining, TrainingConfig
+from stackelberg.unlearnable.victim import VictimSchedule
 
 # -- solvers on the game --------------------------------------------------------------------
 

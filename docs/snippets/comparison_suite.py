@@ -1,8 +1,8 @@
 from stackelberg.data import load_dataset
-from stackelberg.games.unlearnable.attacks import craft_poison
-from stackelberg.games.unlearnable.defenses import make_defense
-from stackelberg.games.unlearnable.presets import build_classifier
-from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
+from stackelberg.unlearnable.attacks import craft_poison
+from stackelberg.unlearnable.defenses import make_defense
+from stackelberg.unlearnable.presets import build_classifier
+from stackelberg.unlearnable.victim import VictimSchedule, train_victim
 
 data = load_dataset("digits")
 train, test = data["train"], data["test"]

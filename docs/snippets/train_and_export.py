@@ -1,8 +1,8 @@
 from stackelberg.data import load_dataset
-from stackelberg.games.unlearnable import UnlearnableGame
-from stackelberg.games.unlearnable.export import export_npz, poison_images
-from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
 from stackelberg.models import ConvNet, UNetGenerator
+from stackelberg.unlearnable import UnlearnableGame
+from stackelberg.unlearnable.export import export_npz, poison_images
+from stackelberg.unlearnable.training import GeneratorTraining, TrainingConfig
 
 data = load_dataset("digits")  # or "cifar10", "cifar100", "folder"
 game = UnlearnableGame(

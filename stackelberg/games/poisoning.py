@@ -40,7 +40,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """``train_victim``, this module's old name for ``fit_full_batch`` (it clashed with
-    ``games.unlearnable.victim.train_victim``), still works and warns."""
+    ``unlearnable.victim.train_victim``), still works and warns."""
     if name == "train_victim":
         warnings.warn(
             "stackelberg.games.poisoning.train_victim is deprecated; use fit_full_batch",

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from stackelberg.checks import check_epsilon
 from stackelberg.data.folders import ImageDataset
-from stackelberg.games.unlearnable.game import UnlearnableGame
-from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.solvers import BackGradient
+from stackelberg.unlearnable.game import UnlearnableGame
+from stackelberg.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.utils.rng import keeps_global_rng
 
 __all__ = ["attacker_loss_ablation", "linear_separability", "noise_only_accuracy"]

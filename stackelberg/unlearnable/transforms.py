@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stackelberg.games.unlearnable.victim import augment
+from stackelberg.unlearnable.victim import augment
 
 __all__ = ["LUMA", "FollowerTransforms", "check_follower_transforms", "grayscale", "jpeg"]
 

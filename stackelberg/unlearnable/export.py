@@ -25,8 +25,8 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from stackelberg.games.unlearnable.budget import budget_levels, enforce_budget, measured_levels
-from stackelberg.games.unlearnable.game import apply_perturbation
+from stackelberg.unlearnable.budget import budget_levels, enforce_budget, measured_levels
+from stackelberg.unlearnable.game import apply_perturbation
 from stackelberg.utils.io import atomic_directory, atomic_path, write_json
 from stackelberg.utils.ownership import OwnershipError, owned_json
 

@@ -39,13 +39,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from stackelberg.games.unlearnable.budget import (
+from stackelberg.unlearnable.budget import (
     BudgetError,
     budget_levels,
     check_epsilon,
     enforce_budget,
 )
-from stackelberg.games.unlearnable.game import apply_perturbation
+from stackelberg.unlearnable.game import apply_perturbation
 from stackelberg.utils.io import atomic_path, write_json
 from stackelberg.utils.ownership import OwnershipError, check_disjoint, owned_json
 

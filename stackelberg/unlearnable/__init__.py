@@ -1,12 +1,12 @@
 """The Game Unlearnable Example (GUE): a poison generator leads, a classifier follows."""
 
-from stackelberg.games.unlearnable.game import (
+from stackelberg.unlearnable.game import (
     VARIANTS,
     PoisonedBatch,
     UnlearnableGame,
     apply_perturbation,
 )
-from stackelberg.games.unlearnable.losses import (
+from stackelberg.unlearnable.losses import (
     ATTACKER_LOSSES,
     attacker_loss,
     clipped_cross_entropy,

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from stackelberg.games.unlearnable.defenses import Defense
+from stackelberg.unlearnable.defenses import Defense
 from stackelberg.utils import distributed
 
 __all__ = [

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from stackelberg.games.unlearnable.attacks.base import AttackOutput, check_attack_inputs
+from stackelberg.unlearnable.attacks.base import AttackOutput, check_attack_inputs
 
 __all__ = ["autoregressive_noise", "classwise_noise", "lsp_noise", "random_noise"]
 

@@ -38,16 +38,16 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from stackelberg.games.adversarial import pgd_attack, signed_gradient_steps
-from stackelberg.games.unlearnable.attacks.base import AttackOutput, check_attack_inputs
-from stackelberg.games.unlearnable.attacks.optimized import (
+from stackelberg.unlearnable.attacks.base import AttackOutput, check_attack_inputs
+from stackelberg.unlearnable.attacks.optimized import (
     ModelFactory,
     _default_factory,
     _endless_batches,
     _float,
 )
-from stackelberg.games.unlearnable.budget import check_epsilon
-from stackelberg.games.unlearnable.game import apply_perturbation
-from stackelberg.games.unlearnable.victim import augment
+from stackelberg.unlearnable.budget import check_epsilon
+from stackelberg.unlearnable.game import apply_perturbation
+from stackelberg.unlearnable.victim import augment
 from stackelberg.utils.rng import keeps_global_rng
 
 __all__ = ["robust_error_minimizing_noise", "robust_loss"]

@@ -24,67 +24,37 @@ Each preset's name says which game it plays:
   quality 10–90, or nothing, drawn per outer step). See ``defense_aware_preset``.
 - ``smoke``: seconds; for tests.
 
-The GUE hyperparameters, as the paper's text gives them, as the official code runs them, and
-as the presets set them (η, T, φ and the payoffs are the same everywhere: η = 1.5,
-φ = η‖∇q̂‖², T = 10 inner steps, L_sur on clean data, CE on poisons, ε = 8/255):
-
-| hyperparameter      | paper (text) | official code | ``paper``    | ``cpu-paper-game`` |
-|---------------------|--------------|---------------|--------------|--------------------|
-| inner optimizer     | Adam 1e-3    | Adam 1e-4     | Adam 1e-4    | Adam 1e-4 [1]      |
-| generator optimizer | SGD 0.1      | SGD 0.1       | SGD 0.1      | SGD 0.1            |
-| follower optimizer  | SGD 0.01     | SGD 0.01      | SGD 0.01     | SGD 0.01           |
-| batch size          | 256          | 256           | 256          | 128 (CPU time)     |
-| outer steps         | 50 epochs    | ≈ 9 800       | ≈ 9 600      | 2 340 [2]          |
-| generator           | U-Net        | U-Net 64–512  | U-Net 64–512 | U-Net 16–64 [3]    |
-| follower            | ResNet-18    | ResNet-18     | ResNet-18    | convnet-small [4]  |
-| training images     | 50 000       | 50 000        | 49 000       | 15 000 [5]         |
-| generator kept      | quick test   | best on test  | quick test   | quick test [6]     |
-| poisons to uint8    | —            | truncated     | rounded      | rounded            |
-
-[1] The official code's value. The study measured the text's 1e-3: no better at CPU scale
-(victim 75.8 % after 2 574 steps, against 75.1 % with 1e-4).
-[2] 20 epochs of 117 steps (CPU time); the study ran it to 10 062 steps (victim 74.8 %).
-[3] CPU time. Ours has no conv biases and upsamples with ``align_corners=False``; BatchNorm
-running statistics are updated once per outer step for the generator (the code: 12 times) and
-at every inner iterate for the follower (the code: twice). The eval-mode generator that
-poisons reads them in both; ours recomputes the generator's on the training images at the end
-of every epoch (``calibrate_batchnorm``), so its poisons are the perturbations the game
-optimized.
-[4] 24 k parameters (CPU time); the study also runs ``convnet`` and ``convnet-wide``.
-[5] CPU time; ``paper`` holds 1 000 training images out for its quick tests.
-[6] On clean held-out training images, never on the test split (the official code selects on
-the test split).
+Each GUE hyperparameter as the paper's text gives it, as the official code runs it and as
+each preset sets it, with the reason wherever they differ, is tabulated in
+``docs/unlearnable.md`` (the presets section). The model builders are in ``architectures``,
+the run driver (``train_preset_generator``) in ``driver``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
+import importlib
+import warnings
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from stackelberg.data.datasets import subset
 from stackelberg.data.folders import ImageDataset
-from stackelberg.games.unlearnable.checkpoint import load_generator, save_generator
-from stackelberg.games.unlearnable.game import UnlearnableGame
-from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
-from stackelberg.games.unlearnable.transforms import FollowerTransforms
-from stackelberg.games.unlearnable.victim import PAPER_SCHEDULE, VictimSchedule
-from stackelberg.models import (
-    ConvNet,
-    EncoderDecoderGenerator,
-    LabelConditionedGenerator,
-    ResNet18,
-    UNetGenerator,
+from stackelberg.unlearnable.architectures import (
+    CLASSIFIERS,
+    GENERATORS,
+    build_classifier,
+    build_generator,
 )
-from stackelberg.utils import distributed
-from stackelberg.utils.rng import keeps_global_rng
+from stackelberg.unlearnable.game import UnlearnableGame
+from stackelberg.unlearnable.training import TrainingConfig
+from stackelberg.unlearnable.transforms import FollowerTransforms
+from stackelberg.unlearnable.victim import PAPER_SCHEDULE, VictimSchedule
 
+# The model builders live in ``architectures``; they stay importable from here, where the
+# presets use them.
 __all__ = [
     "CLASSIFIERS",
     "GENERATORS",
@@ -96,51 +66,7 @@ __all__ = [
     "build_game",
     "build_generator",
     "split_preset_data",
-    "train_preset_generator",
 ]
-
-GENERATORS = ("unet", "unet-small", "encoder-decoder")
-CLASSIFIERS = ("resnet18", "convnet-wide", "convnet", "convnet-lite", "convnet-small")
-
-
-def build_generator(
-    name: str,
-    epsilon: float,
-    in_channels: int,
-    *,
-    num_classes: int | None = None,
-    achromatic: bool = False,
-) -> nn.Module:
-    """``unet`` (widths 64–512, the paper's), ``unet-small`` (16–64) or ``encoder-decoder``;
-    wrapped in a ``LabelConditionedGenerator`` when ``num_classes`` is given; ``achromatic``:
-    one perturbation shared by the channels (``UNetGenerator.bound``)."""
-    base: UNetGenerator | EncoderDecoderGenerator
-    if name == "unet":
-        base = UNetGenerator(epsilon, in_channels, achromatic=achromatic)
-    elif name == "unet-small":
-        base = UNetGenerator(epsilon, in_channels, widths=(16, 32, 64), achromatic=achromatic)
-    elif name == "encoder-decoder":
-        base = EncoderDecoderGenerator(epsilon, in_channels, achromatic=achromatic)
-    else:
-        raise ValueError(f"generator must be one of {', '.join(GENERATORS)}; got {name!r}")
-    return base if num_classes is None else LabelConditionedGenerator(base, num_classes)
-
-
-def build_classifier(name: str, in_channels: int, num_classes: int) -> nn.Module:
-    """``resnet18`` (CIFAR ResNet-18), ``convnet-wide`` (widths 64/128/256, two convs per
-    stage), ``convnet`` (32/64/128, two convs per stage), ``convnet-lite`` (32/64/128, one
-    conv per stage) or ``convnet-small`` (16/32/64, one conv per stage)."""
-    if name == "resnet18":
-        return ResNet18(num_classes, in_channels)
-    if name == "convnet-wide":
-        return ConvNet(in_channels, num_classes, widths=(64, 128, 256), convs_per_stage=2)
-    if name == "convnet":
-        return ConvNet(in_channels, num_classes, widths=(32, 64, 128), convs_per_stage=2)
-    if name == "convnet-lite":
-        return ConvNet(in_channels, num_classes, widths=(32, 64, 128), convs_per_stage=1)
-    if name == "convnet-small":
-        return ConvNet(in_channels, num_classes, widths=(16, 32, 64), convs_per_stage=1)
-    raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}; got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -340,80 +266,13 @@ def split_preset_data(
     return train, indices, validation, splits["test"]
 
 
-@keeps_global_rng
-def train_preset_generator(
-    preset: Preset,
-    train: ImageDataset,
-    run_dir: str | Path,
-    *,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    epochs: int | None = None,
-    progress: bool = True,
-    metadata: dict[str, Any] | None = None,
-    validation: ImageDataset | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``preset``'s generator on ``train`` into ``run_dir``, resuming from
-    ``run_dir/checkpoint.pt`` if it exists (an interrupted run, or a finished one asked for more
-    epochs); a finished run's ``generator.pt`` is returned as is. The quick tests score victims
-    on ``validation`` (clean images outside ``train``, e.g. from ``split_preset_data``); without
-    it, the last ``validation_size`` images of a seeded shuffle of ``train`` are held out for
-    them and the generator trains on the rest. ``epochs`` overrides the preset's;
-    ``metadata`` is added to the checkpoint's. Returns the generator and its checkpoint
-    metadata (architecture, ε, solver, data size, seed, date, quick tests)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "generator.pt"
-    finished = path.is_file() and path.with_suffix(".json").is_file()
-    if finished and not (run_dir / "checkpoint.pt").is_file():
-        return load_generator(path, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = preset.training
-    if epochs is not None:
-        config = dataclasses.replace(config, epochs=epochs)
-    config = dataclasses.replace(config, seed=seed)
-    fit = train
-    if validation is None:
-        validation_size = min(preset.validation_size, len(train) // 5)
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-        held, kept = order[:validation_size], order[validation_size:]
-        fit = ImageDataset(train.images[kept], train.labels[kept], train.classes)
-        validation = ImageDataset(train.images[held], train.labels[held], train.classes)
-    channels, num_classes = int(train.images.shape[1]), len(train.classes)
-    torch.manual_seed(seed)
-    game = build_game(preset, channels, num_classes).to(torch.device(device))
-    training = GeneratorTraining(
-        game,
-        config,
-        fit,
-        validation=validation if config.quick_test_every else None,
-        victim_factory=lambda: build_classifier(preset.victim, channels, num_classes),
-        run_dir=run_dir,
-    )
-    training.resume()
-    if finished and training.epoch >= config.epochs:
-        return load_generator(path, device)
-    start = time.perf_counter()
-    training.run(progress=progress)
-    saved = {
-        **(metadata or {}),
-        "architecture": preset.generator,
-        "label_conditioned": preset.label_conditioned,
-        "achromatic": preset.achromatic,
-        "num_classes": num_classes,
-        "classes": list(train.classes),
-        "epsilon": preset.epsilon,
-        "in_channels": channels,
-        "epoch": training.use_best_generator(),
-        "preset": preset.name,
-        "solver": config.solver,
-        "training_images": len(fit),
-        "seed": seed,
-        "variant": preset.variant,
-        "trained_against": list(preset.follower_transforms),  # the victim pipelines it saw
-        "fit_seconds": time.perf_counter() - start,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "quick_tests": training.quick_tests,
-    }
-    if distributed.is_main_process():
-        save_generator(path, game.leader, saved)
-    return game.leader.eval(), saved
+def __getattr__(name: str) -> Any:
+    if name == "train_preset_generator":
+        warnings.warn(
+            "stackelberg.unlearnable.presets.train_preset_generator moved to "
+            "stackelberg.unlearnable.driver; the old name works until the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module("stackelberg.unlearnable.driver").train_preset_generator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

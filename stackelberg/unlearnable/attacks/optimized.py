@@ -34,13 +34,13 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from stackelberg.games.adversarial import signed_gradient_steps
-from stackelberg.games.unlearnable.attacks.base import AttackOutput, check_attack_inputs
-from stackelberg.games.unlearnable.game import apply_perturbation
-from stackelberg.games.unlearnable.transforms import (
+from stackelberg.unlearnable.attacks.base import AttackOutput, check_attack_inputs
+from stackelberg.unlearnable.game import apply_perturbation
+from stackelberg.unlearnable.transforms import (
     FollowerTransforms,
     check_follower_transforms,
 )
-from stackelberg.games.unlearnable.victim import VictimSchedule, accuracy, train_victim
+from stackelberg.unlearnable.victim import VictimSchedule, accuracy, train_victim
 from stackelberg.utils.rng import keeps_global_rng
 
 __all__ = ["ModelFactory", "error_minimizing_noise", "targeted_adversarial_poison"]
@@ -49,7 +49,7 @@ ModelFactory = Callable[[], nn.Module]
 
 
 def _default_factory(images: Tensor, num_classes: int) -> ModelFactory:
-    from stackelberg.games.unlearnable.presets import build_classifier
+    from stackelberg.unlearnable.architectures import build_classifier
 
     return lambda: build_classifier("convnet-small", images.shape[1], num_classes)
 

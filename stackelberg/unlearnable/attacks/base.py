@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stackelberg.games.unlearnable.budget import check_epsilon
-from stackelberg.games.unlearnable.export import quantize_poison
-from stackelberg.games.unlearnable.game import apply_perturbation
+from stackelberg.unlearnable.budget import check_epsilon
+from stackelberg.unlearnable.export import quantize_poison
+from stackelberg.unlearnable.game import apply_perturbation
 
 __all__ = ["AttackOutput", "check_attack_inputs", "finish_poison"]
 

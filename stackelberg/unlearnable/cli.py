@@ -66,7 +66,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _epsilon(text: str) -> float:
     """ε as a fraction (0.0314) or as a ratio of two numbers (8/255)."""
-    from stackelberg.games.unlearnable.budget import check_epsilon
+    from stackelberg.unlearnable.budget import check_epsilon
 
     parts = text.split("/")
     try:
@@ -100,11 +100,11 @@ def _tile(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stackelberg.games.unlearnable import VARIANTS
-    from stackelberg.games.unlearnable.defenses import DEFENSES
-    from stackelberg.games.unlearnable.presets import CLASSIFIERS, PRESETS
-    from stackelberg.games.unlearnable.protect import DEFAULT_MAX_PIXELS
     from stackelberg.solvers import SOLVERS
+    from stackelberg.unlearnable import VARIANTS
+    from stackelberg.unlearnable.defenses import DEFENSES
+    from stackelberg.unlearnable.presets import CLASSIFIERS, PRESETS
+    from stackelberg.unlearnable.protect import DEFAULT_MAX_PIXELS
 
     parser = argparse.ArgumentParser(
         prog="stackelberg",
@@ -267,11 +267,8 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from stackelberg.games.unlearnable.presets import (
-        PRESETS,
-        split_preset_data,
-        train_preset_generator,
-    )
+    from stackelberg.unlearnable.driver import train_preset_generator
+    from stackelberg.unlearnable.presets import PRESETS, split_preset_data
     from stackelberg.utils.io import write_json
 
     parallel = distributed.setup()
@@ -350,7 +347,7 @@ _RESUMABLE_CHANGES = ("epochs", "device", "processes", "data_dir")
 def _check_same_run(path: Path, config: dict[str, Any]) -> None:
     """Refuse to resume a run whose defining settings (preset, ε, variant, solver, data set
     and its size, seed) differ from the saved ones, naming each key that differs."""
-    from stackelberg.games.unlearnable.training import differing_keys
+    from stackelberg.unlearnable.training import differing_keys
 
     try:
         saved = json.loads(path.read_text())
@@ -379,8 +376,8 @@ def _rank_device(device: str) -> str:
 
 
 def _poison(args: argparse.Namespace) -> int:
-    from stackelberg.games.unlearnable.checkpoint import load_generator
-    from stackelberg.games.unlearnable.export import (
+    from stackelberg.unlearnable.checkpoint import load_generator
+    from stackelberg.unlearnable.export import (
         export_npz,
         export_png_folder,
         poison_images,
@@ -407,7 +404,7 @@ def _poison(args: argparse.Namespace) -> int:
     splits = _load(args)
     split, indices = splits[args.split], None
     if args.preset is not None:
-        from stackelberg.games.unlearnable.presets import PRESETS, split_preset_data
+        from stackelberg.unlearnable.presets import PRESETS, split_preset_data
 
         if args.split != "train":
             raise ValueError("--preset selects a training subset: use it with --split train")
@@ -468,9 +465,9 @@ def _check_compatible(metadata: dict[str, Any], channels: int, num_classes: int)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from stackelberg.games.unlearnable.defenses import make_defense
-    from stackelberg.games.unlearnable.presets import PRESETS, build_classifier, split_preset_data
-    from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
+    from stackelberg.unlearnable.defenses import make_defense
+    from stackelberg.unlearnable.presets import PRESETS, build_classifier, split_preset_data
+    from stackelberg.unlearnable.victim import VictimSchedule, train_victim
     from stackelberg.utils.io import write_json
     from stackelberg.utils.ownership import check_disjoint, owned_json
 
@@ -573,9 +570,9 @@ def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _protect(args: argparse.Namespace) -> int:
-    from stackelberg.games.unlearnable.checkpoint import load_generator
-    from stackelberg.games.unlearnable.export import file_sha256
-    from stackelberg.games.unlearnable.protect import protect_folder
+    from stackelberg.unlearnable.checkpoint import load_generator
+    from stackelberg.unlearnable.export import file_sha256
+    from stackelberg.unlearnable.protect import protect_folder
 
     generator, metadata = load_generator(args.generator, args.device)
     conditional = bool(metadata["label_conditioned"])
@@ -619,8 +616,8 @@ def _inspect(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.with_suffix(".json").is_file() and path.name != "checkpoint.pt":
-        from stackelberg.games.unlearnable.checkpoint import load_generator
-        from stackelberg.games.unlearnable.export import file_sha256
+        from stackelberg.unlearnable.checkpoint import load_generator
+        from stackelberg.unlearnable.export import file_sha256
 
         generator, metadata = load_generator(path)
         parameters = sum(p.numel() for p in generator.parameters())

@@ -32,28 +32,28 @@ from typing import Any
 
 from torch import Tensor
 
-from stackelberg.games.unlearnable.attacks.base import (
+from stackelberg.unlearnable.attacks.base import (
     AttackOutput,
     check_attack_inputs,
     finish_poison,
 )
-from stackelberg.games.unlearnable.attacks.generative import (
+from stackelberg.unlearnable.attacks.generative import (
     DeepConfuseGame,
     deepconfuse_poison,
     generator_poison,
     shortcutgen_poison,
 )
-from stackelberg.games.unlearnable.attacks.noise import (
+from stackelberg.unlearnable.attacks.noise import (
     autoregressive_noise,
     classwise_noise,
     lsp_noise,
     random_noise,
 )
-from stackelberg.games.unlearnable.attacks.optimized import (
+from stackelberg.unlearnable.attacks.optimized import (
     error_minimizing_noise,
     targeted_adversarial_poison,
 )
-from stackelberg.games.unlearnable.attacks.robust import robust_error_minimizing_noise, robust_loss
+from stackelberg.unlearnable.attacks.robust import robust_error_minimizing_noise, robust_loss
 
 __all__ = [
     "ATTACKS",

@@ -26,10 +26,10 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from stackelberg.data.folders import ImageDataset
-from stackelberg.games.unlearnable.attacks.base import AttackOutput, check_attack_inputs
-from stackelberg.games.unlearnable.export import calibrate_batchnorm, poison_images
-from stackelberg.games.unlearnable.game import UnlearnableGame, apply_perturbation
-from stackelberg.games.unlearnable.training import GeneratorTraining, TrainingConfig
+from stackelberg.unlearnable.attacks.base import AttackOutput, check_attack_inputs
+from stackelberg.unlearnable.export import calibrate_batchnorm, poison_images
+from stackelberg.unlearnable.game import UnlearnableGame, apply_perturbation
+from stackelberg.unlearnable.training import GeneratorTraining, TrainingConfig
 from stackelberg.utils.rng import keeps_global_rng
 
 __all__ = [
@@ -89,13 +89,13 @@ def generator_poison(
 
 
 def _default_generator(images: Tensor, epsilon: float) -> nn.Module:
-    from stackelberg.games.unlearnable.presets import build_generator
+    from stackelberg.unlearnable.architectures import build_generator
 
     return build_generator("encoder-decoder", epsilon, images.shape[1])
 
 
 def _default_classifier(images: Tensor, num_classes: int) -> nn.Module:
-    from stackelberg.games.unlearnable.presets import build_classifier
+    from stackelberg.unlearnable.architectures import build_classifier
 
     return build_classifier("convnet-small", images.shape[1], num_classes)
 

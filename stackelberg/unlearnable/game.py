@@ -27,14 +27,14 @@ from torch.nn import functional as F
 from stackelberg.checks import check_unit_interval
 from stackelberg.game import Game
 from stackelberg.games.adversarial import pgd_attack, project_linf, signed_gradient_steps
-from stackelberg.games.unlearnable.budget import check_epsilon
-from stackelberg.games.unlearnable.losses import (
+from stackelberg.unlearnable.budget import check_epsilon
+from stackelberg.unlearnable.losses import (
     ATTACKER_LOSSES,
     DEFAULT_CE_CLIP,
     attacker_loss,
     cw_margin,
 )
-from stackelberg.games.unlearnable.transforms import FollowerTransforms, check_follower_transforms
+from stackelberg.unlearnable.transforms import FollowerTransforms, check_follower_transforms
 
 __all__ = ["VARIANTS", "PoisonedBatch", "UnlearnableGame", "apply_perturbation"]
 

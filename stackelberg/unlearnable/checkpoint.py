@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stackelberg.games.unlearnable.budget import check_epsilon
+from stackelberg.unlearnable.budget import check_epsilon
 from stackelberg.utils.io import write_json, write_torch
 
 __all__ = ["load_generator", "save_generator"]
@@ -42,7 +42,7 @@ def load_generator(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a generator saved by ``save_generator``; returns it (eval mode) and its
     metadata. Raises ``FileNotFoundError`` or ``ValueError`` naming what is missing or wrong."""
-    from stackelberg.games.unlearnable.presets import build_generator
+    from stackelberg.unlearnable.architectures import build_generator
 
     path = Path(path)
     meta_path = _metadata_path(path)

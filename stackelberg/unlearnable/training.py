@@ -24,9 +24,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stackelberg.data.folders import ImageDataset
-from stackelberg.games.unlearnable.export import calibrate_batchnorm, poison_images
-from stackelberg.games.unlearnable.game import UnlearnableGame
-from stackelberg.games.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.solvers import (
     CG,
     BackGradientOptions,
@@ -39,6 +36,9 @@ from stackelberg.solvers import (
 )
 from stackelberg.solvers.base import Solver
 from stackelberg.solvers.options import SolverOptions
+from stackelberg.unlearnable.export import calibrate_batchnorm, poison_images
+from stackelberg.unlearnable.game import UnlearnableGame
+from stackelberg.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.utils import distributed
 from stackelberg.utils.io import write_json, write_torch
 
