@@ -32,16 +32,16 @@ import torch
 
 from stackelberg.data import DATASETS, ImageDataset, load_dataset
 from stackelberg.solvers import SOLVERS
-from stackelberg.unlearnable.architectures import build_classifier
+from stackelberg.unlearnable.apply import poison_images
 from stackelberg.unlearnable.driver import train_preset_generator
-from stackelberg.unlearnable.export import export_npz, poison_images, quantize_poison
+from stackelberg.unlearnable.export import export_npz, quantize_poison
 from stackelberg.unlearnable.plots import (
     plot_generator_training,
     plot_poison_examples,
     plot_victim_curves,
 )
 from stackelberg.unlearnable.presets import PRESETS, Preset, split_preset_data
-from stackelberg.unlearnable.victim import VictimSchedule, train_victim
+from stackelberg.unlearnable.victim import VictimSchedule, train_fresh_victim
 from stackelberg.utils.io import write_json
 
 
@@ -108,27 +108,27 @@ def train_victims(
         saved = json.loads(done_path.read_text())
         if saved.get("generator_sha256") == generator_sha256:
             victims, timings = saved["curves"], saved["timings"]
-    channels, num_classes = train.images.shape[1], len(train.classes)
+    num_classes = len(train.classes)
     for name, images in (("clean", train.images), ("poisoned", poisoned)):
         if name in victims:
             print(f"victim trained on {name} data: reused from {done_path}", flush=True)
             continue
-        start = time.perf_counter()
-        torch.manual_seed(args.seed + 1)  # both victims start from the same weights
-        model = build_classifier(preset.victim, channels, num_classes).to(args.device)
-        result = train_victim(
-            model,
+        _, result = train_fresh_victim(
+            preset.victim,
+            num_classes,
             images,
             train.labels,
             test.images,
             test.labels,
             preset.victim_schedule,
+            init_seed=args.seed + 1,  # both victims start from the same weights
             seed=args.seed,
+            device=args.device,
             progress=not args.no_progress,
             description=f"{name} victim",
         )
         victims[name] = result.test_accuracy
-        timings[f"{name}_victim_s"] = time.perf_counter() - start
+        timings[f"{name}_victim_s"] = result.seconds
         saved = {"generator_sha256": generator_sha256, "curves": victims, "timings": timings}
         write_json(done_path, saved)
         print(f"victim trained on {name} data: clean test accuracy {result.final:.4f}", flush=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from stackelberg.unlearnable.presets import (
     defense_aware_preset,
 )
 from stackelberg.unlearnable.transforms import FollowerTransforms
-from stackelberg.unlearnable.victim import VictimSchedule, train_victim
+from stackelberg.unlearnable.victim import VictimSchedule, train_fresh_victim
 from stackelberg.utils.io import atomic_path, write_json
 from stackelberg.utils.rng import keeps_global_rng
 
@@ -411,17 +410,17 @@ class Benchmark:
         images = self.poison(attack).images if train_images is None else train_images
         if defense.startswith("at-"):
             options = {"steps": steps}
-        torch.manual_seed(self.seed)
-        model = build_classifier(victim, self.channels, self.num_classes).to(self.device)
-        start = time.perf_counter()
-        result = train_victim(
-            model,
+        _, result = train_fresh_victim(
+            victim,
+            self.num_classes,
             images,
             self.train.labels,
             self.test.images,
             self.test.labels,
             self.scale.victim_schedule,
+            init_seed=self.seed,
             seed=self.seed,
+            device=self.device,
             defense=make_defense(defense_name, self.num_classes, **options),
             test_every_epoch=defense == "none",
             progress=self.progress,
@@ -435,7 +434,7 @@ class Benchmark:
             "accuracy": result.final,
             "test_curve": result.test_accuracy,
             "train_curve": result.train_accuracy,
-            "seconds": time.perf_counter() - start,
+            "seconds": result.seconds,
         }
         self.cells[key] = cell
         write_json(self._cells_path, self.cells)

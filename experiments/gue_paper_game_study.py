@@ -41,13 +41,10 @@ from typing import Any
 import torch
 
 from stackelberg.data import load_dataset
+from stackelberg.unlearnable.apply import calibrate_batchnorm, poison_images
 from stackelberg.unlearnable.checkpoint import load_generator, save_generator
 from stackelberg.unlearnable.diagnostics import linear_separability, noise_only_accuracy
-from stackelberg.unlearnable.export import (
-    calibrate_batchnorm,
-    poison_images,
-    quantize_poison,
-)
+from stackelberg.unlearnable.export import quantize_poison
 from stackelberg.unlearnable.presets import (
     PRESETS,
     Preset,
@@ -56,7 +53,7 @@ from stackelberg.unlearnable.presets import (
     split_preset_data,
 )
 from stackelberg.unlearnable.training import GUE_SOLVER_OPTIONS, GeneratorTraining
-from stackelberg.unlearnable.victim import accuracy, train_victim
+from stackelberg.unlearnable.victim import accuracy, train_fresh_victim
 from stackelberg.utils.io import write_json, write_text
 
 BASE_PRESET = "cpu-paper-game"
@@ -183,29 +180,27 @@ def evaluate_victim(
     """Train the preset's victim on ``images`` (uint8) and score it on clean test and
     validation images; ``augment=False`` drops the schedule's crop-and-flip augmentation."""
     train, validation, test = data["train"], data["validation"], data["test"]
-    channels, num_classes = train.images.shape[1], len(train.classes)
+    num_classes = len(train.classes)
     schedule = preset.victim_schedule
     if not augment:
         schedule = dataclasses.replace(schedule, augment=False)
-    torch.manual_seed(seed + 1)  # every victim starts from the same weights
-    model = build_classifier(preset.victim, channels, num_classes)
-    start = time.perf_counter()
-    result = train_victim(
-        model,
+    model, result = train_fresh_victim(
+        preset.victim,
+        num_classes,
         images,
         train.labels,
         test.images,
         test.labels,
         schedule,
+        init_seed=seed + 1,  # every victim starts from the same weights
         seed=seed,
         progress=progress,
-        description="victim",
     )
     return {
         "test_accuracy": result.final,
         "test_curve": result.test_accuracy,
         "validation_accuracy": accuracy(model, validation.images, validation.labels),
-        "victim_seconds": time.perf_counter() - start,
+        "victim_seconds": result.seconds,
     }
 
 

@@ -119,7 +119,7 @@ def test_benchmark_caches_poisons_and_victims(tmp_path: Path, monkeypatch) -> No
     first = bench.victim_result("random")
     assert (tmp_path / "poisons" / "random.npz").is_file()
     calls = []
-    monkeypatch.setattr(benchmark_module, "train_victim", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(benchmark_module, "train_fresh_victim", lambda *a, **k: calls.append(1))
     monkeypatch.setattr(benchmark_module, "craft_poison", lambda *a, **k: calls.append(1))
     reopened = Benchmark("smoke", splits["train"], splits["test"], tmp_path, progress=False)
     assert reopened.victim_result("random") == first

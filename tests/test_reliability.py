@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 import stackelberg as sg
+from stackelberg.checks import check_epsilon
 from stackelberg.games import toys
-from stackelberg.unlearnable.budget import BudgetError, check_epsilon, enforce_budget
+from stackelberg.unlearnable.budget import BudgetError, enforce_budget
 from stackelberg.unlearnable.checkpoint import load_generator, save_generator
 from stackelberg.unlearnable.cli import main
 from stackelberg.unlearnable.presets import build_generator
@@ -123,7 +124,7 @@ def test_non_finite_perturbation_is_an_error_never_a_black_image() -> None:
 )
 def test_epsilon_is_validated_once_everywhere(value, error, message, tmp_path: Path) -> None:
     with pytest.raises(error, match=message):
-        check_epsilon(value)
+        check_epsilon(value, whole_level=True)
     generator = saturated_generator(tmp_path / "g.pt")
     with pytest.raises(error, match=message):
         protect_folder(generator, photos(tmp_path / "in"), tmp_path / "out", epsilon=value)

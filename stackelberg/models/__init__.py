@@ -5,6 +5,8 @@ from stackelberg.models.generators import (
     EncoderDecoderGenerator,
     LabelConditionedGenerator,
     UNetGenerator,
+    generate,
+    is_conditional,
 )
 from stackelberg.models.resnet import ResNet18
 from stackelberg.models.small import MLP, ConvNet, LogisticRegression, SmallCNN
@@ -18,4 +20,6 @@ __all__ = [
     "ResNet18",
     "SmallCNN",
     "UNetGenerator",
+    "generate",
+    "is_conditional",
 ]

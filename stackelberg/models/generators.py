@@ -8,6 +8,7 @@ in ``[0, 1]`` and return a perturbation of the same shape. The poisoned image is
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +16,39 @@ from torch.nn import functional as F
 
 from stackelberg.checks import check_epsilon
 
-__all__ = ["EncoderDecoderGenerator", "LabelConditionedGenerator", "UNetGenerator"]
+__all__ = [
+    "EncoderDecoderGenerator",
+    "LabelConditionedGenerator",
+    "UNetGenerator",
+    "generate",
+    "is_conditional",
+]
+
+
+def is_conditional(generator: Any) -> bool:
+    """Whether ``generator`` also takes the labels (``g(x, y)``: it says so with a true
+    ``conditional`` attribute, as ``LabelConditionedGenerator`` does)."""
+    return bool(getattr(generator, "conditional", False))
+
+
+def generate(
+    generator: Any,
+    x: Tensor,
+    labels: Tensor | None = None,
+    *,
+    conditional: bool | None = None,
+) -> Tensor:
+    """The one way the package calls a generator: ``g(x)``, or ``g(x, y)`` for a
+    label-conditioned one (``labels`` is then required, and ignored otherwise).
+    ``conditional`` overrides ``is_conditional(generator)``, for a functional view of a
+    generator that does not carry the attribute."""
+    if conditional is None:
+        conditional = is_conditional(generator)
+    if not conditional:
+        return generator(x)
+    if labels is None:
+        raise ValueError("this generator is label-conditioned: pass the labels")
+    return generator(x, labels)
 
 
 def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -4,9 +4,10 @@ Every published image must satisfy ``‖x̃ − x‖∞ ≤ ⌊255·ε⌋`` inte
 exact 8-bit source pixels. This module is what every writer (``poison``, ``protect``, the
 exports and the API) calls at the last step before a byte is written:
 
-- ``check_epsilon`` validates ε once: a real number (not a bool, not a string) in
-  ``(0, 1]`` and at least one intensity level (``ε ≥ 1/255``), since a smaller budget cannot
-  change an 8-bit pixel and would silently publish the images unprotected;
+- ε is validated once, by ``stackelberg.checks.check_epsilon(..., whole_level=True)``: a
+  real number (not a bool, not a string) in ``(0, 1]`` and at least one intensity level
+  (``ε ≥ 1/255``), since a smaller budget cannot change an 8-bit pixel and would silently
+  publish the images unprotected (``budget.check_epsilon``, the 0.1 name, warns);
 - ``enforce_budget`` turns a float poison into uint8 (rounded to the nearest level, the
   change clipped to the budget), refuses non-finite values (a broken generator would
   otherwise publish black images), measures ‖δ‖∞ against the source pixels and raises
@@ -17,19 +18,18 @@ exports and the API) calls at the last step before a byte is written:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from stackelberg.checks import LEVELS
-from stackelberg.checks import check_epsilon as _check_epsilon
+from stackelberg.checks import LEVELS, check_epsilon
 
 __all__ = [
     "LEVELS",
     "BudgetError",
     "budget_levels",
-    "check_epsilon",
     "enforce_budget",
     "measured_levels",
 ]
@@ -39,20 +39,9 @@ class BudgetError(ValueError):
     """A perturbation that is not finite or exceeds the ε budget; nothing was written."""
 
 
-def check_epsilon(value: Any, *, name: str = "epsilon", source: str | None = None) -> float:
-    """``value`` as a float if it is a valid budget for 8-bit images: the shared validator
-    (``stackelberg.games._checks.check_epsilon``) with at least one intensity level required.
-
-    Raises:
-        TypeError: a bool, a string or anything but a real number.
-        ValueError: not finite, outside ``(0, 1]``, or below one intensity level.
-    """
-    return _check_epsilon(value, name=name, source=source, whole_level=True)
-
-
 def budget_levels(epsilon: float) -> int:
     """``⌊255·ε⌋``: the largest change of an 8-bit pixel the budget allows."""
-    return math.floor(LEVELS * check_epsilon(epsilon) + 1e-6)
+    return math.floor(LEVELS * check_epsilon(epsilon, whole_level=True) + 1e-6)
 
 
 def measured_levels(poisoned: Tensor, clean: Tensor) -> int:
@@ -108,3 +97,19 @@ def enforce_budget(
             f"of {levels} (ε = {epsilon:.6g}); nothing was written"
         )
     return result
+
+
+def __getattr__(name: str) -> Any:
+    if name == "check_epsilon":  # 0.1's name for the 8-bit check
+        warnings.warn(
+            "stackelberg.unlearnable.budget.check_epsilon is deprecated: use "
+            "stackelberg.checks.check_epsilon(value, whole_level=True), the one validator",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _whole_level_epsilon
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _whole_level_epsilon(value: Any, *, name: str = "epsilon", source: str | None = None) -> float:
+    return check_epsilon(value, name=name, source=source, whole_level=True)

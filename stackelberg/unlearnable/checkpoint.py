@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stackelberg.unlearnable.budget import check_epsilon
+from stackelberg.checks import check_epsilon
 from stackelberg.utils.io import write_json, write_torch
 
 __all__ = ["load_generator", "save_generator"]
@@ -84,7 +84,12 @@ def load_generator(
 def _check_metadata(metadata: dict[str, Any], meta_path: Path) -> None:
     """Each field that rebuilds the generator has the right type; errors name file and field."""
     try:
-        check_epsilon(metadata["epsilon"], name="the field 'epsilon'", source=str(meta_path))
+        check_epsilon(
+            metadata["epsilon"],
+            name="the field 'epsilon'",
+            source=str(meta_path),
+            whole_level=True,
+        )
     except TypeError as error:  # a wrong type in a file is bad data, not a programming error
         raise ValueError(str(error)) from None
     for key in ("in_channels", "num_classes"):

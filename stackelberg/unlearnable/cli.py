@@ -11,14 +11,11 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
-import zipfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from stackelberg.utils import distributed
@@ -66,14 +63,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _epsilon(text: str) -> float:
     """ε as a fraction (0.0314) or as a ratio of two numbers (8/255)."""
-    from stackelberg.unlearnable.budget import check_epsilon
+    from stackelberg.checks import check_epsilon
 
     parts = text.split("/")
     try:
         if len(parts) > 2:
             raise ValueError("more than one '/'")
         value = float(parts[0]) / float(parts[1]) if len(parts) == 2 else float(text)
-        return check_epsilon(value, name="ε")
+        return check_epsilon(value, name="ε", whole_level=True)
     except (ValueError, ZeroDivisionError, TypeError) as error:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a budget: {error} (write it like 8/255 or 0.0314)"
@@ -376,13 +373,9 @@ def _rank_device(device: str) -> str:
 
 
 def _poison(args: argparse.Namespace) -> int:
+    from stackelberg.unlearnable.apply import poison_images
     from stackelberg.unlearnable.checkpoint import load_generator
-    from stackelberg.unlearnable.export import (
-        export_npz,
-        export_png_folder,
-        poison_images,
-        quantize_poison,
-    )
+    from stackelberg.unlearnable.export import export_npz, export_png_folder, quantize_poison
     from stackelberg.utils.ownership import check_disjoint
 
     outputs = {"--output": args.output}
@@ -466,8 +459,9 @@ def _check_compatible(metadata: dict[str, Any], channels: int, num_classes: int)
 
 def _evaluate(args: argparse.Namespace) -> int:
     from stackelberg.unlearnable.defenses import make_defense
-    from stackelberg.unlearnable.presets import PRESETS, build_classifier, split_preset_data
-    from stackelberg.unlearnable.victim import VictimSchedule, train_victim
+    from stackelberg.unlearnable.export import read_npz
+    from stackelberg.unlearnable.presets import PRESETS, split_preset_data
+    from stackelberg.unlearnable.victim import VictimSchedule, train_fresh_victim
     from stackelberg.utils.io import write_json
     from stackelberg.utils.ownership import check_disjoint, owned_json
 
@@ -499,13 +493,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         schedule = dataclasses.replace(schedule, lr=args.lr)
     images, labels = train.images, train.labels
     if args.poisoned is not None:
-        images, labels = _read_npz(args.poisoned)
+        images, labels = read_npz(args.poisoned)
         if images.shape[1:] != test.images.shape[1:]:
             raise ValueError(
                 f"{args.poisoned} holds images of shape {tuple(images.shape[1:])}; the test "
                 f"split's are {tuple(test.images.shape[1:])}"
             )
-    torch.manual_seed(args.seed)
     num_classes = len(train.classes)
     if len(labels) == 0:
         raise ValueError("the training set is empty: there is nothing to train a victim on")
@@ -514,16 +507,17 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"labels must lie in [0, {num_classes}) for this dataset's {num_classes} classes, "
             f"got [{int(labels.min())}, {int(labels.max())}]"
         )
-    model = build_classifier(victim, images.shape[1], num_classes).to(device)
-    start = time.perf_counter()
-    result = train_victim(
-        model,
+    _, result = train_fresh_victim(
+        victim,
+        num_classes,
         images,
         labels,
         test.images,
         test.labels,
         schedule,
+        init_seed=args.seed,
         seed=args.seed,
+        device=device,
         defense=make_defense(args.defense, num_classes),
         progress=not args.no_progress,
     )
@@ -540,7 +534,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "training_images": len(labels),
         "test_accuracy": result.final,
         "test_curve": result.test_accuracy,
-        "seconds": time.perf_counter() - start,
+        "seconds": result.seconds,
         "processes": distributed.world_size(),
     }
     if not distributed.is_main_process():
@@ -552,21 +546,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{args.defense}, {len(labels)} training images)"
     )
     return 0
-
-
-def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"poisoned dataset {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            x, y = stored["x"], stored["y"]
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
-        raise ValueError(
-            f"{path} is not a dataset written by `stackelberg poison`: {error}"
-        ) from None
-    if x.dtype != np.uint8 or x.ndim != 4 or y.shape != (x.shape[0],):
-        raise ValueError(f"{path}: need uint8 x (N, H, W, C) and labels y (N,)")
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long()
 
 
 def _protect(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from stackelberg.checks import check_epsilon
 from stackelberg.games.adversarial import pgd_attack
+from stackelberg.unlearnable.color import grayscale
 
 __all__ = [
     "DEFENSES",
@@ -185,13 +186,11 @@ class AdversarialTraining(Defense):
 
 
 def _grayscale(images: Tensor) -> Tensor:
+    """uint8 images in BT.601 luma (``transforms.grayscale``), rounded to 8 bits."""
     if images.shape[1] == 1:
         return images
-    if images.shape[1] != 3:
-        raise ValueError(f"grayscale needs 1 or 3 channels, got {images.shape[1]}")
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    luma = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255)
-    return luma.to(torch.uint8).expand_as(images).contiguous()
+    luma = grayscale(images.float()).round().clamp(0, 255)
+    return luma.to(torch.uint8).contiguous()
 
 
 class Grayscale(Defense):

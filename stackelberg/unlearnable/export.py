@@ -1,4 +1,4 @@
-"""Apply a trained generator to a dataset and export the poisoned set losslessly.
+"""Export a poisoned set losslessly, and read it back (``apply`` makes the poisons).
 
 Images leave as uint8, the format people publish. Each poisoned pixel is rounded to the
 nearest level, not truncated, and its change from the clean uint8 pixel is clipped to
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -22,14 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch import Tensor
 
+from stackelberg.unlearnable.apply import calibrate_batchnorm, poison_images
 from stackelberg.unlearnable.budget import budget_levels, enforce_budget, measured_levels
-from stackelberg.unlearnable.game import apply_perturbation
 from stackelberg.utils.io import atomic_directory, atomic_path, write_json
 from stackelberg.utils.ownership import OwnershipError, owned_json
 
+# calibrate_batchnorm and poison_images live in ``apply``; they stay importable from here.
 __all__ = [
     "calibrate_batchnorm",
     "export_npz",
@@ -37,100 +38,8 @@ __all__ = [
     "file_sha256",
     "poison_images",
     "quantize_poison",
+    "read_npz",
 ]
-
-
-@torch.no_grad()
-def calibrate_batchnorm(
-    generator: nn.Module,
-    images: Tensor,
-    labels: Tensor | None = None,
-    *,
-    batch_size: int = 500,
-    seed: int = 0,
-) -> bool:
-    """Set the generator's BatchNorm running statistics to those of its current weights on
-    ``images`` (uint8 or float in [0, 1]); returns whether it has any BatchNorm layer.
-
-    The game runs the generator in training mode, where each BatchNorm layer normalizes with
-    its batch's mean and variance; ``poison_images`` runs it in eval mode, where the layers
-    read running averages. Those averages are updated once per forward pass with momentum 0.1,
-    so while the generator's weights move they lag behind them: the poisons a saved generator
-    makes are then not the perturbations the game optimized. Measured on the paper-game study's
-    last snapshot (U-Net 16–64 after 10 062 BOME steps, batches of 128 training images): δ in
-    eval mode and in training mode agreed in sign on 92.8 % of the pixels (mean cosine 0.93),
-    and on 97.9 % (0.99) after this calibration.
-
-    The statistics are recomputed from scratch over ``images``, in batches of ``batch_size``
-    taken in a random order drawn from ``seed``, as the game draws its batches (a dataset is
-    often sorted by class, and a batch of one class has a smaller variance than the whole).
-    Each running mean becomes the mean of the per-batch means, each running variance the mean
-    of the per-batch unbiased variances (``torch.optim.swa_utils.update_bn``'s rule). The
-    weights, each layer's momentum and the training mode are left as they were. A
-    label-conditioned generator needs ``labels``.
-    """
-    layers = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not layers:
-        return False
-    conditional = bool(getattr(generator, "conditional", False))
-    if conditional and labels is None:
-        raise ValueError("this generator is label-conditioned: pass the labels")
-    momenta = [layer.momentum for layer in layers]
-    was_training = generator.training
-    weight = next(generator.parameters())
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over the batches
-    generator.train()
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    try:
-        for index in order.split(batch_size):
-            chunk = images[index].to(weight.device)
-            x = chunk.to(weight.dtype) / (255.0 if chunk.dtype == torch.uint8 else 1.0)
-            if conditional:
-                assert labels is not None
-                generator(x, labels[index].to(weight.device))
-            else:
-                generator(x)
-    finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
-        generator.train(was_training)
-    return True
-
-
-@torch.no_grad()
-def poison_images(
-    generator: nn.Module,
-    images: Tensor,
-    labels: Tensor | None = None,
-    *,
-    batch_size: int = 500,
-    progress: bool = False,
-) -> Tensor:
-    """``clamp(x + g(x), 0, 1)`` for uint8 (or float in [0, 1]) images ``(N, C, H, W)``, in
-    batches, with the generator in eval mode and no grad; float32 on the images' device.
-    A label-conditioned generator needs ``labels``."""
-    conditional = bool(getattr(generator, "conditional", False))
-    if conditional and labels is None:
-        raise ValueError("this generator is label-conditioned: pass the labels")
-    was_training = generator.training
-    generator.eval()
-    device = next(generator.parameters()).device
-    out = []
-    try:
-        for i in tqdm(range(0, len(images), batch_size), desc="poison", disable=not progress):
-            chunk = images[i : i + batch_size].to(device)
-            x = chunk.float() / 255.0 if chunk.dtype == torch.uint8 else chunk.float()
-            if conditional:
-                assert labels is not None
-                delta = generator(x, labels[i : i + batch_size].to(device))
-            else:
-                delta = generator(x)
-            out.append(apply_perturbation(x, delta).to(images.device))
-    finally:
-        generator.train(was_training)
-    return torch.cat(out) if out else images.float()
 
 
 def quantize_poison(
@@ -235,6 +144,29 @@ def export_npz(
     manifest["sha256"] = file_sha256(path)
     write_json(manifest_path, manifest)
     return manifest
+
+
+def read_npz(path: str | Path) -> tuple[Tensor, Tensor]:
+    """The images (uint8 ``(N, C, H, W)``) and labels of a dataset ``export_npz`` wrote.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: it is not such a dataset (not an ``.npz``, no ``x`` or ``y``, the wrong
+            dtype or shapes); the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"poisoned dataset {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            x, y = stored["x"], stored["y"]
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(
+            f"{path} is not a dataset written by `stackelberg poison`: {error}"
+        ) from None
+    if x.dtype != np.uint8 or x.ndim != 4 or y.shape != (x.shape[0],):
+        raise ValueError(f"{path}: need uint8 x (N, H, W, C) and labels y (N,)")
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long()
 
 
 def export_png_folder(

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from stackelberg.checks import check_unit_interval
+from stackelberg.checks import check_epsilon, check_unit_interval
 from stackelberg.game import Game
 from stackelberg.games.adversarial import pgd_attack, project_linf, signed_gradient_steps
-from stackelberg.unlearnable.budget import check_epsilon
+from stackelberg.models.generators import generate, is_conditional
 from stackelberg.unlearnable.losses import (
     ATTACKER_LOSSES,
     DEFAULT_CE_CLIP,
@@ -132,7 +132,7 @@ class UnlearnableGame(Game):
             raise ValueError(f"ce_clip must be > 0, got {ce_clip}")
         if not error_minimizing_weight >= 0:
             raise ValueError(f"error_minimizing_weight must be >= 0, got {error_minimizing_weight}")
-        self.epsilon = check_epsilon(epsilon)
+        self.epsilon = check_epsilon(epsilon, whole_level=True)
         self.variant = variant
         self.attacker_loss = attacker_loss
         self.ce_clip = float(ce_clip)
@@ -149,14 +149,12 @@ class UnlearnableGame(Game):
     @property
     def conditional(self) -> bool:
         """Whether the generator also takes the labels (``g_w(x, y)``)."""
-        return bool(getattr(self.leader, "conditional", False))
+        return is_conditional(self.leader)
 
     def perturbation(self, generator: Any, x: Tensor, y: Tensor | None = None) -> Tensor:
         """``g_w(x)`` (or ``g_w(x, y)`` for a label-conditioned generator), checked against
         the budget ε."""
-        if self.conditional and y is None:
-            raise ValueError("this generator is label-conditioned: pass the labels")
-        delta = generator(x, y) if self.conditional else generator(x)
+        delta = generate(generator, x, y, conditional=self.conditional)
         if not isinstance(delta, Tensor) or delta.shape != x.shape:
             shape = tuple(delta.shape) if isinstance(delta, Tensor) else type(delta).__name__
             raise ValueError(

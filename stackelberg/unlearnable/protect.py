@@ -39,12 +39,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from stackelberg.unlearnable.budget import (
-    BudgetError,
-    budget_levels,
-    check_epsilon,
-    enforce_budget,
-)
+from stackelberg.checks import check_epsilon
+from stackelberg.models.generators import generate, is_conditional
+from stackelberg.unlearnable.budget import BudgetError, budget_levels, enforce_budget
 from stackelberg.unlearnable.game import apply_perturbation
 from stackelberg.utils.io import atomic_path, write_json
 from stackelberg.utils.ownership import OwnershipError, check_disjoint, owned_json
@@ -82,11 +79,8 @@ def _pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, int, int]:
 def _run(generator: nn.Module, x: Tensor, label: int | None) -> Tensor:
     multiple = int(getattr(getattr(generator, "base", generator), "downsampling", 1))
     padded, height, width = _pad_to_multiple(x, multiple)
-    if getattr(generator, "conditional", False):
-        assert label is not None
-        delta = generator(padded, torch.tensor([label], device=x.device))
-    else:
-        delta = generator(padded)
+    labels = None if label is None else torch.tensor([label], device=x.device)
+    delta = generate(generator, padded, labels)
     return delta[..., :height, :width]
 
 
@@ -175,7 +169,7 @@ def protect_pixels(
     Raises:
         BudgetError: the generator's output is not finite (naming ``source``).
     """
-    epsilon = check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon, whole_level=True)
     if pixels.dtype != np.uint8 or pixels.ndim != 3:
         raise ValueError(f"need (H, W, C) uint8 pixels, got {pixels.dtype} {pixels.shape}")
     device = next(generator.parameters()).device
@@ -310,7 +304,7 @@ def protect_folder(
     nor ``resume`` applies, ``OwnershipError`` if it was not
     written by ``protect``, and ``ValueError`` for overlapping folders, a bad ε, or a missing
     label."""
-    epsilon = check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon, whole_level=True)
     if overwrite and resume:
         raise ValueError("choose one of overwrite (redo every image) and resume (skip done ones)")
     if max_pixels < 1:
@@ -323,7 +317,7 @@ def protect_folder(
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"the output folder {out_dir} exists and is not a folder")
     overlap = min(64, tile // 4) if overlap is None else overlap
-    conditional = bool(getattr(generator, "conditional", False))
+    conditional = is_conditional(generator)
     if conditional and label is None:
         raise ValueError(_label_needed(generator_info or {}))
     manifest_path = out_dir / MANIFEST

@@ -36,7 +36,7 @@ from stackelberg.solvers import (
 )
 from stackelberg.solvers.base import Solver
 from stackelberg.solvers.options import SolverOptions
-from stackelberg.unlearnable.export import calibrate_batchnorm, poison_images
+from stackelberg.unlearnable.apply import calibrate_batchnorm, poison_images
 from stackelberg.unlearnable.game import UnlearnableGame
 from stackelberg.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.utils import distributed

@@ -38,23 +38,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stackelberg.unlearnable.color import LUMA, grayscale
 from stackelberg.unlearnable.victim import augment
 
 __all__ = ["LUMA", "FollowerTransforms", "check_follower_transforms", "grayscale", "jpeg"]
 
-#: ITU-R BT.601 luma weights (R, G, B), as ``defenses.Grayscale`` uses them.
-LUMA = (0.299, 0.587, 0.114)
-
 _JPEG = re.compile(r"^jpeg-(\d+)(?::(\d+))?$")
-
-
-def grayscale(x: Tensor) -> Tensor:
-    """BT.601 luma of ``(N, 3, H, W)`` images in ``[0, 1]``, replicated over the three
-    channels (a one-channel image is returned as is)."""
-    if x.shape[1] == 1:
-        return x
-    weights = x.new_tensor(LUMA).view(1, 3, 1, 1)
-    return (x * weights).sum(1, keepdim=True).expand_as(x)
 
 
 def jpeg(x: Tensor, quality: float) -> Tensor:

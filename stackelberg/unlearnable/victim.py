@@ -8,6 +8,7 @@ decay 5e-4, learning rate 0.01 for 100 epochs, multiplied by 0.1 at epochs 75 an
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from stackelberg.unlearnable.architectures import build_classifier
 from stackelberg.unlearnable.defenses import Defense
 from stackelberg.utils import distributed
 
@@ -24,6 +26,7 @@ __all__ = [
     "VictimSchedule",
     "accuracy",
     "augment",
+    "train_fresh_victim",
     "train_victim",
 ]
 
@@ -69,6 +72,8 @@ class VictimResult:
     test_accuracy: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
     tested_epochs: list[int] = field(default_factory=list)
+    #: Wall time of the training and its tests (``train_fresh_victim`` sets it).
+    seconds: float = 0.0
 
     @property
     def final(self) -> float:
@@ -192,3 +197,48 @@ def train_victim(
             result.tested_epochs.append(epoch + 1)
             epochs.set_postfix(test=f"{result.test_accuracy[-1]:.3f}")
     return result
+
+
+def train_fresh_victim(
+    architecture: str,
+    num_classes: int,
+    train_images: Tensor,
+    train_labels: Tensor,
+    test_images: Tensor,
+    test_labels: Tensor,
+    schedule: VictimSchedule = PAPER_SCHEDULE,
+    *,
+    init_seed: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    defense: Defense | None = None,
+    test_every_epoch: bool = True,
+    progress: bool = True,
+    description: str = "victim",
+) -> tuple[nn.Module, VictimResult]:
+    """The one way the application trains a victim on a (poisoned) training set: a fresh
+    ``architecture`` (``architectures.build_classifier``) whose weights are drawn after
+    ``torch.manual_seed(init_seed)``, so victims with the same ``init_seed`` start alike, on
+    ``device``, trained by ``train_victim`` (the other arguments are its). Used by
+    ``stackelberg evaluate``, the example, the paper-game study and the comparison suite.
+
+    Returns the trained model and its result, with ``result.seconds`` set.
+    """
+    torch.manual_seed(init_seed)
+    model = build_classifier(architecture, int(train_images.shape[1]), num_classes).to(device)
+    start = time.perf_counter()
+    result = train_victim(
+        model,
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        schedule,
+        seed=seed,
+        defense=defense,
+        test_every_epoch=test_every_epoch,
+        progress=progress,
+        description=description,
+    )
+    result.seconds = time.perf_counter() - start
+    return model, result

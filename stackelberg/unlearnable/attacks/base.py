@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stackelberg.unlearnable.budget import check_epsilon
+from stackelberg.checks import check_epsilon
 from stackelberg.unlearnable.export import quantize_poison
 from stackelberg.unlearnable.game import apply_perturbation
 
@@ -40,7 +40,7 @@ def check_attack_inputs(images: Tensor, labels: Tensor, epsilon: float, num_clas
         raise ValueError(
             f"labels must be ({images.shape[0]},) to match the images, got {tuple(labels.shape)}"
         )
-    check_epsilon(epsilon)
+    check_epsilon(epsilon, whole_level=True)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):

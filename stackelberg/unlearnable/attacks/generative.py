@@ -26,8 +26,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from stackelberg.data.folders import ImageDataset
+from stackelberg.unlearnable.apply import calibrate_batchnorm, poison_images
 from stackelberg.unlearnable.attacks.base import AttackOutput, check_attack_inputs
-from stackelberg.unlearnable.export import calibrate_batchnorm, poison_images
 from stackelberg.unlearnable.game import UnlearnableGame, apply_perturbation
 from stackelberg.unlearnable.training import GeneratorTraining, TrainingConfig
 from stackelberg.utils.rng import keeps_global_rng

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from stackelberg.checks import check_epsilon
 from stackelberg.games.adversarial import pgd_attack, signed_gradient_steps
 from stackelberg.unlearnable.attacks.base import AttackOutput, check_attack_inputs
 from stackelberg.unlearnable.attacks.optimized import (
@@ -45,7 +46,6 @@ from stackelberg.unlearnable.attacks.optimized import (
     _endless_batches,
     _float,
 )
-from stackelberg.unlearnable.budget import check_epsilon
 from stackelberg.unlearnable.game import apply_perturbation
 from stackelberg.unlearnable.victim import augment
 from stackelberg.utils.rng import keeps_global_rng
@@ -136,7 +136,9 @@ def robust_error_minimizing_noise(
     averaged over the last 10 % of the steps."""
     check_attack_inputs(images, labels, epsilon, num_classes)
     if adversarial_epsilon != 0:
-        adversarial_epsilon = check_epsilon(adversarial_epsilon, name="adversarial_epsilon")
+        adversarial_epsilon = check_epsilon(
+            adversarial_epsilon, name="adversarial_epsilon", whole_level=True
+        )
     for name, value in (
         ("train_steps", train_steps),
         ("batch_size", batch_size),
