@@ -71,9 +71,8 @@ class _BoundedGenerator(nn.Module):
     it, and its JPEG chroma (Cb and Cr, whose weights sum to zero) is zero, so JPEG's chroma
     subsampling and coarser chroma quantization do not touch it: only the luma quantization
     does. An ordinary head spends part of the budget on colour, which grayscale removes and
-    JPEG compresses hardest (image shortcut squeezing, Liu, Zhao & Larson 2023). Measured at
-    CPU scale (docs/results/defense-survival/), a gray δ protects better under grayscale and
-    worse without it or under JPEG.
+    JPEG compresses hardest (image shortcut squeezing, Liu, Zhao & Larson 2023). What that
+    buys against which defense is measured in ``docs/results/defense-survival/``.
     """
 
     epsilon: float

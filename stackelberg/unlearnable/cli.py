@@ -307,8 +307,8 @@ def _train(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "device": args.device,
         "processes": distributed.world_size(),
-        # where the quick tests' clean images come from (runs before 2026-12-02 held them
-        # out of the training subset; this key makes their resume refuse, naming it)
+        # where the quick tests' clean images come from (earlier runs held them out of the
+        # training subset; this key makes their resume refuse, naming it; CHANGELOG 0.2)
         "quick_test_images": "outside the training subset",
     }
     if distributed.is_main_process():

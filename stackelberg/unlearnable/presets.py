@@ -213,8 +213,8 @@ ROBUST_TRANSFORMS = ("none", "grayscale", "jpeg-10:90")
 PRESETS["cpu-em-at2"] = adversarial_preset(PRESETS["cpu-em"], 2 / 255)
 PRESETS["cpu-em-at4"] = adversarial_preset(PRESETS["cpu-em"], 4 / 255)
 PRESETS["cpu-em-accuracy"] = accuracy_preset(PRESETS["cpu-em"])
-#: Measured in the defense-survival study (docs/results/defense-survival/): at CPU scale its
-#: protection survives JPEG at quality 30-90 but not grayscale or JPEG-10.
+#: ``cpu-em``'s game through the victim's pipeline; what it survives is measured in
+#: ``docs/results/defense-survival/``.
 PRESETS["cpu-robust"] = defense_aware_preset(
     PRESETS["cpu-em"], ROBUST_TRANSFORMS, name="cpu-robust"
 )
