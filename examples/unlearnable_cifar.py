@@ -22,6 +22,7 @@ Writes into ``--output-dir``: ``config.json``, ``checkpoint.pt`` (resume with ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -72,12 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve_preset(args: argparse.Namespace) -> Preset:
     """The preset with the command line's changes."""
     preset = PRESETS[args.preset]
-    training = {**preset.training.to_dict(), "seed": args.seed}
+    training = dataclasses.replace(preset.training, seed=args.seed)
     if args.solver is not None and args.solver != preset.training.solver:
-        training.update(solver=args.solver, solver_options={})
+        training, kept, dropped = training.with_solver(args.solver)
+        print(f"--solver {args.solver}: kept {kept or 'no option'}, dropped {dropped or 'none'}")
     if args.epochs is not None:
-        training["epochs"] = args.epochs
-    changes: dict[str, Any] = {"training": type(preset.training)(**training)}
+        training = dataclasses.replace(training, epochs=args.epochs)
+    changes: dict[str, Any] = {"training": training}
     if args.epsilon is not None:
         changes["epsilon"] = args.epsilon
     if args.train_size is not None:

@@ -272,3 +272,20 @@ def test_usage_errors_exit_with_2_and_missing_files_with_1(tmp_path: Path, capsy
         )
         == 1
     )
+
+
+@pytest.mark.slow
+def test_another_solver_keeps_the_presets_options_it_has_and_says_what_it_drops(
+    tmp_path: Path, capsys
+) -> None:
+    """``smoke`` sets BOME's ``inner_steps`` to 2: BackGradient has the option and keeps it."""
+    run = tmp_path / "run"
+    args = ["train", str(run), "--preset", "smoke", "--dataset", "digits", "--no-progress"]
+    assert main([*args, "--epochs", "1", "--solver", "backgradient"]) == 0
+    err = capsys.readouterr().err
+    assert "--solver backgradient: kept the preset smoke's options" in err
+    assert "(inner_steps=2)" in err and "dropped the ones it has not (none)" in err
+    config = json.loads((run / "config.json").read_text())
+    options = config["preset"]["training"]["solver_options"]
+    assert config["preset"]["training"]["solver"] == "backgradient"
+    assert options["inner_steps"] == 2 and options["mode"] == "store"

@@ -193,8 +193,13 @@ def test_training_with_transforms_resumes_exactly(tmp_path: Path) -> None:
 
     def training(run_dir: Path, epochs: int) -> GeneratorTraining:
         game = small_game(follower_transforms=FollowerTransforms(names, seed=5))
-        config = TrainingConfig(epochs=epochs, batch_size=8, solver="bome", log_every=1)
-        config.solver_options = {"inner_steps": 2}
+        config = TrainingConfig(
+            epochs=epochs,
+            batch_size=8,
+            solver="bome",
+            solver_options={"inner_steps": 2},
+            log_every=1,
+        )
         return GeneratorTraining(game, config, train, run_dir=run_dir)
 
     whole = training(tmp_path / "whole", 2)

@@ -4,6 +4,7 @@ device reads, every solver's training step, checkpoints and exact resume, quick 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -120,9 +121,10 @@ def test_every_solver_takes_a_training_step(solver: str) -> None:
     game = small_game()
     x, y = batch(16)
     train = ImageDataset((x * 255).round().to(torch.uint8), y, ("a", "b", "c", "d"))
-    config = TrainingConfig(epochs=1, batch_size=8, solver=solver, log_every=1)
-    if solver == "bome":
-        config.solver_options = {"inner_steps": 2}
+    options = {"inner_steps": 2} if solver == "bome" else {}
+    config = TrainingConfig(
+        epochs=1, batch_size=8, solver=solver, solver_options=options, log_every=1
+    )
     training = GeneratorTraining(game, config, train)
     players = (game.leader, game.follower)
     before = [[p.detach().clone() for p in player.parameters()] for player in players]
@@ -225,7 +227,7 @@ def test_checkpoints_load_with_weights_only_and_refuse_other_settings(tmp_path: 
     assert state["epoch"] == 1 and "generator" in state
     assert (tmp_path / "training.json").is_file()
     other = _training(tmp_path, epochs=2)
-    other.config.generator_lr = 0.5
+    other.config = dataclasses.replace(other.config, generator_lr=0.5)
     with pytest.raises(ValueError, match=r"other settings: generator_lr \(0\.1 → 0\.5\)"):
         other.resume()
     other = _training(tmp_path, epochs=2, solver_options={"inner_steps": 3})
@@ -274,3 +276,31 @@ def test_bome_inner_loop_never_waits_on_the_cuda_device() -> None:
     assert all(t.is_cuda for t in theta_T)
     info = solver.step(data)  # the whole step, with its one read-back, still works
     assert math.isfinite(info["q"])
+
+
+def test_the_training_config_holds_its_solver_option_record_built_once() -> None:
+    from stackelberg.solvers import BOMEOptions
+    from stackelberg.unlearnable.training import GUE_SOLVER_OPTIONS
+
+    config = TrainingConfig(solver="bome", solver_options={"inner_steps": 2})
+    assert isinstance(config.solver_options, BOMEOptions)
+    assert config.options == GUE_SOLVER_OPTIONS["bome"].replace(inner_steps=2)
+    # Its dict form (what checkpoints store) reads back to the same config.
+    assert TrainingConfig(**config.to_dict()) == config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3  # type: ignore[misc]
+    with pytest.raises(TypeError, match="BackGradient takes BackGradientOptions, got BOMEOptions"):
+        dataclasses.replace(config, solver="backgradient")
+    with pytest.raises(TypeError, match="BOME got unknown option 'inner_step'"):
+        TrainingConfig(solver_options={"inner_step": 2})
+
+
+def test_another_solver_keeps_the_options_that_apply_and_names_the_dropped() -> None:
+    from stackelberg.unlearnable.training import GUE_SOLVER_OPTIONS
+
+    config = TrainingConfig(solver="bome", solver_options={"inner_steps": 2, "eta": 3.0})
+    moved, kept, dropped = config.with_solver("backgradient")
+    assert (kept, dropped) == ({"inner_steps": 2}, ["eta"])
+    assert moved.solver == "backgradient"
+    assert moved.options == GUE_SOLVER_OPTIONS["backgradient"].replace(inner_steps=2)
+    assert config.with_solver("bome") == (config, {}, [])

@@ -125,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--variant", choices=VARIANTS, help="game variant (default: the preset's)")
     train.add_argument(
-        "--solver", choices=sorted(SOLVERS), help="bilevel solver (default: the preset's)"
+        "--solver",
+        choices=sorted(SOLVERS),
+        help="bilevel solver (default: the preset's); keeps the preset's solver options that "
+        "this solver has, and says which it drops",
     )
     train.add_argument("--epsilon", type=_epsilon, help="ℓ∞ budget, e.g. 8/255 (default: preset)")
     train.add_argument("--epochs", type=_positive, help="generator epochs (default: preset)")
@@ -263,6 +266,17 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
     return load_dataset(args.dataset, args.data_dir, download=args.download)
 
 
+def _solver_change(preset: str, solver: str, kept: dict[str, Any], dropped: list[str]) -> str:
+    """What ``--solver`` did to the preset's solver options, in one line."""
+    kept_text = ", ".join(f"{k}={v!r}" for k, v in kept.items()) or "none"
+    dropped_text = ", ".join(dropped) or "none"
+    return (
+        f"--solver {solver}: kept the preset {preset}'s options that {solver} has "
+        f"({kept_text}); dropped the ones it has not ({dropped_text}); the rest are "
+        f"{solver}'s GUE defaults"
+    )
+
+
 def _train(args: argparse.Namespace) -> int:
     from stackelberg.unlearnable.driver import train_preset_generator
     from stackelberg.unlearnable.presets import PRESETS, split_preset_data
@@ -276,9 +290,10 @@ def _train(args: argparse.Namespace) -> int:
         preset = preset.with_changes(epsilon=args.epsilon)
     if args.train_size:
         preset = preset.with_changes(train_size=args.train_size)
-    if args.solver:
-        training = dataclasses.replace(preset.training, solver=args.solver, solver_options={})
+    if args.solver and args.solver != preset.training.solver:
+        training, kept, dropped = preset.training.with_solver(args.solver)
         preset = preset.with_changes(training=training)
+        print(_solver_change(args.preset, args.solver, kept, dropped), file=sys.stderr)
     run_dir: Path = args.run_dir
     started = (run_dir / "checkpoint.pt").exists() or (run_dir / "generator.pt").exists()
     if started and not args.resume:
@@ -344,15 +359,17 @@ _RESUMABLE_CHANGES = ("epochs", "device", "processes", "data_dir")
 def _check_same_run(path: Path, config: dict[str, Any]) -> None:
     """Refuse to resume a run whose defining settings (preset, ε, variant, solver, data set
     and its size, seed) differ from the saved ones, naming each key that differs."""
-    from stackelberg.unlearnable.training import differing_keys
+    from stackelberg.unlearnable.training import differing_keys, with_resolved_options
 
     try:
         saved = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{path} cannot be read ({error}); the run cannot be resumed") from None
 
-    if isinstance(saved.get("preset"), dict):  # runs begun before presets had the field
-        saved["preset"].setdefault("achromatic", False)
+    if isinstance(saved.get("preset"), dict):
+        saved["preset"].setdefault("achromatic", False)  # runs begun before the field
+        if isinstance(saved["preset"].get("training"), dict):  # 0.1 saved changed options only
+            saved["preset"]["training"] = with_resolved_options(saved["preset"]["training"])
 
     def defining(c: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in c.items() if k not in _RESUMABLE_CHANGES}

@@ -96,7 +96,15 @@ class Preset:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-ready, the training config as its ``to_dict()``."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {
+            **fields,
+            "training": self.training.to_dict(),
+            "victim_schedule": dataclasses.asdict(self.victim_schedule),
+            "game_options": dict(self.game_options),
+            "follower_transforms": list(self.follower_transforms),
+        }
 
 
 #: The CPU budget shared by ``cpu`` and ``cpu-paper-game``: the paper's game, BOME.

@@ -13,9 +13,10 @@ scored on a clean held-out split; the generator that leaves the victim least acc
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from stackelberg.data.folders import ImageDataset
 from stackelberg.solvers import (
     CG,
+    SOLVERS,
     BackGradientOptions,
     BOMEOptions,
     GDAOptions,
@@ -106,14 +108,21 @@ def gue_solver_options(name: str, overrides: dict[str, Any]) -> SolverOptions:
     return options_for(name, GUE_SOLVER_OPTIONS.get(name), **overrides)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingConfig:
-    """How the generator trains. Defaults are the GUE paper's CIFAR-10 settings."""
+    """How the generator trains. Defaults are the GUE paper's CIFAR-10 settings.
+
+    Frozen, and checked once when built. ``solver_options`` is the solver's option record
+    (``BOMEOptions``, ...), built once from what is given: a record of the solver's class is
+    taken as it is; a mapping (``{"inner_steps": 2}``, or the full ``to_dict()`` form a
+    checkpoint stores) updates ``GUE_SOLVER_OPTIONS[solver]``. Change a config with
+    ``dataclasses.replace`` or, for another solver, ``with_solver``.
+    """
 
     epochs: int = 50
     batch_size: int = 256
     solver: str = "bome"
-    solver_options: dict[str, Any] = field(default_factory=dict)
+    solver_options: SolverOptions | Mapping[str, Any] = field(default_factory=dict)
     generator_optimizer: str = "sgd"
     generator_lr: float = 0.1
     classifier_lr: float = 0.01
@@ -133,17 +142,45 @@ class TrainingConfig:
             raise ValueError("learning rates must be > 0")
         if self.quick_test_every < 0:
             raise ValueError("quick_test_every must be >= 0 (0: never)")
-        if isinstance(self.quick_test, dict):
-            self.quick_test = VictimSchedule(**self.quick_test)
-        gue_solver_options(self.solver, self.solver_options)  # refuse bad options now
+        if isinstance(self.quick_test, Mapping):
+            object.__setattr__(self, "quick_test", VictimSchedule(**self.quick_test))
+        options = self.solver_options
+        record = (
+            options_for(self.solver, options)
+            if isinstance(options, SolverOptions)
+            else gue_solver_options(self.solver, dict(options))
+        )
+        object.__setattr__(self, "solver_options", record)
+
+    @property
+    def options(self) -> SolverOptions:
+        """``solver_options``, typed as the record it always is once built."""
+        assert isinstance(self.solver_options, SolverOptions)
+        return self.solver_options
+
+    def with_solver(self, solver: str) -> tuple[TrainingConfig, dict[str, Any], list[str]]:
+        """This config for ``solver``: the options this one sets beyond its solver's GUE
+        defaults are kept where ``solver`` has them too. Returns the new config, the options
+        kept and the names dropped (options ``solver`` does not have)."""
+        if solver == self.solver:
+            return self, {}, []
+        base = GUE_SOLVER_OPTIONS.get(self.solver)
+        defaults = base.to_dict() if base is not None else options_for(self.solver).to_dict()
+        own = {k: v for k, v in self.options.to_dict().items() if defaults.get(k) != v}
+        accepted = set(SOLVERS[solver].Options.accepted()) if solver in SOLVERS else set()
+        kept = {k: v for k, v in own.items() if k in accepted}
+        dropped = sorted(set(own) - set(kept))
+        return dataclasses.replace(self, solver=solver, solver_options=kept), kept, dropped
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: a strategy object among the solver options (a linear solver) as its
-        ``to_dict()``, which the options read back."""
-        options = {
-            k: getattr(v, "to_dict", lambda v=v: v)() for k, v in self.solver_options.items()
+        """JSON-ready: the solver options as their record's ``to_dict()`` (every field, a
+        linear solver as its own dict), which the config reads back."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {
+            **fields,
+            "solver_options": self.options.to_dict(),
+            "quick_test": dataclasses.asdict(self.quick_test),
         }
-        return {**asdict(self), "solver_options": options}
 
 
 class GeneratorTraining:
@@ -205,7 +242,7 @@ class GeneratorTraining:
             game,
             self.generator_optimizer,
             self.classifier_optimizer,
-            gue_solver_options(config.solver, config.solver_options),
+            config.options,
             gradient_reducer=distributed.all_reduce_mean if parallel else None,
         )
         self.epoch = 0
@@ -413,13 +450,19 @@ def _normalized(value: Any) -> Any:
     return value
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that must match to resume (the epoch count may grow), with the solver's
-    options resolved, so that ``{}`` and the defaults spelled out compare equal."""
-    comparable = {k: v for k, v in config.items() if k != "epochs"}
+def with_resolved_options(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``TrainingConfig.to_dict()`` with its solver options resolved to every field,
+    so that a run saved with only the changed ones (``{"inner_steps": 2}``, as runs before
+    0.2 were) compares equal to the same options spelled out. An unknown solver or option is
+    left as written, to be compared (and reported) as such."""
     try:
         options = gue_solver_options(config["solver"], config.get("solver_options", {}))
     except (KeyError, TypeError, ValueError):
-        return comparable  # an unknown solver or option: compared (and reported) as written
-    comparable["solver_options"] = options.to_dict()
-    return comparable
+        return dict(config)
+    return {**config, "solver_options": options.to_dict()}
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that must match to resume (the epoch count may grow), with the solver's
+    options resolved."""
+    return {k: v for k, v in with_resolved_options(config).items() if k != "epochs"}
