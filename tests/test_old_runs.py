@@ -31,9 +31,12 @@ def test_a_generator_saved_by_0_1_loads_and_poisons_within_its_budget() -> None:
 def test_a_training_checkpoint_saved_by_0_1_resumes_to_the_uninterrupted_run(
     tmp_path: Path,
 ) -> None:
-    """Resumed from 0.1's epoch-1 checkpoint, epoch 2 gives exactly the generator that this
-    version trains in one go: the checkpoint's every state (generator, classifier, both
-    optimizers, the solver's, the RNG) carried over."""
+    """Resumed from 0.1's epoch-1 checkpoint, epoch 2 gives the generator that this version
+    trains in one go: the checkpoint's every state (generator, classifier, both optimizers,
+    the solver's, the RNG) carried over. Equal up to float rounding, not to the bit: the
+    fixture's first epoch ran in another process (its thread count and CPU kernels may differ
+    from this one's; a resume within one process is compared bit for bit in
+    ``test_unlearnable_training``)."""
     run = tmp_path / "old"
     shutil.copytree(OLD_RUN, run)
     base = ["--preset", "smoke", "--dataset", "digits", "--no-progress", "--epochs", "2"]
@@ -43,4 +46,4 @@ def test_a_training_checkpoint_saved_by_0_1_resumes_to_the_uninterrupted_run(
     assert main(["train", str(straight), *base]) == 0
     resumed = torch.load(run / "generator.pt", weights_only=True)
     for name, tensor in torch.load(straight / "generator.pt", weights_only=True).items():
-        assert torch.equal(resumed[name], tensor), name
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-3, atol=1e-4, msg=name)

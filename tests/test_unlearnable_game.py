@@ -347,3 +347,20 @@ def test_presets_build_and_the_paper_models_take_a_bome_step() -> None:
     config = TrainingConfig(epochs=1, batch_size=4, solver_options={"inner_steps": 1}, log_every=1)
     history = GeneratorTraining(game, config, train).run(progress=False)
     assert len(history) == 1 and np.isfinite(history[0]["leader_loss"])
+
+
+def test_a_presets_game_options_are_a_checked_record() -> None:
+    from stackelberg.unlearnable.game import GameOptions
+    from stackelberg.unlearnable.presets import PRESETS
+
+    preset = PRESETS["cpu-em-at2"]
+    assert isinstance(preset.game_options, GameOptions)
+    assert preset.game_options.error_minimizing_weight == 1.0
+    assert preset.game_options.adversarial_epsilon == 2 / 255
+    # It unpacks as the game's keyword arguments, and its dict form reads back.
+    assert dict(**preset.game_options) == preset.game_options.to_dict()
+    assert GameOptions.from_mapping(preset.game_options.to_dict()) == preset.game_options
+    with pytest.raises(TypeError, match="unknown game option 'error_minimising_weight'; the game"):
+        preset.with_changes(game_options={"error_minimising_weight": 1.0})
+    with pytest.raises(ValueError, match="adversarial_steps must be >= 1"):
+        preset.game_options.replace(adversarial_steps=0)

@@ -8,6 +8,7 @@ to overwrite; the message says what to do), 2 wrong usage (unknown option, bad v
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -359,6 +360,7 @@ _RESUMABLE_CHANGES = ("epochs", "device", "processes", "data_dir")
 def _check_same_run(path: Path, config: dict[str, Any]) -> None:
     """Refuse to resume a run whose defining settings (preset, ε, variant, solver, data set
     and its size, seed) differ from the saved ones, naming each key that differs."""
+    from stackelberg.unlearnable.game import GameOptions
     from stackelberg.unlearnable.training import differing_keys, with_resolved_options
 
     try:
@@ -370,6 +372,10 @@ def _check_same_run(path: Path, config: dict[str, Any]) -> None:
         saved["preset"].setdefault("achromatic", False)  # runs begun before the field
         if isinstance(saved["preset"].get("training"), dict):  # 0.1 saved changed options only
             saved["preset"]["training"] = with_resolved_options(saved["preset"]["training"])
+        if isinstance(saved["preset"].get("game_options"), dict):  # likewise
+            with contextlib.suppress(TypeError, ValueError):  # else compared as written
+                game_options = GameOptions.from_mapping(saved["preset"]["game_options"])
+                saved["preset"]["game_options"] = game_options.to_dict()
 
     def defining(c: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in c.items() if k not in _RESUMABLE_CHANGES}

@@ -17,6 +17,8 @@ or TRADES (Zhang et al. 2019); the attacker anticipates a victim that trains adv
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +38,7 @@ from stackelberg.unlearnable.losses import (
 )
 from stackelberg.unlearnable.transforms import FollowerTransforms, check_follower_transforms
 
-__all__ = ["VARIANTS", "PoisonedBatch", "UnlearnableGame", "apply_perturbation"]
+__all__ = ["VARIANTS", "GameOptions", "PoisonedBatch", "UnlearnableGame", "apply_perturbation"]
 
 VARIANTS = ("standard", "adversarial", "accuracy")
 _ADVERSARIAL_LOSSES = ("pgd", "trades")
@@ -45,6 +47,91 @@ _ADVERSARIAL_LOSSES = ("pgd", "trades")
 def apply_perturbation(x: Tensor, delta: Tensor) -> Tensor:
     """``clamp(x + δ, 0, 1)``: the poisoned image; ``|x̃ − x| ≤ |δ|`` entrywise."""
     return (x + delta).clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class GameOptions(Mapping[str, Any]):
+    """The unlearnable game's options beyond its players, ε and variant: the keyword
+    arguments of ``UnlearnableGame``, as a frozen record checked when built (a preset holds
+    one). It reads like a mapping, so ``UnlearnableGame(..., **options)`` works.
+
+    Args:
+        attacker_loss: ``L_a``: ``"sur"``, ``"ce"``, ``"ce_clip"`` or ``"cw"`` (``None``: the
+            variant's, ``"cw"`` for ``accuracy``, ``"sur"`` otherwise).
+        ce_clip: the clip of ``"ce_clip"`` (``> 0``).
+        cw_confidence: the Carlini–Wagner margin's confidence ``κ``.
+        adversarial_epsilon: ``ε_a`` of the adversarial variant's follower, in ``[0, 1]``.
+        adversarial_steps: its PGD steps (``>= 1``).
+        adversarial_loss: ``"pgd"`` or ``"trades"``.
+        trades_beta: TRADES' ``β``.
+        error_minimizing_weight: ``κ`` of the error-minimizing term in the leader's loss
+            (``>= 0``).
+    """
+
+    attacker_loss: str | None = None
+    ce_clip: float = DEFAULT_CE_CLIP
+    cw_confidence: float = 0.0
+    adversarial_epsilon: float = 2 / 255
+    adversarial_steps: int = 10
+    adversarial_loss: str = "pgd"
+    trades_beta: float = 6.0
+    error_minimizing_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.attacker_loss is not None and self.attacker_loss not in ATTACKER_LOSSES:
+            raise ValueError(
+                f"attacker_loss must be one of {', '.join(ATTACKER_LOSSES)}; got "
+                f"{self.attacker_loss!r}"
+            )
+        if self.adversarial_loss not in _ADVERSARIAL_LOSSES:
+            raise ValueError(
+                f"adversarial_loss must be 'pgd' or 'trades'; got {self.adversarial_loss!r}"
+            )
+        if not 0.0 <= self.adversarial_epsilon <= 1.0:
+            raise ValueError(
+                f"adversarial_epsilon must be in [0, 1], got {self.adversarial_epsilon}"
+            )
+        if self.adversarial_steps < 1:
+            raise ValueError(f"adversarial_steps must be >= 1, got {self.adversarial_steps}")
+        if self.ce_clip <= 0:
+            raise ValueError(f"ce_clip must be > 0, got {self.ce_clip}")
+        if not self.error_minimizing_weight >= 0:
+            raise ValueError(
+                f"error_minimizing_weight must be >= 0, got {self.error_minimizing_weight}"
+            )
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> GameOptions:
+        """The record of ``options`` (a record is returned as is); an unknown name is refused
+        with the accepted ones."""
+        if isinstance(options, GameOptions):
+            return options
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in options if k not in names]
+        if unknown:
+            raise TypeError(
+                f"unknown game option{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))}; the game accepts {', '.join(names)}"
+            )
+        return cls(**options)
+
+    def replace(self, **changes: Any) -> GameOptions:
+        """A copy with ``changes``, checked like a new record."""
+        return GameOptions.from_mapping({**self, **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -112,26 +199,21 @@ class UnlearnableGame(Game):
         super().__init__(leader=generator, follower=classifier)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
+        #: The keyword options as their checked record (``GameOptions``).
+        self.options = GameOptions(
+            attacker_loss=attacker_loss,
+            ce_clip=ce_clip,
+            cw_confidence=cw_confidence,
+            adversarial_epsilon=adversarial_epsilon,
+            adversarial_steps=adversarial_steps,
+            adversarial_loss=adversarial_loss,
+            trades_beta=trades_beta,
+            error_minimizing_weight=error_minimizing_weight,
+        )
         default = "cw" if variant == "accuracy" else "sur"
         attacker_loss = default if attacker_loss is None else attacker_loss
-        if attacker_loss not in ATTACKER_LOSSES:
-            raise ValueError(
-                f"attacker_loss must be one of {', '.join(ATTACKER_LOSSES)}; got {attacker_loss!r}"
-            )
         if variant == "accuracy" and attacker_loss != "cw":
             raise ValueError("the accuracy variant uses the Carlini-Wagner margin ('cw')")
-        if adversarial_loss not in _ADVERSARIAL_LOSSES:
-            raise ValueError(
-                f"adversarial_loss must be 'pgd' or 'trades'; got {adversarial_loss!r}"
-            )
-        if not 0.0 <= adversarial_epsilon <= 1.0:
-            raise ValueError(f"adversarial_epsilon must be in [0, 1], got {adversarial_epsilon}")
-        if adversarial_steps < 1:
-            raise ValueError(f"adversarial_steps must be >= 1, got {adversarial_steps}")
-        if ce_clip <= 0:
-            raise ValueError(f"ce_clip must be > 0, got {ce_clip}")
-        if not error_minimizing_weight >= 0:
-            raise ValueError(f"error_minimizing_weight must be >= 0, got {error_minimizing_weight}")
         self.epsilon = check_epsilon(epsilon, whole_level=True)
         self.variant = variant
         self.attacker_loss = attacker_loss

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,7 @@ from stackelberg.unlearnable.architectures import (
     build_classifier,
     build_generator,
 )
-from stackelberg.unlearnable.game import UnlearnableGame
+from stackelberg.unlearnable.game import GameOptions, UnlearnableGame
 from stackelberg.unlearnable.training import TrainingConfig
 from stackelberg.unlearnable.transforms import FollowerTransforms
 from stackelberg.unlearnable.victim import PAPER_SCHEDULE, VictimSchedule
@@ -84,13 +85,17 @@ class Preset:
     epsilon: float = 8 / 255
     variant: str = "standard"
     label_conditioned: bool = False
-    game_options: dict[str, Any] = field(default_factory=dict)
+    #: The game's keyword options (``game.GameOptions``; a mapping is read into one).
+    game_options: GameOptions | Mapping[str, Any] = field(default_factory=GameOptions)
     #: The victim's pipeline the generator trains against (``transforms.FollowerTransforms``
     #: names, one drawn per outer step); empty: the victim trains on the poisons as published.
     follower_transforms: tuple[str, ...] = ()
     #: One perturbation shared by the colour channels (a gray δ, which grayscale keeps whole
     #: and JPEG codes in luma only; ``UNetGenerator.bound``).
     achromatic: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "game_options", GameOptions.from_mapping(self.game_options))
 
     def with_changes(self, **changes: Any) -> Preset:
         return dataclasses.replace(self, **changes)
@@ -102,7 +107,7 @@ class Preset:
             **fields,
             "training": self.training.to_dict(),
             "victim_schedule": dataclasses.asdict(self.victim_schedule),
-            "game_options": dict(self.game_options),
+            "game_options": GameOptions.from_mapping(self.game_options).to_dict(),
             "follower_transforms": list(self.follower_transforms),
         }
 
@@ -183,11 +188,9 @@ def adversarial_preset(
     return base.with_changes(
         name=name or f"{base.name}-at{round(255 * adversarial_epsilon)}",
         variant="adversarial",
-        game_options={
-            **base.game_options,
-            "adversarial_epsilon": adversarial_epsilon,
-            "adversarial_steps": steps,
-        },
+        game_options=GameOptions.from_mapping(base.game_options).replace(
+            adversarial_epsilon=adversarial_epsilon, adversarial_steps=steps
+        ),
     )
 
 
