@@ -96,6 +96,9 @@ SOLVER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "follower_steps": 0,
         },
         "soba": {},
+        # The follower's 10 steps and the auxiliary's on l + λh; λ grows to 100 by step 100.
+        # inner_lr 0.3 on the quick grid (0.01 / 0.1 / 0.3 / 1.0; problems-quick README).
+        "f2sa": {"inner_steps": 10, "inner_lr": 0.3, "lambda_growth": 1.0, "lambda_max": 100.0},
         "gda": {"alternating": True, "follower_steps": 10},
     },
     "hyperparameters": {
@@ -112,6 +115,7 @@ SOLVER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "total_gradient": {"linear_solver": CG(max_iterations=20), "follower_steps": 10},
         "backgradient": {"inner_steps": 10, "inner_lr": 0.1, "keep_unrolled": True},
         "soba": {},
+        "f2sa": {"inner_steps": 10, "inner_lr": 0.3, "lambda_growth": 1.0, "lambda_max": 100.0},
         "gda": {"alternating": True, "follower_steps": 10},
     },
     # A network follower on minibatches: short inner loops, damping for the implicit ones.
@@ -129,6 +133,7 @@ SOLVER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "backgradient": {"inner_steps": 5, "inner_lr": 0.05, "keep_unrolled": True},
         "soba": {"damping": 0.1},
+        "f2sa": {"inner_steps": 5, "inner_lr": 0.3, "lambda_growth": 1.0, "lambda_max": 100.0},
         "gda": {"alternating": True, "follower_steps": 5},
     },
 }

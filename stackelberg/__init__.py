@@ -18,7 +18,7 @@ from typing import Any
 from stackelberg import _moved, solvers
 from stackelberg.game import BilevelBatch, Game, Variable
 from stackelberg.solve import History, solve
-from stackelberg.solvers import BOME, GDA, SOBA, BackGradient, TotalGradient
+from stackelberg.solvers import BOME, F2SA, GDA, SOBA, BackGradient, TotalGradient
 
 #: Imported on first use (``sg.games.toys``, ``sg.data.load_dataset``, ``sg.unlearnable``):
 #: ``import stackelberg`` loads the game API and the solvers only, not Pillow or the
@@ -38,6 +38,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BOME",
+    "F2SA",
     "GDA",
     "SOBA",
     "BackGradient",

@@ -22,6 +22,7 @@ SOLVERS = {
     "BackGradient": sg.BackGradient,
     "TotalGradient": sg.TotalGradient,
     "SOBA": sg.SOBA,
+    "F2SA": sg.F2SA,
 }
 
 

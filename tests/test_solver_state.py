@@ -43,6 +43,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         {"linear_solver": Neumann(step=0.3, max_iterations=3)},
     ),
     "soba": ("soba", {}),
+    "f2sa": ("f2sa", {"inner_steps": 3, "inner_lr": 0.3, "lambda_growth": 2.0}),  # z and λ
 }
 
 

@@ -19,6 +19,7 @@ from stackelberg.game import Game
 from stackelberg.solvers.backgradient import BackGradient
 from stackelberg.solvers.base import Solver
 from stackelberg.solvers.bome import BOME
+from stackelberg.solvers.f2sa import F2SA
 from stackelberg.solvers.gda import GDA
 from stackelberg.solvers.options import SolverOptions
 from stackelberg.solvers.soba import SOBA
@@ -33,6 +34,7 @@ SOLVERS: dict[str, type[Solver]] = {
     "backgradient": BackGradient,
     "total_gradient": TotalGradient,
     "soba": SOBA,
+    "f2sa": F2SA,
     "gda": GDA,
 }
 
