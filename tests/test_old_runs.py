@@ -1,10 +1,18 @@
-"""Files written before the application moved to ``stackelberg.unlearnable`` (0.1, by the
-``stackelberg train`` of commit a21815b) still load and resume: ``fixtures/run-0.1-smoke`` is
-that command's run folder (``--preset smoke --dataset digits --epochs 1``), committed as it
-wrote it."""
+"""Run folders written before the application moved to ``stackelberg.unlearnable`` and before
+options became records (0.1) still load and resume.
+
+The files hold no pickled classes (tensors and JSON only, read with ``weights_only=True``), so
+the move of the modules cannot reach them; what changed in them is the options: 0.1 stored
+only the solver options a preset changes (``{"inner_steps": 2}``) and the game options as
+given (``{}``), where 0.2 stores every field. A run folder is written here, then its three
+copies of those options (``config.json``, ``training.json``, the checkpoint's config) are
+rewritten as 0.1 wrote them, byte for byte the differences found between a run folder of
+commit a21815b and one of this version.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -14,36 +22,42 @@ import torch
 from stackelberg.unlearnable.checkpoint import load_generator
 from stackelberg.unlearnable.cli import main
 
-OLD_RUN = Path(__file__).parent / "fixtures" / "run-0.1-smoke"
+ARGS = ["--preset", "smoke", "--dataset", "digits", "--no-progress"]
+#: What 0.1 stored for the ``smoke`` preset's options.
+OLD_SOLVER_OPTIONS = {"inner_steps": 2}
 
 
-def test_a_generator_saved_by_0_1_loads_and_poisons_within_its_budget() -> None:
-    generator, metadata = load_generator(OLD_RUN / "generator.pt")
-    assert metadata["architecture"] == "unet-small" and metadata["epoch"] == 1
-    images = torch.rand(4, 1, 8, 8)
-    with torch.no_grad():
-        delta = generator(images)
-    assert delta.shape == images.shape
-    assert float(delta.abs().max()) <= metadata["epsilon"] + 1e-6
+def _as_written_by_0_1(run: Path) -> None:
+    config = json.loads((run / "config.json").read_text())
+    config["preset"]["training"]["solver_options"] = OLD_SOLVER_OPTIONS
+    config["preset"]["game_options"] = {}
+    (run / "config.json").write_text(json.dumps(config))
+    training = json.loads((run / "training.json").read_text())
+    training["config"]["solver_options"] = OLD_SOLVER_OPTIONS
+    (run / "training.json").write_text(json.dumps(training))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["config"]["solver_options"] = OLD_SOLVER_OPTIONS
+    torch.save(state, run / "checkpoint.pt")
 
 
 @pytest.mark.slow
-def test_a_training_checkpoint_saved_by_0_1_resumes_to_the_uninterrupted_run(
-    tmp_path: Path,
-) -> None:
-    """Resumed from 0.1's epoch-1 checkpoint, epoch 2 gives the generator that this version
-    trains in one go: the checkpoint's every state (generator, classifier, both optimizers,
-    the solver's, the RNG) carried over. Equal up to float rounding, not to the bit: the
-    fixture's first epoch ran in another process (its thread count and CPU kernels may differ
-    from this one's; a resume within one process is compared bit for bit in
-    ``test_unlearnable_training``)."""
-    run = tmp_path / "old"
-    shutil.copytree(OLD_RUN, run)
-    base = ["--preset", "smoke", "--dataset", "digits", "--no-progress", "--epochs", "2"]
-    assert main(["train", str(run), *base, "--resume"]) == 0
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2
+def test_a_0_1_run_folder_loads_and_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    assert main(["train", str(old), *ARGS, "--epochs", "1"]) == 0
+    _as_written_by_0_1(old)
+    _, metadata = load_generator(old / "generator.pt")
+    assert metadata["architecture"] == "unet-small" and metadata["epoch"] == 1
+    assert main(["train", str(old), *ARGS, "--epochs", "2", "--resume"]) == 0
+    assert torch.load(old / "checkpoint.pt", weights_only=True)["epoch"] == 2
     straight = tmp_path / "straight"
-    assert main(["train", str(straight), *base]) == 0
-    resumed = torch.load(run / "generator.pt", weights_only=True)
+    assert main(["train", str(straight), *ARGS, "--epochs", "2"]) == 0
+    resumed = torch.load(old / "generator.pt", weights_only=True)
     for name, tensor in torch.load(straight / "generator.pt", weights_only=True).items():
-        torch.testing.assert_close(resumed[name], tensor, rtol=1e-3, atol=1e-4, msg=name)
+        assert torch.equal(resumed[name], tensor), name
+    # And a changed option is still refused, named, after the 0.1 form is resolved.
+    changed = tmp_path / "changed"
+    shutil.copytree(old, changed)
+    config = json.loads((changed / "config.json").read_text())
+    config["preset"]["training"]["solver_options"] = {"inner_steps": 3}
+    (changed / "config.json").write_text(json.dumps(config))
+    assert main(["train", str(changed), *ARGS, "--epochs", "3", "--resume"]) == 1
