@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ __all__ = [
     "check_choice",
     "check_epsilon",
     "check_int",
+    "check_known",
     "check_labels",
     "check_positive",
     "check_unit_interval",
@@ -119,3 +120,25 @@ def check_labels(labels: Tensor, num_classes: int, name: str) -> None:
             f"{name} must lie in [0, {num_classes - 1}], got values in "
             f"[{int(labels.min())}, {int(labels.max())}]"
         )
+
+
+def check_known(
+    owner: str,
+    names: Iterable[str],
+    accepted: Sequence[str],
+    *,
+    kind: str = "option",
+    hints: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse names that ``owner`` does not accept, in one line that lists what it does:
+    ``"BOME got unknown option 'u1'; it accepts inner_steps, ... (u1: use eta ...)"``.
+    ``hints`` points a name from other code to ours."""
+    unknown = [name for name in names if name not in accepted]
+    if not unknown:
+        return
+    hints = hints or {}
+    pointers = "".join(f" ({name}: use {hints[name]})" for name in unknown if name in hints)
+    raise TypeError(
+        f"{owner} got unknown {kind}{'s' if len(unknown) > 1 else ''} "
+        f"{', '.join(map(repr, unknown))}; it accepts {', '.join(accepted)}{pointers}"
+    )

@@ -360,7 +360,9 @@ def test_a_presets_game_options_are_a_checked_record() -> None:
     # It unpacks as the game's keyword arguments, and its dict form reads back.
     assert dict(**preset.game_options) == preset.game_options.to_dict()
     assert GameOptions.from_mapping(preset.game_options.to_dict()) == preset.game_options
-    with pytest.raises(TypeError, match="unknown game option 'error_minimising_weight'; the game"):
+    with pytest.raises(
+        TypeError, match="UnlearnableGame got unknown option 'error_minimising_weight'; it accepts"
+    ):
         preset.with_changes(game_options={"error_minimising_weight": 1.0})
     with pytest.raises(ValueError, match="adversarial_steps must be >= 1"):
         preset.game_options.replace(adversarial_steps=0)

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from stackelberg.checks import check_choice, check_int, check_positive
+from stackelberg.checks import check_choice, check_int, check_known, check_positive
 from stackelberg.solvers.tree import TensorTuple, tree_add, tree_dot, tree_norm, tree_scale
 
 __all__ = [
@@ -209,12 +209,7 @@ class LinearSolver:
         """A copy with ``changes``, checked like a new solver; a field this solver does not
         have is refused with the ones it has."""
         fields = [f.name for f in dataclasses.fields(self)]
-        unknown = [k for k in changes if k not in fields]
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__} has no field {', '.join(map(repr, unknown))}; its "
-                f"fields are {', '.join(fields)}"
-            )
+        check_known(type(self).__name__, changes, fields, kind="field")
         return dataclasses.replace(self, **changes)
 
     @staticmethod

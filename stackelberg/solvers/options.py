@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from stackelberg.checks import check_int
+from stackelberg.checks import check_int, check_known
 
 __all__ = ["HypergradientOptions", "SolverOptions"]
 
@@ -36,13 +36,7 @@ class SolverOptions:
 
     @classmethod
     def _check_names(cls, solver: str, names: Sequence[str]) -> None:
-        unknown = [n for n in names if n not in cls.accepted()]
-        if unknown:
-            hints = "".join(f" ({n}: use {cls.aliases[n]})" for n in unknown if n in cls.aliases)
-            raise TypeError(
-                f"{solver} got unknown option{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(map(repr, unknown))}; it accepts {', '.join(cls.accepted())}{hints}"
-            )
+        check_known(solver, names, cls.accepted(), hints=cls.aliases)
 
     @classmethod
     def resolve(

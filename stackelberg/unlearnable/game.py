@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from stackelberg.checks import check_epsilon, check_unit_interval
+from stackelberg.checks import check_epsilon, check_known, check_unit_interval
 from stackelberg.game import Game
 from stackelberg.games.adversarial import pgd_attack, project_linf, signed_gradient_steps
 from stackelberg.models.generators import generate, is_conditional
@@ -106,13 +106,7 @@ class GameOptions(Mapping[str, Any]):
         with the accepted ones."""
         if isinstance(options, GameOptions):
             return options
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in options if k not in names]
-        if unknown:
-            raise TypeError(
-                f"unknown game option{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(map(repr, unknown))}; the game accepts {', '.join(names)}"
-            )
+        check_known("UnlearnableGame", options, [f.name for f in dataclasses.fields(cls)])
         return cls(**options)
 
     def replace(self, **changes: Any) -> GameOptions:
