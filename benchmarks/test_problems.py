@@ -95,7 +95,7 @@ def output_dir() -> Iterator[Path]:
 def test_solver_on_a_real_problem(benchmark, output_dir: Path, problem: str, solver: str) -> None:
     config = {**QUICK, **FULL}[problem]
     # Equal budgets of follower gradients: SOBA takes one per step, the others about ten.
-    steps = config.steps * (10 if solver == "soba" else 1)
+    steps = config.steps * (10 if solver in ("soba", "saba") else 1)
     config = dataclasses.replace(config, solver=solver, steps=steps)
     record: dict[str, Any] = {}
 

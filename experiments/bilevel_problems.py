@@ -61,7 +61,7 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, tuple[float, float]]] = {
 #: SOBA moves the leader once per follower gradient, ten times as often as the others, and
 #: needs a larger leader step (the issue's measurement: leader lr 1000 on MNIST).
 SOLVER_OPTIMIZERS: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
-    "hyper-cleaning": {"soba": {"leader": (1000.0, 0.9)}},
+    "hyper-cleaning": {"soba": {"leader": (1000.0, 0.9)}, "saba": {"leader": (1000.0, 0.9)}},
     "hyperparameters": {},
     "reweighting": {},
 }
@@ -96,6 +96,7 @@ SOLVER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "follower_steps": 0,
         },
         "soba": {},
+        "saba": {},
         # The follower's 10 steps and the auxiliary's on l + λh; λ grows to 100 by step 100.
         # inner_lr 0.3 on the quick grid (0.01 / 0.1 / 0.3 / 1.0; problems-quick README).
         "f2sa": {"inner_steps": 10, "inner_lr": 0.3, "lambda_growth": 1.0, "lambda_max": 100.0},
@@ -115,6 +116,7 @@ SOLVER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "total_gradient": {"linear_solver": CG(max_iterations=20), "follower_steps": 10},
         "backgradient": {"inner_steps": 10, "inner_lr": 0.1, "keep_unrolled": True},
         "soba": {},
+        "saba": {},
         "f2sa": {"inner_steps": 10, "inner_lr": 0.3, "lambda_growth": 1.0, "lambda_max": 100.0},
         "gda": {"alternating": True, "follower_steps": 10},
     },
@@ -133,6 +135,7 @@ SOLVER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "backgradient": {"inner_steps": 5, "inner_lr": 0.05, "keep_unrolled": True},
         "soba": {"damping": 0.1},
+        "saba": {"damping": 0.1},
         "f2sa": {"inner_steps": 5, "inner_lr": 0.3, "lambda_growth": 1.0, "lambda_max": 100.0},
         "gda": {"alternating": True, "follower_steps": 5},
     },
@@ -350,15 +353,21 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     game, solver, data = build(config)
+    blocks = config.solver == "saba"  # SABA's memory is indexed by fixed blocks
+    seed = config.seed
     if config.problem == "hyper-cleaning":
-        follower_data = data.follower_batches(config.batch_size, seed=config.seed)
-        leader_data = data.leader_batches(config.leader_batch_size, seed=config.seed + 1)
+        follower_data = data.follower_batches(config.batch_size, seed, fixed_blocks=blocks)
+        leader_data = data.leader_batches(config.leader_batch_size, seed + 1, fixed_blocks=blocks)
     elif config.problem == "reweighting":
-        follower_data = data.follower_batches(config.batch_size or 128, seed=config.seed)
-        leader_data = data.leader_batches(config.leader_batch_size or 128, seed=config.seed + 1)
+        follower_data = data.follower_batches(config.batch_size or 128, seed, fixed_blocks=blocks)
+        leader_data = data.leader_batches(
+            config.leader_batch_size or 128, seed + 1, fixed_blocks=blocks
+        )
     else:
-        follower_data = TensorBatches(*data.train, batch_size=config.batch_size, seed=config.seed)
-        leader_data = TensorBatches(*data.val)
+        follower_data = TensorBatches(
+            *data.train, batch_size=config.batch_size, seed=seed, fixed_blocks=blocks
+        )
+        leader_data = TensorBatches(*data.val, fixed_blocks=blocks)
     history = sg.solve(
         game,
         solver,

@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 from stackelberg import _moved, solvers
-from stackelberg.game import BilevelBatch, Game, Variable
+from stackelberg.game import BilevelBatch, Game, Indexed, Variable
 from stackelberg.solve import History, solve
 from stackelberg.solvers import BOME, F2SA, GDA, SOBA, BackGradient, TotalGradient
 
@@ -45,6 +45,7 @@ __all__ = [
     "BilevelBatch",
     "Game",
     "History",
+    "Indexed",
     "TotalGradient",
     "Variable",
     "data",

@@ -26,6 +26,7 @@ __all__ = [
     "BilevelBatch",
     "FunctionalView",
     "Game",
+    "Indexed",
     "Variable",
     "batch_for",
     "check_finite_losses",
@@ -81,10 +82,25 @@ class BilevelBatch:
         return self.leader if loss == "leader_loss" else self.follower
 
 
+@dataclass(frozen=True)
+class Indexed:
+    """Block ``index`` of a fixed partition of a finite data set, and its ``batch``.
+
+    What a variance-reduced solver (``SABA``) keeps one memory entry per; every loss receives
+    ``batch`` itself (``batch_for`` unwraps it), so games and the other solvers never see this
+    class. ``TensorBatches(..., fixed_blocks=True)`` yields them.
+    """
+
+    index: int
+    batch: Any
+
+
 def batch_for(loss: str, batch: Any) -> Any:
     """What ``loss`` is given from an outer step's ``batch``: its own part of a
-    ``BilevelBatch``, or the batch itself (both losses share one data set)."""
-    return batch.part(loss) if isinstance(batch, BilevelBatch) else batch
+    ``BilevelBatch``, or the batch itself (both losses share one data set); an ``Indexed``
+    block gives its batch."""
+    part = batch.part(loss) if isinstance(batch, BilevelBatch) else batch
+    return part.batch if isinstance(part, Indexed) else part
 
 
 class Game(nn.Module):

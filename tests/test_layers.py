@@ -26,8 +26,8 @@ LAYERS = {
     "utils": 0,
     "_moved": 0,
     "game": 1,
-    "data": 1,
     "models": 1,
+    "data": 2,  # its fixed-block batches come as game.Indexed
     "solvers": 2,
     "solve": 3,
     "stackelberg": 4,  # the package's own __init__: the game API, the solvers, the loop

@@ -44,6 +44,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "soba": ("soba", {}),
     "f2sa": ("f2sa", {"inner_steps": 3, "inner_lr": 0.3, "lambda_growth": 2.0}),  # z and λ
+    "saba": ("saba", {}),  # v and the memory tables (one block without data)
 }
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from stackelberg.game import Indexed
 
 __all__ = ["TensorBatches"]
 
@@ -19,6 +22,11 @@ class TensorBatches:
     how a per-sample leader (one weight per training sample, as in hyper-cleaning) meets the
     minibatch. ``batch_size=None`` gives one full batch per pass, in order.
 
+    With ``fixed_blocks=True`` the samples are partitioned into blocks once (a permutation
+    drawn from ``seed``), every pass visits all blocks in a new random order, and each batch
+    comes as ``Indexed(k, batch)``: the finite set of indexed minibatches that a
+    variance-reduced solver (``SABA``) keeps one memory entry per.
+
     Raises:
         ValueError: no tensor, tensors of different lengths, or a batch size below 1.
     """
@@ -30,6 +38,7 @@ class TensorBatches:
         with_index: bool = False,
         drop_last: bool = False,
         seed: int = 0,
+        fixed_blocks: bool = False,
     ) -> None:
         if not tensors:
             raise ValueError("TensorBatches needs at least one tensor")
@@ -44,6 +53,9 @@ class TensorBatches:
         self.with_index = with_index
         self.drop_last = drop_last
         self.generator = torch.Generator().manual_seed(seed)
+        self.fixed_blocks = fixed_blocks
+        #: The partition, when the blocks are fixed: drawn once, before any pass.
+        self._partition = torch.randperm(self.size, generator=self.generator)
 
     def __len__(self) -> int:
         if self.batch_size is None:
@@ -51,14 +63,23 @@ class TensorBatches:
         full, rest = divmod(self.size, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+    def __iter__(self) -> Iterator[Any]:
         device = self.tensors[0].device
         if self.batch_size is None:
             index = torch.arange(self.size, device=device)
-            yield (*self.tensors, index) if self.with_index else tuple(self.tensors)
+            whole = (*self.tensors, index) if self.with_index else tuple(self.tensors)
+            yield Indexed(0, whole) if self.fixed_blocks else whole
             return
-        order = torch.randperm(self.size, generator=self.generator).to(device)
-        for k in range(len(self)):
+        if self.fixed_blocks:
+            order, blocks = (
+                self._partition.to(device),
+                torch.randperm(len(self), generator=self.generator),
+            )
+        else:
+            order = torch.randperm(self.size, generator=self.generator).to(device)
+            blocks = torch.arange(len(self))
+        for k in blocks.tolist():
             index = order[k * self.batch_size : (k + 1) * self.batch_size]
             part = tuple(t[index] for t in self.tensors)
-            yield (*part, index) if self.with_index else part
+            batch = (*part, index) if self.with_index else part
+            yield Indexed(k, batch) if self.fixed_blocks else batch

@@ -221,14 +221,24 @@ class CleaningData:
             self.num_classes,
         )
 
-    def follower_batches(self, batch_size: int | None = None, seed: int = 0) -> TensorBatches:
+    def follower_batches(
+        self, batch_size: int | None = None, seed: int = 0, *, fixed_blocks: bool = False
+    ) -> TensorBatches:
         """The training set as the follower's stream ``(x, y, index)`` (full batch by
-        default)."""
-        return TensorBatches(*self.train, batch_size=batch_size, with_index=True, seed=seed)
+        default; ``fixed_blocks``: indexed blocks of a fixed partition, for ``SABA``)."""
+        return TensorBatches(
+            *self.train,
+            batch_size=batch_size,
+            with_index=True,
+            seed=seed,
+            fixed_blocks=fixed_blocks,
+        )
 
-    def leader_batches(self, batch_size: int | None = None, seed: int = 1) -> TensorBatches:
+    def leader_batches(
+        self, batch_size: int | None = None, seed: int = 1, *, fixed_blocks: bool = False
+    ) -> TensorBatches:
         """The validation set as the leader's stream ``(x, y)`` (full batch by default)."""
-        return TensorBatches(*self.val, batch_size=batch_size, seed=seed)
+        return TensorBatches(*self.val, batch_size=batch_size, seed=seed, fixed_blocks=fixed_blocks)
 
     def metrics(self, game: HyperCleaning) -> dict[str, float]:
         """Test accuracy and loss of the follower, validation loss, and the cleaner's

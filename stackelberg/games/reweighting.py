@@ -135,13 +135,20 @@ class ImbalancedData:
             move(self.train), move(self.val), move(self.test), self.counts, self.num_classes
         )
 
-    def follower_batches(self, batch_size: int = 128, seed: int = 0) -> TensorBatches:
-        """The imbalanced training set as the follower's minibatch stream."""
-        return TensorBatches(*self.train, batch_size=batch_size, seed=seed)
+    def follower_batches(
+        self, batch_size: int = 128, seed: int = 0, *, fixed_blocks: bool = False
+    ) -> TensorBatches:
+        """The imbalanced training set as the follower's minibatch stream (``fixed_blocks``:
+        indexed blocks of a fixed partition, for ``SABA``)."""
+        return TensorBatches(
+            *self.train, batch_size=batch_size, seed=seed, fixed_blocks=fixed_blocks
+        )
 
-    def leader_batches(self, batch_size: int = 128, seed: int = 1) -> TensorBatches:
+    def leader_batches(
+        self, batch_size: int = 128, seed: int = 1, *, fixed_blocks: bool = False
+    ) -> TensorBatches:
         """The balanced validation set as the leader's minibatch stream."""
-        return TensorBatches(*self.val, batch_size=batch_size, seed=seed)
+        return TensorBatches(*self.val, batch_size=batch_size, seed=seed, fixed_blocks=fixed_blocks)
 
     def metrics(self, game: ClassReweighting) -> dict[str, float]:
         """Test accuracy, its mean over classes and over the rarer half of the classes, the

@@ -8,10 +8,11 @@
 ``SOBA``           single loop: follower, linear-system estimate and leader one step each
 ``F2SA``           fully first-order penalty (Kwon et al. 2023): follower and auxiliary steps,
                    no second derivative
+``SABA``           SOBA with SAGA's memory per data block: variance-reduced on finite sums
 =================  ==========================================================================
 
 ``make`` builds any of them by name (``"gda"``, ``"bome"``, ``"backgradient"``,
-``"total_gradient"``, ``"soba"``, ``"f2sa"``); each takes a frozen option record
+``"total_gradient"``, ``"soba"``, ``"f2sa"``, ``"saba"``); each takes a frozen option record
 (``BOMEOptions``, ...) and has ``state_dict()`` / ``load_state_dict()``. The
 implicit-function method takes its linear solver as an object: ``CG(max_iterations, tol)``,
 ``NormalCG(...)``, ``Neumann(step, max_iterations)``.
@@ -25,6 +26,7 @@ from stackelberg.solvers.gda import GDA, GDAOptions
 from stackelberg.solvers.linsolve import CG, LinearSolver, Neumann, NormalCG, cg, neumann, normal_cg
 from stackelberg.solvers.options import HypergradientOptions, SolverOptions
 from stackelberg.solvers.registry import SOLVERS, make, options_for
+from stackelberg.solvers.saba import SABA, SABAOptions
 from stackelberg.solvers.soba import SOBA, SOBAOptions
 from stackelberg.solvers.total_gradient import TotalGradient, TotalGradientOptions
 
@@ -33,6 +35,7 @@ __all__ = [
     "CG",
     "F2SA",
     "GDA",
+    "SABA",
     "SOBA",
     "SOLVERS",
     "BOMEOptions",
@@ -44,6 +47,7 @@ __all__ = [
     "LinearSolver",
     "Neumann",
     "NormalCG",
+    "SABAOptions",
     "SOBAOptions",
     "Solver",
     "SolverOptions",

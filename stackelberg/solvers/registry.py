@@ -22,6 +22,7 @@ from stackelberg.solvers.bome import BOME
 from stackelberg.solvers.f2sa import F2SA
 from stackelberg.solvers.gda import GDA
 from stackelberg.solvers.options import SolverOptions
+from stackelberg.solvers.saba import SABA
 from stackelberg.solvers.soba import SOBA
 from stackelberg.solvers.total_gradient import TotalGradient
 from stackelberg.solvers.tree import TensorTuple
@@ -35,6 +36,7 @@ SOLVERS: dict[str, type[Solver]] = {
     "total_gradient": TotalGradient,
     "soba": SOBA,
     "f2sa": F2SA,
+    "saba": SABA,
     "gda": GDA,
 }
 

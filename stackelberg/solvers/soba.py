@@ -102,6 +102,9 @@ class SOBA(Solver):
         w, theta, leader_loss, grad_w_l, grad_theta_l, h, grad_theta_h = self.implicit_terms(batch)
         second = gradients(grad_theta_h, theta + w, grad_outputs=self.v)
         hv, cross = second[: len(theta)], second[len(theta) :]
+        grad_theta_h, hv, cross, grad_theta_l, grad_w_l = self._estimates(
+            batch, _detached(grad_theta_h), hv, cross, grad_theta_l, grad_w_l
+        )
         if self.options.damping:
             hv = tree_add(hv, self.v, alpha=self.options.damping)
         d_v = tree_add(hv, grad_theta_l, alpha=-1.0)
@@ -118,6 +121,19 @@ class SOBA(Solver):
             }
         )
         return _detached(d_w), d_theta, _detached(d_v), info
+
+    def _estimates(
+        self,
+        batch: Any,
+        grad_theta_h: TensorTuple,
+        hv: TensorTuple,
+        cross: TensorTuple,
+        grad_theta_l: TensorTuple,
+        grad_w_l: TensorTuple,
+    ) -> tuple[TensorTuple, TensorTuple, TensorTuple, TensorTuple, TensorTuple]:
+        """The five terms of the directions as the step uses them: SOBA takes the batch's own
+        (``SABA`` corrects them with its memory)."""
+        return grad_theta_h, hv, cross, grad_theta_l, grad_w_l
 
     def step(self, batch: Any = None) -> StepInfo:
         d_w, d_theta, d_v, info = self.directions(batch)
