@@ -22,6 +22,11 @@ ending with ``∇L = g``. The three modes differ only in how ``θ_t`` is availab
   started at ``θ_{t+1}`` (one iteration is the paper's ``θ_{t+1} + α∇h(w, θ_{t+1})``).
   Memory O(P) whatever ``T``; the answer is approximate, and the distance between the
   reconstructed and the true ``θ_0`` is reported as ``reconstruction_error``.
+
+Stochastic use: the unroll reads the follower batch of its outer step for all ``T`` steps,
+and the leader's loss its own batch; the result is the exact gradient of that sampled
+unroll, an unbiased estimate only of the sampled problem (truncation biases it, as
+deterministically).
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ with ``φ = η‖∇q̂‖²`` (``phi="grad_norm"``, the paper's default) or ``�
 (``phi="value"``). The rule guarantees ⟨d, ∇q̂⟩ ≥ φ, so q̂ decreases whenever it is not yet
 optimal, and otherwise follows ∇l projected away from ∇q̂. The cost is ``T + 3`` first-order
 gradients per step and O(P) memory: no second-order derivative is ever taken.
+
+Stochastic use: the inner loop and the three outer gradients may read minibatches (the
+inner loop reads the follower batch of its outer step); Liu et al. analyse the
+deterministic method only, and ``λ`` depends nonlinearly on the gradients, so the step is
+biased on minibatches: the measured curves on the real problems are the guide.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """F2SA: the fully first-order penalty method of Kwon, Kwon, Wright & Nowak (ICML 2023).
 
 With ``l`` the leader's loss and ``h`` the follower's, F2SA replaces the bilevel problem by the
-penalty ``L_λ(w, z, θ) = l(w, z) + λ (h(w, z) − h(w, θ))`` (their eq. (3), with their ``y`` our
+penalty ``L_λ(w, z, θ) = l(w, z) + λ (h(w, z) − h(w, θ))`` (with their ``y`` our
 auxiliary ``z`` and their ``z`` our follower ``θ``). Its gradient in ``w`` at
 ``z ≈ z*_λ(w) = argmin_z l(w, z) + λ h(w, z)`` and ``θ ≈ θ*(w) = argmin_θ h(w, θ)`` approaches
-the hypergradient with an ``O(1/λ)`` bias (their Lemma 3.1), using first derivatives only. Each
-outer step (their Algorithm 1):
+the hypergradient with an ``O(1/λ)`` bias (their analysis; measured in ``tests/test_f2sa.py``),
+using first derivatives only. Each outer step (their Algorithm 1):
 
     θ ← θ − γ ∇_θ h(w, θ)                          (T times: the follower's optimizer)
     z ← z − (γ/λ) (∇_z l(w, z) + λ ∇_z h(w, z))      (T times: ``inner_lr`` = γ)

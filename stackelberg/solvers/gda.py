@@ -9,6 +9,10 @@ follower's new position. Neither accounts for the follower's response to the lea
 fixed points are Nash equilibria (∇_w l = 0 and ∇_θ h = 0), not Stackelberg ones: on toy T2
 GDA ends at (1, β) while the leader's optimum is ((1 + 2β)/(1 + β²), β·w*). It is the naive
 baseline every other solver must beat.
+
+Stochastic use: each gradient may be taken on a minibatch (the leader's loss on the leader's
+stream, the follower's on the follower's); it is then SGD on each player's own loss, with
+its usual assumptions (unbiased gradients, bounded variance, decreasing steps to converge).
 """
 
 from __future__ import annotations

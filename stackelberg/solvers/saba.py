@@ -9,7 +9,7 @@ the five terms it drew there and replaces each term ``q_k`` by SAGA's estimate
     q̂ = q_k − M[k] + (1/n) Σ_k' M[k'],    then M[k] ← q_k,
 
 whose variance vanishes as the iterates converge, so constant steps reach the solution at
-the rate of full-batch descent (their Theorem 3.3). The terms (SOBA's, module ``soba``):
+the rate of full-batch descent (their convergence analysis). The terms (SOBA's, module ``soba``):
 ``∇_θ h_i``, ``∇²_θθ h_i v``, ``∇²_wθ h_i v`` per follower block ``i``; ``∇_θ l_j``,
 ``∇_w l_j`` per leader block ``j``.
 

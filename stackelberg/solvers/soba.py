@@ -20,6 +20,11 @@ follower gradient plus one Hessian-vector product, whose two blocks ``∇²_θθ
 ``∇²_wθ h · v`` come from a single double-backward pass of ``⟨∇_θ h, v⟩``.
 
 ``v`` starts at zero; ``SOBA.state_dict`` saves it so a resumed run continues exactly.
+
+Stochastic use: made for it. Each step may draw a follower and a leader minibatch
+independently; their analysis assumes unbiased estimates of the five
+terms with bounded variance and steps that decrease (``O(1/√k)``); with constant steps it
+settles in a noise ball, which ``SABA`` removes on finite sums.
 """
 
 from __future__ import annotations
