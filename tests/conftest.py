@@ -23,7 +23,18 @@ SOLVERS = {
     "TotalGradient": sg.TotalGradient,
     "SOBA": sg.SOBA,
     "F2SA": sg.F2SA,
+    "SABA": sg.solvers.SABA,
 }
+
+
+def as_blocks(solver_name: str, data: Any) -> Any:
+    """``data`` as the solver reads it: for SABA, whose memory is indexed by data block, each
+    batch of a list (or a single batch) as an ``sg.Indexed`` block; for the others as is."""
+    if solver_name != "SABA":
+        return data
+    if isinstance(data, list):
+        return [sg.Indexed(k, batch) for k, batch in enumerate(data)]
+    return sg.Indexed(0, data)
 
 
 def make_solver(

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import SOLVERS, make_solver
+from conftest import SOLVERS, as_blocks, make_solver
 
 import stackelberg as sg
 from stackelberg.solvers.autograd import detached
@@ -54,8 +54,8 @@ def test_every_solver_hands_each_loss_its_own_stream(name: str) -> None:
             game,
             solver,
             steps=5,
-            leader_data=tagged("val", 2, 0),
-            follower_data=tagged("train", 3, 1),
+            leader_data=as_blocks(name, tagged("val", 2, 0)),
+            follower_data=as_blocks(name, tagged("train", 3, 1)),
             progress=False,
         )
     # Each stream cycles on its own: the leader's over 2 batches, the follower's over 3.

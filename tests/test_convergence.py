@@ -27,6 +27,7 @@ SETTINGS = {
     "TotalGradient": ({}, 0.1, 0.5, 400),
     "BackGradient": ({"inner_steps": 40, "inner_lr": 0.4}, 0.1, 0.5, 400),
     "SOBA": ({}, 0.1, 0.5, 400),  # single loop: one follower, v and leader step per outer step
+    "SABA": ({}, 0.1, 0.5, 400),  # without data one block: SOBA's path
     # λ grows to 1 000 by step 100: the penalty's O(1/λ) bias is then about 1e-3 of w*.
     "F2SA": (
         {"inner_steps": 10, "inner_lr": 0.5, "lambda_growth": 10.0, "lambda_max": 1000.0},
@@ -40,6 +41,7 @@ TOLERANCE = {
     "TotalGradient": 1e-4,
     "BackGradient": 1e-4,
     "SOBA": 1e-4,
+    "SABA": 1e-4,
     "F2SA": 1e-3,
 }
 #: Solvers whose runs take seconds each (BOME's 1 500 steps of 30 inner steps, BackGradient's

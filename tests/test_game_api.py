@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import SOLVERS, make_solver
+from conftest import SOLVERS, as_blocks, make_solver
 
 import stackelberg as sg
 from stackelberg.game import functional_view
@@ -85,7 +85,8 @@ def test_define_a_game_in_a_few_lines() -> None:
 def test_solve_cycles_through_batches_and_records_history(solver_name: str) -> None:
     game = ShrinkageGame()
     solver = make_solver(solver_name, game, 0.05, 0.05)
-    history = sg.solve(game, solver, regression_batches(3), 7, progress=False)
+    data = as_blocks(solver_name, regression_batches(3))
+    history = sg.solve(game, solver, data, 7, progress=False)
     assert [info["step"] for info in history] == list(range(7))
     assert all(math.isfinite(v) for info in history for v in info.values())
     assert solver.steps_taken == 7
@@ -120,7 +121,7 @@ def test_solve_rejects_bad_arguments() -> None:
 @pytest.mark.parametrize("solver_name", list(SOLVERS))
 def test_every_solver_keeps_the_dtype(solver_name: str, dtype: torch.dtype) -> None:
     game = ShrinkageGame().to(dtype)
-    batches = [(x.to(dtype), y.to(dtype)) for x, y in regression_batches(2)]
+    batches = as_blocks(solver_name, [(x.to(dtype), y.to(dtype)) for x, y in regression_batches(2)])
     solver = make_solver(solver_name, game, 0.05, 0.05)
     info = sg.solve(game, solver, batches, 3, progress=False)[-1]
     assert all(p.dtype == dtype for p in game.parameters())
@@ -138,7 +139,7 @@ def test_every_solver_runs_on_cuda(solver_name: str) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("solver_name", ["GDA", "BOME", "BackGradient", "SOBA", "TotalGradient"])
+@pytest.mark.parametrize("solver_name", list(SOLVERS))
 def test_a_step_reads_the_device_only_at_its_checks_on_cuda(solver_name: str) -> None:
     """Every synchronization outside ``host_read`` (the step's one check of its losses and
     directions, and its diagnostics) raises under the sync debug mode. TotalGradient runs CG

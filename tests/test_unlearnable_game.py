@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SOLVERS, make_solver
+from conftest import SOLVERS, as_blocks, make_solver
 from gue_helpers import EPS, batch, small_game
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -146,7 +146,7 @@ def test_every_solver_steps_the_adversarial_variant(solver: str, loss: str) -> N
     follower = torch.cat([p.detach().flatten() for p in game.follower.parameters()])
     stepper = make_solver(solver, game, 0.05, 0.05)
     for _ in range(3):  # BOME's λ is 0 on the first steps of this game: ∇_w f = 0
-        info = stepper.step(batch(16))
+        info = stepper.step(as_blocks(solver, batch(16)))
         assert math.isfinite(info["follower_loss"]) and math.isfinite(info["leader_loss"])
     leader_moved = torch.cat([p.detach().flatten() for p in game.leader.parameters()]) - leader
     follower_moved = torch.cat([p.detach().flatten() for p in game.follower.parameters()])
