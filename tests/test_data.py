@@ -86,3 +86,19 @@ def test_several_splits_in_one_pass_share_their_labels(tmp_path: Path) -> None:
             assert torch.equal(both[split].images, alone.images)
             assert torch.equal(both[split].labels, alone.labels)
             assert both[split].classes == ("cat", "dog")
+
+
+def test_fixed_blocks_keep_their_partition_and_plain_streams_draw_as_before() -> None:
+    from stackelberg.data import TensorBatches
+
+    x = torch.arange(10.0)
+    # A plain stream's first pass is the seed's first permutation (runs recorded before
+    # fixed blocks existed draw the same minibatches).
+    first = [b[0] for b in TensorBatches(x, batch_size=5, seed=0)]
+    expected = x[torch.randperm(10, generator=torch.Generator().manual_seed(0))]
+    assert torch.equal(torch.cat(first), expected)
+    stream = TensorBatches(x, batch_size=4, seed=3, fixed_blocks=True)
+    passes = [{b.index: b.batch[0].tolist() for b in stream} for _ in range(3)]
+    assert passes[0] == passes[1] == passes[2]  # the same blocks, visited in new orders
+    assert sorted(v for block in passes[0].values() for v in block) == x.tolist()
+    assert sorted(passes[0]) == [0, 1, 2]

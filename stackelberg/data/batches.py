@@ -54,8 +54,11 @@ class TensorBatches:
         self.drop_last = drop_last
         self.generator = torch.Generator().manual_seed(seed)
         self.fixed_blocks = fixed_blocks
-        #: The partition, when the blocks are fixed: drawn once, before any pass.
-        self._partition = torch.randperm(self.size, generator=self.generator)
+        #: The partition, when the blocks are fixed: drawn once, before any pass (and only
+        #: then, so that a stream without fixed blocks draws what it always drew).
+        self._partition = (
+            torch.randperm(self.size, generator=self.generator) if fixed_blocks else None
+        )
 
     def __len__(self) -> int:
         if self.batch_size is None:
@@ -70,7 +73,7 @@ class TensorBatches:
             whole = (*self.tensors, index) if self.with_index else tuple(self.tensors)
             yield Indexed(0, whole) if self.fixed_blocks else whole
             return
-        if self.fixed_blocks:
+        if self._partition is not None:
             order, blocks = (
                 self._partition.to(device),
                 torch.randperm(len(self), generator=self.generator),
