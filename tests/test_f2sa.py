@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import relative_error
+from conftest import make_solver, relative_error
 from test_total_gradient import implicit_gradient_reference
 
 import stackelberg as sg
@@ -21,11 +21,11 @@ def _direction(penalty_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     machine precision (500 inner steps), and the reference hypergradient there."""
     game = toys.QuadraticGame.instance(dtype=F64)
     w0 = game.leader.value.detach().clone()
-    solver = sg.solvers.make(
-        "f2sa",
+    solver = make_solver(
+        "F2SA",
         game,
-        torch.optim.SGD(game.leader.parameters(), lr=1.0),
-        torch.optim.SGD(game.follower.parameters(), lr=0.5),
+        1.0,
+        0.5,
         inner_steps=500,
         inner_lr=0.5,
         lambda_init=penalty_weight,
@@ -48,11 +48,11 @@ def test_the_direction_approaches_the_hypergradient_as_one_over_lambda() -> None
 
 def test_lambda_grows_on_its_schedule_and_its_options_are_checked() -> None:
     game = toys.QuadraticGame.instance(dtype=F64)
-    solver = sg.solvers.make(
-        "f2sa",
+    solver = make_solver(
+        "F2SA",
         game,
-        torch.optim.SGD(game.leader.parameters(), lr=0.01),
-        torch.optim.SGD(game.follower.parameters(), lr=0.1),
+        0.01,
+        0.1,
         inner_steps=2,
         lambda_init=1.0,
         lambda_growth=2.0,

@@ -35,16 +35,7 @@ def test_on_one_block_saba_is_soba() -> None:
     paths = {}
     for name in ("SOBA", "SABA"):
         game = toys.QuadraticGame.instance(dtype=F64)
-        solver = (
-            make_solver("SOBA", game)
-            if name == "SOBA"
-            else sg.solvers.make(
-                "saba",
-                game,
-                torch.optim.SGD(game.leader.parameters(), lr=0.1),
-                torch.optim.SGD(game.follower.parameters(), lr=0.1),
-            )
-        )
+        solver = make_solver(name, game)
         sg.solve(game, solver, None, 50, progress=False)
         paths[name] = torch.cat([p.detach().flatten() for p in game.parameters()])
     torch.testing.assert_close(paths["SABA"], paths["SOBA"], rtol=1e-12, atol=1e-12)
@@ -78,13 +69,8 @@ def _finite_sum_run(solver_name: str, steps: int) -> float:
     b = torch.randn(n, dim, generator=g, dtype=F64)
     c = torch.randn(m, dim, generator=g, dtype=F64)
     game = FiniteSum(dim)
-    solver = sg.solvers.make(
-        solver_name,
-        game,
-        torch.optim.SGD(game.leader.parameters(), lr=0.05),
-        torch.optim.SGD(game.follower.parameters(), lr=0.2),
-    )
-    blocks = solver_name == "saba"
+    solver = make_solver(solver_name, game, 0.05, 0.2)
+    blocks = solver_name == "SABA"
     sg.solve(
         game,
         solver,
@@ -102,19 +88,14 @@ def _finite_sum_run(solver_name: str, steps: int) -> float:
 
 @pytest.mark.slow
 def test_saba_reaches_the_finite_sum_solution_with_constant_steps_where_soba_stalls() -> None:
-    saba, soba = _finite_sum_run("saba", 3000), _finite_sum_run("soba", 3000)
+    saba, soba = _finite_sum_run("SABA", 3000), _finite_sum_run("SOBA", 3000)
     assert saba < 1e-6
     assert soba > 100 * saba
 
 
 def test_data_that_is_not_indexed_is_refused_naming_the_game() -> None:
     game = FiniteSum()
-    solver = sg.solvers.make(
-        "saba",
-        game,
-        torch.optim.SGD(game.leader.parameters(), lr=0.05),
-        torch.optim.SGD(game.follower.parameters(), lr=0.2),
-    )
+    solver = make_solver("SABA", game, 0.05, 0.2)
     a = torch.eye(3, dtype=F64).expand(4, 3, 3)
     with pytest.raises(ValueError, match=r"SABA needs a finite set of indexed blocks.*FiniteSum"):
         solver.step(sg.BilevelBatch(leader=(torch.zeros(4, 3, dtype=F64),), follower=(a, a[:, 0])))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import relative_error
+from conftest import make_solver, relative_error
 
 import stackelberg as sg
 from stackelberg.games import toys
@@ -251,14 +251,7 @@ def test_a_linear_solver_round_trips_through_its_dict_form() -> None:
 
 def _hypergradient(**options: Any) -> torch.Tensor:
     game = toys.QuadraticGame.random(6, dtype=F64)
-    solver = make(
-        "total_gradient",
-        game,
-        torch.optim.SGD(game.leader.parameters(), lr=0.1),
-        torch.optim.SGD(game.follower.parameters(), lr=0.5),
-        **options,
-    )
-    return solver.hypergradient()[0]
+    return make_solver("TotalGradient", game, 0.1, 0.5, **options).hypergradient()[0]
 
 
 def test_the_deprecated_names_of_a_linear_solver_still_work_and_warn() -> None:
@@ -351,25 +344,11 @@ def test_the_gradient_reducer_is_a_constructor_argument_applied_to_every_gradien
     steps = {}
     for reducer in (None, identity):
         game = toys.QuadraticGame.random(4, dtype=F64)
-        solver = make(
-            "bome",
-            game,
-            torch.optim.SGD(game.leader.parameters(), lr=0.1),
-            torch.optim.SGD(game.follower.parameters(), lr=0.1),
-            gradient_reducer=reducer,
-            inner_steps=3,
-        )
+        solver = make_solver("BOME", game, gradient_reducer=reducer, inner_steps=3)
         solver.step()
         steps[reducer is None] = [p.detach().clone() for p in game.parameters()]
     assert len(calls) == 3 + 3  # 3 inner gradients, then ∇l, ∇q̂ and q̂
     for a, b in zip(steps[True], steps[False], strict=True):
         assert torch.equal(a, b)
     with pytest.raises(TypeError, match="gradient_reducer must be callable"):
-        make("gda", game, *_optimizers(game), gradient_reducer=3)
-
-
-def _optimizers(game: sg.Game) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    return (
-        torch.optim.SGD(game.leader.parameters(), lr=0.1),
-        torch.optim.SGD(game.follower.parameters(), lr=0.1),
-    )
+        make_solver("GDA", game, gradient_reducer=3)

@@ -232,36 +232,36 @@ def _counting(matvec: MatVec) -> tuple[MatVec, list[int]]:
 
 
 @dataclass(frozen=True)
-class CG(LinearSolver):
-    """Conjugate gradients (``conjugate_gradient``) for ``H ≻ 0``: at most
-    ``max_iterations`` iterations, stopping at a relative residual of ``tol`` (``tol = 0``:
-    always the full budget, with no read from the device)."""
+class _ConjugateGradients(LinearSolver):
+    """The fields both CG solvers have, checked once."""
 
     max_iterations: int = 50
     tol: float = 1e-10
-    name: ClassVar[str] = "cg"
 
     def __post_init__(self) -> None:
         check_int("max_iterations", self.max_iterations, 1)
         object.__setattr__(self, "tol", check_positive("tol", self.tol, allow_zero=True))
+
+
+@dataclass(frozen=True)
+class CG(_ConjugateGradients):
+    """Conjugate gradients (``conjugate_gradient``) for ``H ≻ 0``: at most
+    ``max_iterations`` iterations, stopping at a relative residual of ``tol`` (``tol = 0``:
+    always the full budget, with no read from the device)."""
+
+    name: ClassVar[str] = "cg"
 
     def _solve(self, matvec: MatVec, b: Sequence[Tensor], x0: Any) -> LinearSolveResult:
         return conjugate_gradient(matvec, b, x0, max_iterations=self.max_iterations, tol=self.tol)
 
 
 @dataclass(frozen=True)
-class NormalCG(LinearSolver):
+class NormalCG(_ConjugateGradients):
     """CG on the normal equations (``normal_conjugate_gradient``), for any ``H``: safe where
     the Hessian is indefinite or singular, at twice the products per iteration and squared
-    conditioning."""
+    conditioning (fields as ``CG``'s)."""
 
-    max_iterations: int = 50
-    tol: float = 1e-10
     name: ClassVar[str] = "normal_cg"
-
-    def __post_init__(self) -> None:
-        check_int("max_iterations", self.max_iterations, 1)
-        object.__setattr__(self, "tol", check_positive("tol", self.tol, allow_zero=True))
 
     def _solve(self, matvec: MatVec, b: Sequence[Tensor], x0: Any) -> LinearSolveResult:
         return normal_conjugate_gradient(
