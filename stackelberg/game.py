@@ -49,7 +49,15 @@ class Variable(nn.Module):
 
     def __init__(self, value: Tensor | Sequence[float] | float) -> None:
         super().__init__()
-        tensor = torch.as_tensor(value)
+        try:
+            tensor = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"Variable needs a number, a sequence of numbers or a tensor, got "
+                f"{type(value).__name__} {value!r:.60}"
+            ) from None
+        if tensor.is_complex() or tensor.dtype == torch.bool:
+            raise TypeError(f"Variable needs real numbers, got a {tensor.dtype} tensor")
         if not tensor.is_floating_point():
             tensor = tensor.to(torch.get_default_dtype())
         self.value = nn.Parameter(tensor.detach().clone())

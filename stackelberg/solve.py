@@ -50,13 +50,22 @@ def _batches(data: Iterable[Any] | None, name: str) -> Iterator[Any]:
             f"got {type(data).__name__}; for one full batch pass [batch]"
         )
 
+    one_shot = iter(data) is data  # a generator or iterator: it cannot be restarted
+
     def cycle() -> Iterator[Any]:
+        drawn = 0
         while True:
-            empty = True
             for batch in data:
-                empty = False
+                drawn += 1
                 yield batch
-            if empty:
+            if one_shot and drawn:
+                raise ValueError(
+                    f"{name} is a one-shot iterator ({type(data).__name__}) and ran out after "
+                    f"{drawn} batch(es); solve restarts its data when it is exhausted, so pass "
+                    "something it can iterate again (a list of batches, a DataLoader) or fewer "
+                    "steps"
+                )
+            if not drawn:
                 raise ValueError(f"{name} yielded no batch; pass None for a game without data")
 
     return cycle()

@@ -141,7 +141,7 @@ def test_epsilon_true_in_generator_json_names_the_file_and_field(
         load_generator(gray_generator)
     meta.write_text(json.dumps({**record, "in_channels": "three"}))
     assert main(poison_command(gray_generator, tmp_path / "o.npz")) == 1
-    assert "'in_channels' must be a positive integer" in capsys.readouterr().err
+    assert "'in_channels' must be a whole number from 1 to 4" in capsys.readouterr().err
 
 
 def test_achromatic_generator_round_trips_and_a_wrong_flag_names_the_field(

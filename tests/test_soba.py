@@ -95,7 +95,7 @@ def test_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="linear_lr must be a finite number > 0"):
         make_solver("SOBA", game, linear_lr=-1.0)
     solver = make_solver("SOBA", game)
-    with pytest.raises(ValueError, match=r"saved v has shapes \[\(5,\)\]"):
+    with pytest.raises(ValueError, match=r"v was saved for a follower of shapes \[\(5,\)\]"):
         solver.load_state_dict({"v": [torch.zeros(5)], "steps_taken": 0})
     before = [p.detach().clone() for p in game.parameters()]
     solver.v = (torch.full_like(solver.v[0], float("nan")),)

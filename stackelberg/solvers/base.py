@@ -359,15 +359,40 @@ class Solver:
         and the optimizers' state dicts it continues a run exactly."""
         return {
             "solver": self.name,
+            "game": self._game_name,
             "steps_taken": self.steps_taken,
             "evaluations": dict(self.evaluations),
         }
 
+    @property
+    def _game_name(self) -> str:
+        return type(self.game).__name__
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore ``state_dict``'s output (of a solver of the same class)."""
-        saved = state.get("solver", self.name)
-        if saved != self.name:
-            raise ValueError(f"the state is {saved}'s; it cannot be loaded into {self.name}")
+        """Restore ``state_dict``'s output, saved by a solver of the same class on a game of
+        the same class (its follower's parameters of the same shapes).
+
+        Raises:
+            TypeError: ``state`` is not a mapping.
+            ValueError: it was saved by another solver or on another game (both named), or
+                lacks the step count.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"{self.name}.load_state_dict takes what a solver's state_dict() returned (a "
+                f"dict), got {type(state).__name__}"
+            )
+        solver, game = state.get("solver", self.name), state.get("game", self._game_name)
+        if (solver, game) != (self.name, self._game_name):
+            raise ValueError(
+                f"the state was saved by {solver} on a {game}; this is {self.name} on a "
+                f"{self._game_name}: a state loads only into the solver and game that saved it"
+            )
+        if "steps_taken" not in state:
+            raise ValueError(
+                f"the state lacks 'steps_taken' (keys: {sorted(state)}): pass what "
+                f"{self.name}.state_dict() returned"
+            )
         self.steps_taken = int(state["steps_taken"])
         counts = state.get("evaluations", {})  # absent from states saved before the count
         self.evaluations = {k: int(counts.get(k, 0)) for k in self.evaluations}
@@ -378,7 +403,9 @@ class Solver:
         shapes = [tuple(p.shape) for p in params]
         if [tuple(t.shape) for t in saved] != shapes:
             raise ValueError(
-                f"saved {name} has shapes {[tuple(t.shape) for t in saved]}, the follower {shapes}"
+                f"the state's {name} was saved for a follower of shapes "
+                f"{[tuple(t.shape) for t in saved]}; this {self._game_name}'s follower has "
+                f"{shapes}: the state comes from another model size"
             )
         return tuple(t.to(p.device, p.dtype).clone() for t, p in zip(saved, params, strict=True))
 

@@ -7,7 +7,6 @@ from either file."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,8 @@ import torch
 from torch import nn
 
 from stackelberg.checks import check_epsilon
+from stackelberg.unlearnable.architectures import GENERATORS, build_generator
+from stackelberg.utils.files import FileFormatError, load_tensors, read_json_object
 from stackelberg.utils.io import write_json, write_torch
 
 __all__ = ["load_generator", "save_generator"]
@@ -42,23 +43,14 @@ def load_generator(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a generator saved by ``save_generator``; returns it (eval mode) and its
     metadata. Raises ``FileNotFoundError`` or ``ValueError`` naming what is missing or wrong."""
-    from stackelberg.unlearnable.architectures import build_generator
-
     path = Path(path)
     meta_path = _metadata_path(path)
     for needed in (path, meta_path):
-        if not needed.is_file():
+        if not needed.exists():
             raise FileNotFoundError(f"generator checkpoint file {needed} does not exist")
-    try:
-        metadata = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{meta_path} is not valid JSON: {error}") from error
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{meta_path} must hold a JSON object, got {type(metadata).__name__}")
-    missing = [key for key in _REQUIRED if key not in metadata]
-    if missing:
-        raise ValueError(f"{meta_path} lacks {', '.join(missing)}")
+    metadata = read_json_object(meta_path, "a generator's metadata", required=_REQUIRED)
     _check_metadata(metadata, meta_path)
+    state = _load_state(path)
     generator = build_generator(
         metadata["architecture"],
         metadata["epsilon"],
@@ -66,12 +58,12 @@ def load_generator(
         num_classes=metadata["num_classes"] if metadata["label_conditioned"] else None,
         achromatic=metadata.get("achromatic", False),
     )
-    state = _load_state(path)
     try:
         generator.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError) as error:
-        architecture = metadata["architecture"]
-        raise ValueError(f"{path} does not hold a {architecture} generator: {error}") from error
+    except (RuntimeError, KeyError, TypeError):
+        raise FileFormatError(
+            f"{path} does not fit {meta_path.name}: {_state_mismatch(generator, state)}"
+        ) from None
     broken = [name for name, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
     if broken:
         raise ValueError(
@@ -91,32 +83,50 @@ def _check_metadata(metadata: dict[str, Any], meta_path: Path) -> None:
             whole_level=True,
         )
     except TypeError as error:  # a wrong type in a file is bad data, not a programming error
-        raise ValueError(str(error)) from None
-    for key in ("in_channels", "num_classes"):
+        raise FileFormatError(str(error)) from None
+    for key, largest in (("in_channels", 4), ("num_classes", 100_000)):
         value = metadata[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"{meta_path}: the field {key!r} must be a positive integer, got {value!r}"
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
+            raise FileFormatError(
+                f"{meta_path}: the field {key!r} must be a whole number from 1 to {largest}, "
+                f"got {value!r}"
             )
     for key in ("label_conditioned", "achromatic"):
         value = metadata.get(key, False)
         if not isinstance(value, bool):
-            raise ValueError(f"{meta_path}: the field {key!r} must be true or false, got {value!r}")
-    if not isinstance(metadata["architecture"], str):
-        value = metadata["architecture"]
-        raise ValueError(f"{meta_path}: the field 'architecture' must be a string, got {value!r}")
+            raise FileFormatError(
+                f"{meta_path}: the field {key!r} must be true or false, got {value!r}"
+            )
+    if metadata["architecture"] not in GENERATORS:
+        raise FileFormatError(
+            f"{meta_path}: the field 'architecture' must be one of {', '.join(GENERATORS)}, got "
+            f"{metadata['architecture']!r}"
+        )
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict in ``path``, loaded with ``weights_only=True``; a file that is not one
-    is an error naming the file (never a hint to load it unsafely)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types here: EOF, unpickling, zip errors
-        raise ValueError(
-            f"{path} is not a readable generator state dict (empty, truncated or not written "
-            f"by stackelberg: {type(error).__name__}); it was not loaded"
-        ) from None
+    """The state dict in ``path``, through the one loader (``weights_only=True``)."""
+    state = load_tensors(path, "a generator's weights")
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        raise FileFormatError(f"{path} does not hold a state dict of tensors")
     return state
+
+
+def _state_mismatch(generator: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """Why ``state`` does not fit ``generator``, in one phrase: counts and the first
+    differing tensor (torch's own message runs to dozens of lines)."""
+    expected = generator.state_dict()
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    reshaped = [
+        f"{name} is {tuple(state[name].shape)} where the metadata's generator has "
+        f"{tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in state and state[name].shape != tensor.shape
+    ]
+    first = reshaped[0] if reshaped else (missing + unexpected + ["?"])[0]
+    return (
+        f"{len(missing)} tensor(s) missing, {len(unexpected)} unexpected, {len(reshaped)} of "
+        f"another shape (first: {first}); the metadata (architecture, in_channels, "
+        "num_classes, label_conditioned) must be the one saved with these weights"
+    )

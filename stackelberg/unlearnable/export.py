@@ -10,7 +10,6 @@ source dataset, counts, the measured ‖δ‖∞ in levels).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from stackelberg.unlearnable.apply import calibrate_batchnorm, poison_images
 from stackelberg.unlearnable.budget import budget_levels, enforce_budget, measured_levels
+from stackelberg.utils.files import file_sha256
 from stackelberg.utils.io import atomic_directory, atomic_path, write_json
 from stackelberg.utils.ownership import OwnershipError, owned_json
 
@@ -50,15 +50,6 @@ def quantize_poison(
     ``enforce_budget`` (non-finite poisons and
     budget violations are errors naming ``source``)."""
     return enforce_budget(clean, poisoned, epsilon, source=source)
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _manifest(

@@ -25,8 +25,10 @@ the ‖δ‖∞ measured by reading the written PNG back against the source pixe
 
 from __future__ import annotations
 
-import json
+import os
+import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,12 +45,11 @@ from stackelberg.checks import check_epsilon
 from stackelberg.models.generators import generate, is_conditional
 from stackelberg.unlearnable.budget import BudgetError, budget_levels, enforce_budget
 from stackelberg.unlearnable.game import apply_perturbation
-from stackelberg.utils.io import atomic_path, write_json
-from stackelberg.utils.ownership import OwnershipError, check_disjoint, owned_json
+from stackelberg.unlearnable.ledger import MANIFEST, OutputLedger
+from stackelberg.utils.files import file_sha256
+from stackelberg.utils.ownership import OwnershipError, check_disjoint
 
 __all__ = ["ProtectReport", "perturb_image", "protect_folder", "protect_pixels"]
-
-MANIFEST = "protect_manifest.json"
 
 
 @dataclass
@@ -176,7 +177,7 @@ def protect_pixels(
     height, width = pixels.shape[:2]
     protected = np.empty_like(pixels)
     for (rows, cols), window, (inner_rows, inner_cols) in _tiles(height, width, tile, overlap):
-        clean = torch.from_numpy(np.ascontiguousarray(pixels[window])).permute(2, 0, 1)[None]
+        clean = torch.from_numpy(np.array(pixels[window])).permute(2, 0, 1)[None]  # one tile
         x = clean.to(device, torch.float32) / 255.0
         delta = _run(generator, x, label)[..., inner_rows, inner_cols]
         poisoned = apply_perturbation(x[..., inner_rows, inner_cols], delta).cpu()
@@ -202,16 +203,35 @@ def _label_needed(info: dict[str, Any]) -> str:
     )
 
 
-#: Images with more pixels than this are skipped (and listed) unless ``max_pixels`` is raised:
-#: besides one tile's work, protecting takes about 11 bytes per pixel (the decoded image, its
-#: protected copy, the read-back check), ≈ 0.45 GB at this limit.
+#: Images with more pixels than this are skipped (and listed) unless ``max_pixels`` is raised;
+#: besides one tile's work, protecting takes a few bytes per pixel (``SECURITY.md`` gives the
+#: measured figure).
 DEFAULT_MAX_PIXELS = 40_000_000
 
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_GRAY_MODES = {"1", "L", "LA", "La"}
+#: Raw modes with 16 or 32 bits per channel (PNG ``RGB;16B``, TIFF ``RGB;16N``, ``I;16``);
+#: packed 5-6-5 and 5-5-5 pixels (BMP ``BGR;16``, ``BGR;15``) hold under 8 bits per channel.
+_WIDE_RAWMODE = re.compile(r";(16|32)[BLN]$|^I;(16|32)|^F;")
 
 
 class _Unsupported(Exception):
     """An input that is an image but cannot be protected faithfully; the reason is listed."""
+
+
+def _high_depth(image: Image.Image) -> str | None:
+    """How ``image`` stores more than 8 bits per channel, or ``None``; read from the header."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        return f"mode {image.mode}"
+    for tile in image.tile:
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and _WIDE_RAWMODE.search(rawmode):
+            return f"stored as {rawmode}"
+        maximum = args[1] if isinstance(args, tuple) and len(args) > 1 else None
+        if image.format == "PPM" and isinstance(maximum, int) and maximum > 255:
+            return f"maximum value {maximum}"  # a Netpbm file's largest level
+    return None
 
 
 def _read(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -233,32 +253,50 @@ def _read(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
                 f"an animated image ({frames} frames): protect handles still images only and "
                 "would drop all frames but the first"
             )
-        rawmode = image.tile[0][3] if image.tile and len(image.tile[0]) > 3 else ""
-        if image.mode in _HIGH_DEPTH_MODES or ";16" in str(rawmode):
+        depth = _high_depth(image)
+        if depth is not None:
             raise _Unsupported(
-                f"a high-bit-depth image (mode {image.mode}, {rawmode or 'more than 8 bits'}): "
-                "protect writes 8-bit PNGs, which would change it by more than ε; convert it to "
-                "8 bits per channel first"
+                f"a high-bit-depth image ({depth}): protect writes 8-bit PNGs, which would "
+                "change it by more than ε; convert it to 8 bits per channel first"
             )
         image.load()
         upright = ImageOps.exif_transpose(image)
-        return (upright if upright is not None else image).copy()
+        return upright if upright is not None and upright is not image else image.copy()
 
 
-def _split_alpha(image: Image.Image, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The colour pixels as ``(H, W, C)`` uint8 for a ``channels``-channel generator, and the
-    alpha channel if the image has one."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
+def _pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """The colour pixels in the image's own mode, ``(H, W, 1)`` for a grayscale image and
+    ``(H, W, 3)`` otherwise, uint8, and the alpha channel if the image has one."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         image.mode == "P" and "transparency" in image.info
     )
-    alpha = np.asarray(image.convert("RGBA"))[..., 3].copy() if has_alpha else None
-    colour = np.asarray(image.convert("RGB" if channels == 3 else "L"))
-    return (colour if colour.ndim == 3 else colour[..., None]).copy(), alpha
+    alpha = np.asarray(image.convert("RGBA").getchannel("A")) if has_alpha else None
+    colour = np.asarray(image.convert("L" if image.mode in _GRAY_MODES else "RGB"))
+    return (colour if colour.ndim == 3 else colour[..., None]), alpha
+
+
+def _protect_in_mode(
+    generator: nn.Module, channels: int, pixels: np.ndarray, epsilon: float, **options: Any
+) -> np.ndarray:
+    """``protect_pixels`` for an image whose channel count may differ from the generator's:
+    a 1-channel generator perturbs each colour channel on its own, so a colour photo stays in
+    colour; a grayscale image is given to a 3-channel generator as gray RGB (and written as
+    RGB, each channel within the budget of the gray source)."""
+    if pixels.shape[-1] == channels:
+        return protect_pixels(generator, pixels, epsilon, **options)
+    if channels == 1:
+        protected = np.empty_like(pixels)
+        for c in range(pixels.shape[-1]):
+            single = np.ascontiguousarray(pixels[..., c : c + 1])
+            protected[..., c : c + 1] = protect_pixels(generator, single, epsilon, **options)
+        return protected
+    return protect_pixels(generator, np.repeat(pixels, channels, axis=-1), epsilon, **options)
 
 
 def _levels_changed(written: np.ndarray, source: np.ndarray, rows: int = 256) -> int:
     """``max |written − source|`` in intensity levels, ``rows`` image rows at a time (so the
-    int16 differences never take more than a strip of memory)."""
+    int16 differences never take more than a strip of memory); a 1-channel ``source`` is
+    compared with every channel of ``written``."""
     return max(
         int(np.abs(written[i : i + rows].astype(np.int16) - source[i : i + rows]).max())
         for i in range(0, len(source), rows)
@@ -273,6 +311,55 @@ def _to_image(pixels: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
     if alpha is None:
         return base
     return Image.merge("RGBA", (*base.split(), Image.fromarray(alpha)))
+
+
+def _scan(in_dir: Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """The regular files under ``in_dir`` (links to them followed), and every other entry
+    that is not a folder, listed with why it is skipped (dangling links, FIFOs, devices,
+    sockets: protect never opens them, so a FIFO cannot hang it nor ``/dev/zero`` fill it)."""
+    inputs, skipped = [], []
+    for path in sorted(in_dir.rglob("*")):
+        if path.is_file():
+            inputs.append(path)
+        elif path.is_dir():
+            continue
+        else:
+            reason = (
+                "a link to nothing (dangling)"
+                if path.is_symlink() and not path.exists()
+                else "not a regular file (a FIFO, device or socket): protect reads image files only"
+            )
+            skipped.append({"input": str(path.relative_to(in_dir)), "reason": reason})
+    return inputs, skipped
+
+
+def _clashing_targets(targets: dict[Path, Path]) -> dict[Path, str]:
+    """Inputs whose output name another input already takes (``a.jpg`` and ``a.png``), or
+    is the folder other outputs go into (``x.jpg`` beside a folder ``x.png/``)."""
+    folders = {parent for target in targets.values() for parent in target.parents}
+    seen: dict[Path, Path] = {}
+    clashes: dict[Path, str] = {}
+    for source, target in targets.items():
+        if target in folders:
+            clashes[source] = f"its output {target.name} is also the folder of other outputs"
+        elif target in seen:
+            clashes[source] = f"its output {target.name} is already written for {seen[target].name}"
+        else:
+            seen[target] = source
+    return clashes
+
+
+def _check_folders_inside(targets: list[Path], out_dir: Path) -> None:
+    """Every folder an output goes into lies inside ``out_dir`` once links are resolved, so a
+    linked subfolder can never lead a write into the input or anywhere else."""
+    for folder in sorted({target.parent for target in targets}):
+        resolved = folder.resolve()
+        if resolved != out_dir and out_dir not in resolved.parents:
+            raise OwnershipError(
+                f"{folder} leads outside the output folder (to {resolved}, through a link): "
+                "protect writes only inside its output folder; remove the link or choose "
+                "another output folder"
+            )
 
 
 def protect_folder(
@@ -291,19 +378,22 @@ def protect_folder(
     progress: bool = True,
 ) -> ProtectReport:
     """Protect every image under ``in_dir`` into ``out_dir`` (see the module doc) and record
-    the batch in ``out_dir/protect_manifest.json``.
+    the batch in ``out_dir/protect_manifest.json`` (``ledger``).
 
-    The manifest keeps every batch written into ``out_dir`` (``batches``, appended, never
-    replaced) and is saved every few images, so an interrupted run can be continued with
-    ``resume=True``: inputs whose output an earlier batch recorded are skipped. Only outputs
-    a batch recorded are ever replaced (with ``overwrite=True``); any other existing file is
-    refused, and so is any overlap of ``in_dir`` and ``out_dir`` (links resolved).
+    Each output is checked (read back against the source in the source's own mode), hashed
+    and journaled before it is renamed into place, so a run stopped at any point, even by
+    SIGKILL, leaves every written file recorded and ``resume=True`` continues it: inputs whose
+    output a batch recorded are skipped. A file counts as protect's only while its bytes hash
+    to a recorded value: ``overwrite`` replaces only those, and a file the user changed, or
+    any other, is refused, as is any overlap of ``in_dir`` and ``out_dir`` (links resolved,
+    in every subfolder). Two runs into one folder cannot interleave: the second is refused.
 
-    Raises ``FileNotFoundError`` if ``in_dir`` is not a folder, ``FileExistsError`` if an
-    output exists (checked for all files before any is written) and neither ``overwrite``
-    nor ``resume`` applies, ``OwnershipError`` if it was not
-    written by ``protect``, and ``ValueError`` for overlapping folders, a bad ε, or a missing
-    label."""
+    Raises ``FileNotFoundError`` if ``in_dir`` is not a folder, or ``resume`` finds no earlier
+    run; ``FileExistsError`` if an output exists (checked for all files before any is
+    written) and neither ``overwrite`` nor ``resume`` applies; ``OwnershipError`` if it was
+    not written by ``protect`` or was changed since; ``ConcurrentRunError`` if another run
+    holds the folder; ``ValueError`` for overlapping folders, a bad ε, or a missing label;
+    ``OSError`` (saying what was written) if writing fails partway."""
     epsilon = check_epsilon(epsilon, whole_level=True)
     if overwrite and resume:
         raise ValueError("choose one of overwrite (redo every image) and resume (skip done ones)")
@@ -317,140 +407,159 @@ def protect_folder(
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"the output folder {out_dir} exists and is not a folder")
     overlap = min(64, tile // 4) if overlap is None else overlap
-    conditional = is_conditional(generator)
-    if conditional and label is None:
+    if is_conditional(generator) and label is None:
         raise ValueError(_label_needed(generator_info or {}))
-    manifest_path = out_dir / MANIFEST
-    batches = _earlier_batches(manifest_path)
-    recorded = {entry["output"] for batch in batches for entry in batch.get("protected", [])}
     channels = int(getattr(getattr(generator, "base", generator), "in_channels", 3))
-    found = sorted(in_dir.rglob("*"))
-    inputs = [p for p in found if p.is_file()]
-    dangling = [p for p in found if p.is_symlink() and not p.exists()]
+    if channels not in (1, 3):
+        raise ValueError(f"protect needs a 1- or 3-channel generator, this one takes {channels}")
+    inputs, unreadable = _scan(in_dir)
     targets = {p: out_dir / p.relative_to(in_dir).with_suffix(".png") for p in inputs}
     clashes = _clashing_targets(targets)
-    existing = [t for t in targets.values() if t.exists() or t.is_symlink()]
-    foreign = [t for t in existing if str(t.relative_to(out_dir)) not in recorded]
-    if foreign:
+    _check_folders_inside(list(targets.values()), out_dir)
+    report = ProtectReport(skipped=unreadable)
+    with OutputLedger(out_dir) as ledger:
+        if resume and not ledger.batches:
+            raise FileNotFoundError(
+                f"nothing to resume: {out_dir} holds no earlier protect run (no {MANIFEST}); "
+                "run without --resume"
+            )
+        _check_existing(ledger, list(targets.values()), overwrite=overwrite, resume=resume)
+        ledger.begin(
+            {
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "input_dir": str(in_dir),
+                "epsilon": epsilon,
+                "epsilon_levels": budget_levels(epsilon),
+                "label": label,
+                "generator": generator_info or {},
+            }
+        )
+        for entry in unreadable:
+            ledger.skipped(entry)
+        writer = _Writer(generator, channels, epsilon, label, tile, overlap, generator_info)
+        start = time.perf_counter()
+        try:
+            for path in tqdm(inputs, desc="protect", disable=not progress):
+                relative, target = str(path.relative_to(in_dir)), targets[path]
+                if path in clashes:
+                    reason = clashes[path]
+                elif resume and target.exists():
+                    report.resumed.append(relative)
+                    continue
+                else:
+                    outcome = writer.write(path, target, ledger, max_pixels)
+                    if isinstance(outcome, dict):
+                        report.protected.append({"input": relative, **outcome})
+                        continue
+                    reason = outcome
+                report.skipped.append({"input": relative, "reason": reason})
+                ledger.skipped(report.skipped[-1])
+        except OSError as error:
+            raise OSError(
+                f"stopped after protecting {len(report.protected)} image(s), each recorded "
+                f"in {out_dir / MANIFEST}: {error}; fix that and rerun with --resume"
+            ) from None
+        finally:
+            report.seconds = time.perf_counter() - start
+            ledger.summary.update(
+                seconds=report.seconds,
+                images_per_second=report.images_per_second,
+                resumed=len(report.resumed),
+            )
+    return report
+
+
+def _check_existing(
+    ledger: OutputLedger, targets: list[Path], *, overwrite: bool, resume: bool
+) -> None:
+    """Refuse, before anything is written, an existing output that is not protect's (its
+    bytes not as a batch recorded them), and any existing output without overwrite/resume."""
+    existing = [t for t in targets if t.exists() or t.is_symlink()]
+    recorded = ledger.recorded_hashes()
+    problems = {t: problem for t in existing if (problem := ledger.owner_problem(t, recorded))}
+    if problems:
+        first, why = next(iter(problems.items()))
         raise OwnershipError(
-            f"{len(foreign)} output file(s) exist that protect did not write (first: "
-            f"{foreign[0]}): they are never replaced, not even with --overwrite; choose another "
-            "output folder"
+            f"{len(problems)} output file(s) exist that are not protect's to replace (first: "
+            f"{first}, {why}): they are never replaced, not even with --overwrite; move them "
+            "or choose another output folder"
         )
     if existing and not (overwrite or resume):
         raise FileExistsError(
             f"{len(existing)} output file(s) from an earlier protect run already exist (first: "
             f"{existing[0]}): pass --resume to continue that run, or --overwrite to redo them"
         )
-    report = ProtectReport()
-    report.skipped += [
-        {"input": str(p.relative_to(in_dir)), "reason": "a link to nothing (dangling)"}
-        for p in dangling
-    ]
-    batch: dict[str, Any] = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "input_dir": str(in_dir),
-        "epsilon": epsilon,
-        "epsilon_levels": budget_levels(epsilon),
-        "label": label,
-        "generator": generator_info or {},
-        "protected": report.protected,
-        "skipped": report.skipped,
-        "finished": False,
-    }
-    source = str((generator_info or {}).get("path", "the generator"))
-    generator.eval()
-    start = time.perf_counter()
-    for count, path in enumerate(tqdm(inputs, desc="protect", disable=not progress)):
-        relative = str(path.relative_to(in_dir))
-        target = targets[path]
-        if path in clashes:
-            report.skipped.append({"input": relative, "reason": clashes[path]})
-            continue
-        if resume and target.exists():
-            report.resumed.append(relative)
-            continue
+
+
+@dataclass
+class _Writer:
+    """Protects one input into its output: read, perturb, write a temporary PNG (journaled
+    before it exists), read it back against the source, hash it, journal it, rename it in."""
+
+    generator: nn.Module
+    channels: int
+    epsilon: float
+    label: int | None
+    tile: int
+    overlap: int
+    generator_info: dict[str, Any] | None
+
+    def write(
+        self, path: Path, target: Path, ledger: OutputLedger, max_pixels: int
+    ) -> dict[str, Any] | str:
+        """The output's manifest entry, or why the input was skipped."""
         try:
             image = _read(path, max_pixels)
-            pixels, alpha = _split_alpha(image, channels)
+            pixels, alpha = _pixels(image)
         except _Unsupported as reason:
-            report.skipped.append({"input": relative, "reason": str(reason)})
-            continue
+            return str(reason)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
                 SyntaxError) as error:  # fmt: skip
-            report.skipped.append({"input": relative, "reason": f"not a readable image: {error}"})
-            continue
-        icc = image.info.get("icc_profile")
+            return f"not a readable image: {error}"
+        icc, mode = image.info.get("icc_profile"), image.mode
         del image  # the decoded pixels are all that is needed from here on
-        protected = protect_pixels(
-            generator, pixels, epsilon, label=label, tile=tile, overlap=overlap, source=source
-        )
-        target.parent.mkdir(parents=True, exist_ok=True)
+        source = str((self.generator_info or {}).get("path", "the generator"))
+        try:
+            protected = _protect_in_mode(
+                self.generator, self.channels, pixels, self.epsilon, label=self.label,
+                tile=self.tile, overlap=self.overlap, source=source,
+            )  # fmt: skip
+        except RuntimeError as error:  # this image defeats the generator (memory, its size)
+            return f"the generator failed on it: {str(error).splitlines()[0][:200]}"
         picture = _to_image(protected, alpha)
         del protected
-        with atomic_path(target) as tmp:
-            picture.save(tmp, format="PNG", **({"icc_profile": icc} if icc else {}))
-        del picture
-        written, _ = _split_alpha(_read(target, max(max_pixels, pixels.size)), channels)
-        linf = _levels_changed(written, pixels)
-        if linf > budget_levels(epsilon):  # the invariant, checked on the bytes written
-            target.unlink()
-            raise BudgetError(
-                f"{target} changed a pixel by {linf} levels, over the budget of "
-                f"{budget_levels(epsilon)}; it was removed"
-            )
-        report.protected.append(
-            {
-                "input": relative,
-                "output": str(target.relative_to(out_dir)),
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+        ledger.pending(temporary)
+        try:
+            picture.save(temporary, format="PNG", **({"icc_profile": icc} if icc else {}))
+            del picture
+            linf = self._check_written(temporary, pixels, target)
+            entry = {
+                "output": str(target.relative_to(ledger.out_dir)),
+                "mode": mode,
                 "width": int(pixels.shape[1]),
                 "height": int(pixels.shape[0]),
                 "linf_levels": linf,
+                "bytes": temporary.stat().st_size,
+                "sha256": file_sha256(temporary),
             }
-        )
-        if count % 25 == 24:
-            _write_manifest(manifest_path, batches, batch, report, start)
-    batch["finished"] = True
-    _write_manifest(manifest_path, batches, batch, report, start)
-    return report
+            ledger.protected(entry)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return entry
 
-
-def _earlier_batches(path: Path) -> list[dict[str, Any]]:
-    """The batches an existing manifest records (a manifest of the first format, one batch
-    at the top level, counts as one); refuses a file of that name protect did not write."""
-    if not owned_json(
-        path,
-        lambda r: isinstance(r.get("batches"), list) or isinstance(r.get("protected"), list),
-        "a manifest written by `stackelberg protect`",
-    ):
-        return []
-    record = json.loads(path.read_text())
-    return list(record["batches"]) if "batches" in record else [record]
-
-
-def _write_manifest(
-    path: Path,
-    earlier: list[dict[str, Any]],
-    batch: dict[str, Any],
-    report: ProtectReport,
-    start: float,
-) -> None:
-    report.seconds = time.perf_counter() - start
-    batch.update(
-        seconds=report.seconds,
-        images_per_second=report.images_per_second,
-        resumed=len(report.resumed),
-    )
-    write_json(path, {"format": "stackelberg-protect", "batches": [*earlier, batch]})
-
-
-def _clashing_targets(targets: dict[Path, Path]) -> dict[Path, str]:
-    """Inputs whose output name another input already takes (``a.jpg`` and ``a.png``)."""
-    seen: dict[Path, Path] = {}
-    clashes: dict[Path, str] = {}
-    for source, target in targets.items():
-        if target in seen:
-            clashes[source] = f"its output {target.name} is already written for {seen[target].name}"
-        else:
-            seen[target] = source
-    return clashes
+    def _check_written(self, written_path: Path, source: np.ndarray, target: Path) -> int:
+        """‖written − source‖∞ in levels, the written file read back in its own mode against
+        the source in its own; over the budget is an error (the file is not renamed in)."""
+        with Image.open(written_path) as image:
+            image.load()
+            written = np.asarray(image.convert("L" if image.mode in _GRAY_MODES else "RGB"))
+        linf = _levels_changed(written if written.ndim == 3 else written[..., None], source)
+        if linf > budget_levels(self.epsilon):  # the invariant, checked on the bytes written
+            raise BudgetError(
+                f"{target} would change a pixel by {linf} levels, over the budget of "
+                f"{budget_levels(self.epsilon)}; it was not written"
+            )
+        return linf

@@ -42,6 +42,7 @@ from stackelberg.unlearnable.apply import calibrate_batchnorm, poison_images
 from stackelberg.unlearnable.game import UnlearnableGame
 from stackelberg.unlearnable.victim import VictimSchedule, train_victim
 from stackelberg.utils import distributed
+from stackelberg.utils.files import FileFormatError, load_tensors
 from stackelberg.utils.io import write_json, write_torch
 
 __all__ = [
@@ -331,7 +332,11 @@ class GeneratorTraining:
         path = self.checkpoint_path
         if path is None or not path.is_file():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = load_tensors(path, "a training checkpoint", map_location=self.device)
+        if not isinstance(state, dict) or state.get("format") != 1:
+            raise FileFormatError(
+                f"{path} is not a training checkpoint: it holds no format-1 training state"
+            )
         saved, current = state.get("config"), self.config.to_dict()
         differing = (
             [] if saved is None else differing_keys(_comparable(saved), _comparable(current))
@@ -343,7 +348,14 @@ class GeneratorTraining:
                 f"{path} was written by a run with other settings: {', '.join(differing)}; "
                 "resume with the same settings, or start a new run folder"
             )
-        self.load_state_dict(state)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise FileFormatError(
+                f"{path} does not fit this run's models and data ({type(error).__name__}: "
+                f"{reason[:200]}); was the data changed (--data-dir), or the file damaged?"
+            ) from None
         return True
 
     # -- training ----------------------------------------------------------------------------
