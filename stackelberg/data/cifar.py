@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from stackelberg.data.folders import ImageDataset
+from stackelberg.utils.files import FileFormatError
 
 __all__ = ["CIFAR_SOURCES", "CifarSource", "download_cifar", "load_cifar"]
 
@@ -175,13 +177,19 @@ def _read_members(location: Path, source: CifarSource) -> dict[str, bytes]:
             if (location / name).is_file():
                 found[name] = (location / name).read_bytes()
     else:
-        with tarfile.open(location, "r:*") as archive:
-            for member in archive:
-                base = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and base in wanted:
-                    handle = archive.extractfile(member)
-                    if handle is not None:
-                        found[base] = handle.read()
+        try:
+            with tarfile.open(location, "r:*") as archive:
+                for member in archive:
+                    base = member.name.rsplit("/", 1)[-1]
+                    if member.isfile() and base in wanted:
+                        handle = archive.extractfile(member)
+                        if handle is not None:
+                            found[base] = handle.read()
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+            raise FileFormatError(
+                f"{location} is not a readable {source.folder} archive (truncated or damaged: "
+                f"{str(error) or type(error).__name__}); download it again"
+            ) from None
     missing = sorted(wanted - found.keys())
     if missing:
         raise FileNotFoundError(
@@ -198,10 +206,18 @@ def _split(
         batch = _unpickle(members[name], name)
         if "data" not in batch or source.label_key not in batch:
             raise ValueError(f"{name} lacks 'data' or '{source.label_key}'")
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{name}: data must be (N, 3072) uint8, got {data.shape}")
-        label = np.asarray(batch[source.label_key], dtype=np.int64)
+        data = np.asarray(batch["data"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise FileFormatError(
+                f"{name}: data must be (N, 3072) uint8 pixels (0 to 255), got {data.dtype} "
+                f"{data.shape}; convert other arrays first (floats in [0, 1]: round(255·x))"
+            )
+        label = np.asarray(batch[source.label_key])
+        if not np.issubdtype(label.dtype, np.integer):
+            raise FileFormatError(
+                f"{name}: '{source.label_key}' must be whole numbers, got {label.dtype}"
+            )
+        label = label.astype(np.int64)
         if label.shape != (data.shape[0],):
             raise ValueError(f"{name}: {data.shape[0]} images but {label.shape[0]} labels")
         if label.size and (label.min() < 0 or label.max() >= len(classes)):

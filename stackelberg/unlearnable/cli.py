@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -297,7 +298,9 @@ def _train(args: argparse.Namespace) -> int:
         print(_solver_change(args.preset, args.solver, kept, dropped), file=sys.stderr)
     run_dir: Path = args.run_dir
     started = (run_dir / "checkpoint.pt").exists() or (run_dir / "generator.pt").exists()
-    if started and not args.resume:
+    if args.resume:
+        _check_resumable(run_dir)
+    elif started:
         raise FileExistsError(
             f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
             "RUN_DIR"
@@ -329,13 +332,13 @@ def _train(args: argparse.Namespace) -> int:
     }
     if distributed.is_main_process():
         print(f"seed {args.seed}; config:\n{json.dumps(config, indent=2)}", flush=True)
-    if started and (run_dir / "config.json").is_file():
+    if args.resume:
         _check_same_run(run_dir / "config.json", config)
     splits = _load(args)
     # the preset's training subset, and clean images outside it for the quick tests
     train, _, validation, _ = split_preset_data(splits, preset, args.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main_process():
+    if distributed.is_main_process() and not args.resume:
         write_json(run_dir / "config.json", config)
     _, metadata = train_preset_generator(
         preset,
@@ -349,8 +352,35 @@ def _train(args: argparse.Namespace) -> int:
         validation=validation,
     )
     if distributed.is_main_process():
+        if args.resume:  # the settings it may change (epochs, device, data_dir), once it ran
+            write_json(run_dir / "config.json", config)
         print(f"generator: {run_dir / 'generator.pt'} (epoch {metadata['epoch']})")
     return 0
+
+
+_CONFIG = "a training run's config.json (written by `stackelberg train`)"
+
+
+def _check_resumable(run_dir: Path) -> None:
+    """``train --resume`` continues only a run ``train`` started and did not finish: a folder
+    with its ``config.json`` and ``checkpoint.pt``; anything else is refused before a byte is
+    written."""
+    checkpoint, config = run_dir / "checkpoint.pt", run_dir / "config.json"
+    if not run_dir.is_dir() or not (checkpoint.exists() or (run_dir / "generator.pt").exists()):
+        raise FileNotFoundError(
+            f"nothing to resume: {run_dir} holds no training run (no checkpoint.pt); start it "
+            "without --resume"
+        )
+    if not config.exists():
+        raise FileNotFoundError(
+            f"{run_dir} is not a training run: it has no config.json (a generator copied or "
+            "downloaded there?); --resume continues only runs that `stackelberg train` began"
+        )
+    if not checkpoint.exists():
+        raise FileNotFoundError(
+            f"nothing to resume: {run_dir} holds a finished run's generator.pt but no "
+            "checkpoint.pt to continue from; train further in a new RUN_DIR"
+        )
 
 
 #: What may change when a run is resumed: how long, where and how it runs, not what it trains.
@@ -362,11 +392,13 @@ def _check_same_run(path: Path, config: dict[str, Any]) -> None:
     and its size, seed) differ from the saved ones, naming each key that differs."""
     from stackelberg.unlearnable.game import GameOptions
     from stackelberg.unlearnable.training import differing_keys, with_resolved_options
+    from stackelberg.utils.files import read_json_object
 
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} cannot be read ({error}); the run cannot be resumed") from None
+    saved = read_json_object(
+        path,
+        _CONFIG,
+        is_valid=lambda r: None if r.get("command") == "train" else "its 'command' is not train",
+    )
 
     if isinstance(saved.get("preset"), dict):
         saved["preset"].setdefault("achromatic", False)  # runs begun before the field
@@ -398,7 +430,12 @@ def _rank_device(device: str) -> str:
 def _poison(args: argparse.Namespace) -> int:
     from stackelberg.unlearnable.apply import poison_images
     from stackelberg.unlearnable.checkpoint import load_generator
-    from stackelberg.unlearnable.export import export_npz, export_png_folder, quantize_poison
+    from stackelberg.unlearnable.export import (
+        check_png_folder_replaceable,
+        export_npz,
+        export_png_folder,
+        quantize_poison,
+    )
     from stackelberg.utils.ownership import check_disjoint
 
     outputs = {"--output": args.output}
@@ -416,6 +453,8 @@ def _poison(args: argparse.Namespace) -> int:
         },
         outputs,
     )
+    if args.format == "png":
+        check_png_folder_replaceable(args.output.resolve(), args.overwrite)
     generator, metadata = load_generator(args.generator, args.device)
     splits = _load(args)
     split, indices = splits[args.split], None
@@ -573,8 +612,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _protect(args: argparse.Namespace) -> int:
     from stackelberg.unlearnable.checkpoint import load_generator
-    from stackelberg.unlearnable.export import file_sha256
     from stackelberg.unlearnable.protect import protect_folder
+    from stackelberg.utils.files import file_sha256
 
     generator, metadata = load_generator(args.generator, args.device)
     conditional = bool(metadata["label_conditioned"])
@@ -614,12 +653,17 @@ def _protect(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from stackelberg.utils.files import FileFormatError, file_sha256, load_tensors
+
     path: Path = args.checkpoint
-    if not path.is_file():
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder: pass a file in it (generator.pt, or checkpoint.pt of a run)"
+        )
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.with_suffix(".json").is_file() and path.name != "checkpoint.pt":
         from stackelberg.unlearnable.checkpoint import load_generator
-        from stackelberg.unlearnable.export import file_sha256
 
         generator, metadata = load_generator(path)
         parameters = sum(p.numel() for p in generator.parameters())
@@ -630,9 +674,12 @@ def _inspect(args: argparse.Namespace) -> int:
             "sha256": file_sha256(path),
         }
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path, "a generator or training checkpoint")
         if not isinstance(state, dict) or "epoch" not in state:
-            raise ValueError(f"{path} is neither a generator nor a training checkpoint")
+            raise FileFormatError(
+                f"{path} is neither a generator (no {path.with_suffix('.json').name} beside "
+                "it) nor a training checkpoint (no epoch in it)"
+            )
         description = {
             "kind": "training checkpoint",
             "epoch": state["epoch"],
@@ -647,6 +694,23 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted(command: str) -> str:
+    """What an interrupted command left, and how to continue it."""
+    if command == "train":
+        return "interrupted: the last finished epoch is saved; rerun with --resume to continue"
+    if command == "protect":
+        return (
+            "interrupted: every image written so far is recorded in protect_manifest.json; "
+            "rerun with --resume to continue"
+        )
+    return f"interrupted: {command} wrote nothing (its outputs appear only when complete)"
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM ends a command as Ctrl-C does, so it closes its records the same way."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse exits with 2 on bad usage)."""
     args = build_parser().parse_args(argv)
@@ -659,14 +723,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return handler(args)
     except _USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: rerun with --resume to continue (train)", file=sys.stderr)
+        print(_interrupted(args.command), file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run() -> None:

@@ -10,9 +10,8 @@ source dataset, counts, the measured ‖δ‖∞ in levels).
 
 from __future__ import annotations
 
+import hashlib
 import io
-import json
-import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -26,13 +25,19 @@ from torch import Tensor
 
 from stackelberg.unlearnable.apply import calibrate_batchnorm, poison_images
 from stackelberg.unlearnable.budget import budget_levels, enforce_budget, measured_levels
-from stackelberg.utils.files import file_sha256
+from stackelberg.utils.files import (
+    FileFormatError,
+    file_sha256,
+    read_json_object,
+    read_npz_arrays,
+)
 from stackelberg.utils.io import atomic_directory, atomic_path, write_json
 from stackelberg.utils.ownership import OwnershipError, owned_json
 
 # calibrate_batchnorm and poison_images live in ``apply``; they stay importable from here.
 __all__ = [
     "calibrate_batchnorm",
+    "check_png_folder_replaceable",
     "export_npz",
     "export_png_folder",
     "file_sha256",
@@ -142,21 +147,24 @@ def read_npz(path: str | Path) -> tuple[Tensor, Tensor]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: it is not such a dataset (not an ``.npz``, no ``x`` or ``y``, the wrong
-            dtype or shapes); the message names the file.
+        FileFormatError: it is not such a dataset (not an ``.npz``, no ``x`` or ``y``, images
+            that are not uint8, labels that are not whole numbers, the wrong shapes); the
+            message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"poisoned dataset {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            x, y = stored["x"], stored["y"]
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
-        raise ValueError(
-            f"{path} is not a dataset written by `stackelberg poison`: {error}"
-        ) from None
-    if x.dtype != np.uint8 or x.ndim != 4 or y.shape != (x.shape[0],):
-        raise ValueError(f"{path}: need uint8 x (N, H, W, C) and labels y (N,)")
+    what = "a dataset written by `stackelberg poison`"
+    arrays = read_npz_arrays(path, what, ("x", "y"))
+    x, y = arrays["x"], arrays["y"]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise FileFormatError(
+            f"{path} is not {what}: x must be uint8 images (N, H, W, 1 or 3), got {x.dtype} "
+            f"{x.shape}"
+        )
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (x.shape[0],):
+        raise FileFormatError(
+            f"{path} is not {what}: y must hold one whole-number label per image ({x.shape[0]}),"
+            f" got {y.dtype} {y.shape}"
+        )
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long()
 
 
@@ -181,11 +189,12 @@ def export_png_folder(
         OwnershipError: ``root`` holds anything but an earlier export's files (the ones its
             ``manifest.json`` lists): nothing is replaced or deleted, even with ``overwrite``.
     """
-    root = Path(root)
-    _check_replaceable_png_folder(root, overwrite)
+    root = Path(root).resolve()
+    check_png_folder_replaceable(root, overwrite)
     quantized = quantize_poison(clean, poisoned, epsilon)
     width = max(len(str(len(labels) - 1)), 1)
     files: list[str] = []
+    hashes: dict[str, str] = {}
     with atomic_directory(root, overwrite=overwrite) as tmp:
         for class_name in classes:
             (tmp / class_name).mkdir()
@@ -197,39 +206,75 @@ def export_png_folder(
             name = f"{classes[label]}/{i:0{width}d}.png"
             (tmp / name).write_bytes(buffer.getvalue())
             files.append(name)
+            hashes[name] = hashlib.sha256(buffer.getvalue()).hexdigest()
         manifest = _manifest(quantized, clean, labels, epsilon, source, generator_checkpoint, "png")
         manifest["classes"] = list(classes)
         manifest["files"] = files
+        manifest["sha256"] = hashes  # a file is the export's only while its bytes match
         write_json(tmp / "manifest.json", manifest)
     return manifest
 
 
-def _check_replaceable_png_folder(root: Path, overwrite: bool) -> None:
-    """``root`` may be (re)written: it does not exist, is empty, or holds exactly an earlier
-    PNG export (its ``manifest.json`` lists every file in it) and ``overwrite`` is on."""
+def check_png_folder_replaceable(root: Path, overwrite: bool) -> None:
+    """``root`` (resolved) may be (re)written: it does not exist, is empty, or holds exactly
+    an earlier PNG export (its class folders, and files whose bytes hash as its
+    ``manifest.json`` recorded) and ``overwrite`` is on; it never holds the working folder."""
+    here = Path.cwd().resolve()
+    if here == root or root in here.parents:
+        raise ValueError(
+            f"the output folder {root} holds the folder this command runs in ({here}): "
+            "replacing it would delete the ground under it; run from outside it"
+        )
     if not root.exists() and not root.is_symlink():
         return
     if root.is_symlink() or not root.is_dir():
         raise OwnershipError(f"{root} exists and is not a folder: choose another output folder")
-    present = sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
-    if not present:
+    entries = sorted(root.rglob("*"))
+    if not entries:
         return
     if not overwrite:
         raise FileExistsError(f"{root} exists: pass --overwrite to replace an earlier export")
-    if not owned_json(
-        root / "manifest.json",
-        lambda r: r.get("format") == "png" and isinstance(r.get("files"), list),
-        "the manifest of a PNG export written by `stackelberg poison`",
-    ):
-        raise OwnershipError(
-            f"{root} holds files that `poison` did not write (first: {present[0]}): the folder "
-            "is not replaced, even with --overwrite; choose another output folder"
-        )
-    listed = set(json.loads((root / "manifest.json").read_text())["files"]) | {"manifest.json"}
-    foreign = [name for name in present if name not in listed]
+    manifest = _png_manifest(root)
+    listed = set(manifest["files"]) | {"manifest.json"}
+    hashes = manifest.get("sha256", {})
+    foreign = []
+    for entry in entries:
+        name = str(entry.relative_to(root))
+        if entry.is_dir() and not entry.is_symlink():
+            if name not in manifest["classes"]:
+                foreign.append(f"{name}/, a folder the export did not make")
+        elif name not in listed or entry.is_symlink():
+            foreign.append(f"{name}, not written by poison")
+        elif name in hashes and file_sha256(entry) != hashes[name]:
+            foreign.append(f"{name}, changed since poison wrote it")
     if foreign:
         raise OwnershipError(
-            f"{root} holds {len(foreign)} file(s) that `poison` did not write (first: "
+            f"{root} holds {len(foreign)} thing(s) that are not poison's to replace (first: "
             f"{foreign[0]}): the folder is not replaced, even with --overwrite; choose another "
             "output folder"
         )
+
+
+def _png_manifest(root: Path) -> dict[str, Any]:
+    """The ``manifest.json`` of an earlier PNG export in ``root``; anything else is refused."""
+    path = root / "manifest.json"
+    if not path.is_file() or path.is_symlink():
+        raise OwnershipError(
+            f"{root} holds files that `poison` did not write (no manifest.json of an export): "
+            "the folder is not replaced, even with --overwrite; choose another output folder"
+        )
+    try:
+        return read_json_object(
+            path,
+            "the manifest of a PNG export written by `stackelberg poison`",
+            is_valid=lambda r: (
+                None
+                if r.get("format") == "png"
+                and isinstance(r.get("files"), list)
+                and isinstance(r.get("classes"), list)
+                and isinstance(r.get("sha256", {}), dict)
+                else "its format, files, classes or sha256 fields are not an export's"
+            ),
+        )
+    except FileFormatError as error:
+        raise OwnershipError(f"{error}; the folder is never replaced") from None
