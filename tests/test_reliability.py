@@ -24,6 +24,7 @@ from stackelberg.unlearnable.checkpoint import load_generator, save_generator
 from stackelberg.unlearnable.cli import main
 from stackelberg.unlearnable.presets import build_generator
 from stackelberg.unlearnable.protect import protect_folder
+from tests.conftest import make_solver
 from tests.test_cli import saturated_generator
 
 EPS = 8 / 255
@@ -426,6 +427,35 @@ def test_solve_with_a_solver_name_says_what_it_expects() -> None:
     game = toys.StackelbergVsNashGame()
     with pytest.raises(TypeError, match="solver must be a solver object"):
         sg.solve(game, "bome", None, 3, progress=False)  # type: ignore[arg-type]
+
+
+def test_a_solver_state_names_the_solver_and_game_it_came_from() -> None:
+    quadratic = toys.QuadraticGame.instance(dtype=torch.float64)
+    other = toys.StackelbergVsNashGame()
+    saved = make_solver("SOBA", quadratic).state_dict()
+    with pytest.raises(ValueError, match="saved by SOBA on a QuadraticGame; this is BOME on a "):
+        make_solver("BOME", quadratic).load_state_dict(saved)
+    soba_elsewhere = make_solver("SOBA", other)
+    with pytest.raises(ValueError, match="this is SOBA on a StackelbergVsNashGame"):
+        soba_elsewhere.load_state_dict(saved)
+    with pytest.raises(TypeError, match="takes what a solver's state_dict\\(\\) returned"):
+        soba_elsewhere.load_state_dict([1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["abc", None, {"a": 1}, [1, "a"], 1 + 2j])
+def test_variable_refuses_what_is_not_a_real_number(value: object) -> None:
+    with pytest.raises(TypeError, match=r"Variable needs (a number|real numbers)"):
+        sg.Variable(value)  # type: ignore[arg-type]
+
+
+def test_a_one_shot_data_iterator_gets_a_message_that_says_what_to_pass() -> None:
+    game = toys.QuadraticGame.instance(dtype=torch.float64)
+    solver = make_solver("SOBA", game, 0.01, 0.01)
+    batches = (None for _ in range(3))
+    with pytest.raises(ValueError, match=r"one-shot iterator \(generator\) and ran out after 3"):
+        sg.solve(game, solver, batches, 5, progress=False)
+    history = sg.solve(game, solver, [None] * 3, 5, progress=False)  # a list restarts
+    assert len(history) == 5
 
 
 # -- photos as people have them -----------------------------------------------------------------

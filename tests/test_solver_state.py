@@ -118,7 +118,7 @@ def test_the_state_that_is_not_in_the_parameters_matters() -> None:
 def test_loading_checks_the_solver_and_the_shapes() -> None:
     _, bome, _ = _build("bome", {}, seed=0)
     _, soba, _ = _build("soba", {}, seed=0)
-    with pytest.raises(ValueError, match="saved by BOME on a .*; this is SOBA on a "):
+    with pytest.raises(ValueError, match=r"saved by BOME on a .*; this is SOBA on a "):
         soba.load_state_dict(bome.state_dict())
     with pytest.raises(ValueError, match=r"shapes \[\(3,\)\]; this .*'s follower has \[\(4,\)\]"):
         soba.load_state_dict({"solver": "SOBA", "steps_taken": 0, "v": [torch.zeros(3)]})

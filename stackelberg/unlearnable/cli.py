@@ -307,7 +307,7 @@ def _train(args: argparse.Namespace) -> int:
         )
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"RUN_DIR {run_dir} exists and is not a folder")
-    if not started and run_dir.is_dir() and any(run_dir.iterdir()):
+    if not started and run_dir.is_dir() and not _failed_start(run_dir) and any(run_dir.iterdir()):
         raise FileExistsError(
             f"{run_dir} already holds files that are not a training run (first: "
             f"{next(iter(sorted(run_dir.iterdir()))).name}): train writes only into a new or "
@@ -359,6 +359,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 _CONFIG = "a training run's config.json (written by `stackelberg train`)"
+
+
+def _failed_start(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only the ``config.json`` of a ``train`` that stopped before
+    its first checkpoint (bad data, say): such a folder may be started again."""
+    from stackelberg.utils.files import read_json_object
+
+    if [p.name for p in run_dir.iterdir()] != ["config.json"]:
+        return False
+    try:
+        return read_json_object(run_dir / "config.json", _CONFIG).get("command") == "train"
+    except ValueError:
+        return False
 
 
 def _check_resumable(run_dir: Path) -> None:

@@ -126,7 +126,7 @@ class OutputLedger:
             self.batches = _read_manifest(self.manifest_path)
             self._fold_stale_journal()
         except BaseException:
-            self._release(remove_journal=False)
+            self._leave_unbegun()
             raise
         return self
 
@@ -180,8 +180,14 @@ class OutputLedger:
         if self._begun:
             self._fold(finished=kind is None)
             self._release(remove_journal=True)
-            return
-        self._release(remove_journal=True)
+        else:
+            self._leave_unbegun()
+
+    def _leave_unbegun(self) -> None:
+        """Leave as found: the journal removed unless it holds an interrupted run's events
+        (which failed to fold), and the folder too if this run made it."""
+        assert self._journal is not None
+        self._release(remove_journal=os.fstat(self._journal.fileno()).st_size == 0)
         if self._created_folder:
             with contextlib.suppress(OSError):
                 self.out_dir.rmdir()  # only if still empty
