@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=DEFAULT_MAX_PIXELS,
         help="skip (and list) images with more pixels than this (default %(default)s; besides "
-        "one tile's work, protecting takes about 11 bytes per pixel)",
+        "one tile's work, protecting takes about 8 bytes per pixel)",
     )
     written = protect.add_mutually_exclusive_group()
     written.add_argument(

@@ -29,6 +29,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -240,7 +241,8 @@ def _read(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     Raises ``_Unsupported`` for animations, images of more than 8 bits per channel and
     images over ``max_pixels``, checked from the header before any pixel is decoded.
     """
-    with Image.open(path) as image:
+    image = Image.open(path)
+    try:
         width, height = image.size
         if width * height > max_pixels:
             raise _Unsupported(
@@ -259,9 +261,21 @@ def _read(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
                 f"a high-bit-depth image ({depth}): protect writes 8-bit PNGs, which would "
                 "change it by more than ε; convert it to 8 bits per channel first"
             )
-        image.load()
-        upright = ImageOps.exif_transpose(image)
-        return upright if upright is not None and upright is not image else image.copy()
+        image.load()  # decodes, and closes the file (one frame): no copy is needed
+    except BaseException:
+        image.close()
+        raise
+    ImageOps.exif_transpose(image, in_place=True)  # upright, without a second copy
+    return image
+
+
+def _strips(image: Image.Image, mode: str, rows: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+    """``image`` in ``mode`` as uint8 ``(rows, W, C)`` arrays, top to bottom, with their first
+    row: a whole-image conversion would hold a second copy of every pixel."""
+    for top in range(0, image.height, rows):
+        strip = image.crop((0, top, image.width, min(top + rows, image.height)))
+        array = np.asarray(strip if strip.mode == mode else strip.convert(mode))
+        yield top, array if array.ndim == 3 else array[..., None]
 
 
 def _pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -270,9 +284,16 @@ def _pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         image.mode == "P" and "transparency" in image.info
     )
-    alpha = np.asarray(image.convert("RGBA").getchannel("A")) if has_alpha else None
-    colour = np.asarray(image.convert("L" if image.mode in _GRAY_MODES else "RGB"))
-    return (colour if colour.ndim == 3 else colour[..., None]), alpha
+    alpha = None
+    if has_alpha:
+        alpha = np.empty((image.height, image.width), np.uint8)
+        for top, strip in _strips(image, "RGBA"):
+            alpha[top : top + len(strip)] = strip[..., 3]
+    mode = "L" if image.mode in _GRAY_MODES else "RGB"
+    colour = np.empty((image.height, image.width, len(mode)), np.uint8)
+    for top, strip in _strips(image, mode):
+        colour[top : top + len(strip)] = strip
+    return colour, alpha
 
 
 def _protect_in_mode(
@@ -291,16 +312,6 @@ def _protect_in_mode(
             protected[..., c : c + 1] = protect_pixels(generator, single, epsilon, **options)
         return protected
     return protect_pixels(generator, np.repeat(pixels, channels, axis=-1), epsilon, **options)
-
-
-def _levels_changed(written: np.ndarray, source: np.ndarray, rows: int = 256) -> int:
-    """``max |written − source|`` in intensity levels, ``rows`` image rows at a time (so the
-    int16 differences never take more than a strip of memory); a 1-channel ``source`` is
-    compared with every channel of ``written``."""
-    return max(
-        int(np.abs(written[i : i + rows].astype(np.int16) - source[i : i + rows]).max())
-        for i in range(0, len(source), rows)
-    )
 
 
 def _to_image(pixels: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
@@ -555,8 +566,11 @@ class _Writer:
         the source in its own; over the budget is an error (the file is not renamed in)."""
         with Image.open(written_path) as image:
             image.load()
-            written = np.asarray(image.convert("L" if image.mode in _GRAY_MODES else "RGB"))
-        linf = _levels_changed(written if written.ndim == 3 else written[..., None], source)
+            mode = "L" if image.mode in _GRAY_MODES else "RGB"
+            linf = max(  # int16 differences, a strip at a time; gray sources against each channel
+                int(np.abs(strip.astype(np.int16) - source[top : top + len(strip)]).max())
+                for top, strip in _strips(image, mode)
+            )
         if linf > budget_levels(self.epsilon):  # the invariant, checked on the bytes written
             raise BudgetError(
                 f"{target} would change a pixel by {linf} levels, over the budget of "
