@@ -387,3 +387,17 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_be_started_again(
     assert "fewer than one batch" in _one_line(capsys.readouterr().err)
     assert [p.name for p in run.iterdir()] == ["config.json"]
     assert main([*command, "--epochs", "1"]) == 0
+
+
+def test_poison_npz_overwrite_keeps_a_file_the_user_changed(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "generator.pt"
+    saturated_generator(path, channels=1)
+    output = tmp_path / "poisoned.npz"
+    command = poison_command(path, output, "--split", "test")
+    assert main(command) == 0
+    assert main([*command, "--overwrite"]) == 0  # its own output: replaced
+    output.write_bytes(output.read_bytes() + b"appended by the user")
+    before = output.read_bytes()
+    assert main([*command, "--overwrite"]) == 1
+    assert "changed since `poison` wrote it" in _one_line(capsys.readouterr().err)
+    assert output.read_bytes() == before

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -121,10 +122,16 @@ def export_npz(
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{path} exists: pass --overwrite to replace it")
-        if not ours or not path.is_file():
+        if not ours or not path.is_file() or path.is_symlink():
             raise OwnershipError(
                 f"{path} exists without the manifest {manifest_path.name} that `poison` "
                 "writes beside its exports: it is not replaced, even with --overwrite"
+            )
+        recorded = json.loads(manifest_path.read_text()).get("sha256")
+        if recorded is not None and file_sha256(path) != recorded:
+            raise OwnershipError(
+                f"{path} changed since `poison` wrote it (its SHA-256 is not the one "
+                f"{manifest_path.name} records): it is not replaced, even with --overwrite"
             )
     quantized = quantize_poison(clean, poisoned, epsilon)
     indices = torch.arange(len(labels)) if indices is None else indices
