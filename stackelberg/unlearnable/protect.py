@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -220,7 +220,7 @@ class _Unsupported(Exception):
     """An input that is an image but cannot be protected faithfully; the reason is listed."""
 
 
-def _high_depth(image: Image.Image) -> str | None:
+def _high_depth(image: ImageFile.ImageFile) -> str | None:
     """How ``image`` stores more than 8 bits per channel, or ``None``; read from the header."""
     if image.mode in _HIGH_DEPTH_MODES:
         return f"mode {image.mode}"
