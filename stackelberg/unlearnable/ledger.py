@@ -15,6 +15,9 @@ Two files live in the output folder:
   next run folds it into the manifest as an interrupted batch (``finished: false``) and removes
   the temporary files it lists, so ``--resume`` continues where the run stopped.
 
+Entries of manifests written before hashes were kept carry no ``sha256``; their files count
+as protect's by name, as they did then.
+
 The journal is also the folder's lock: a run holds an exclusive ``flock`` on it for as long
 as it works, so a second run into the same folder is refused, naming the first run's process
 and start time (the lock dies with its process, so a killed run never blocks the next).
@@ -282,8 +285,9 @@ class OutputLedger:
                 batch = {**event["batch"], "protected": [], "skipped": []}
             elif batch is None:
                 continue
-            elif "protected" in event:
-                batch["protected"].append(event["protected"])
+            elif "protected" in event:  # journaled before its rename, which a stop can skip
+                if (self.out_dir / event["protected"]["output"]).exists():
+                    batch["protected"].append(event["protected"])
             elif "skipped" in event:
                 batch["skipped"].append(event["skipped"])
             elif "pending" in event:

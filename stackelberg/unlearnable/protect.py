@@ -16,11 +16,16 @@ upright; the ICC colour profile is kept; other metadata (EXIF: camera, date, GPS
 not copied, which also keeps a published photo from giving away where it was taken. An alpha
 channel is kept unchanged. Animated images, images of more than 8 bits per channel (which an
 8-bit PNG could not reproduce within ε) and images over ``max_pixels`` are skipped and listed,
-as are files that cannot be read and dangling links; nothing is dropped silently.
+as are files that cannot be read, dangling links, FIFOs, devices and sockets (never opened);
+nothing is dropped silently. Channels: a 1-channel generator perturbs each channel of a colour
+image on its own, so the photo stays in colour; a grayscale image given to a 3-channel
+generator is written as RGB. Either way the written file is read back, in its own mode,
+against the source in the source's own mode, and the measured ‖δ‖∞ must be within the budget.
 
 Nothing is written into the input folder or replaced that protect did not write. The manifest
 ``protect_manifest.json`` records every batch written into the output folder, with, per file,
-the ‖δ‖∞ measured by reading the written PNG back against the source pixels.
+the measured ‖δ‖∞ and the written bytes' size and SHA-256; ``ledger`` journals each output
+before it is renamed into place, so an interrupted run loses no record (see there).
 """
 
 from __future__ import annotations
@@ -55,9 +60,10 @@ __all__ = ["ProtectReport", "perturb_image", "protect_folder", "protect_pixels"]
 
 @dataclass
 class ProtectReport:
-    """What ``protect_folder`` did: ``protected`` (one dict per written file, with its
-    measured ``linf_levels``), ``skipped`` (input, reason), ``resumed`` (inputs an earlier
-    batch had protected) and the time it took."""
+    """What ``protect_folder`` did: ``protected`` (one dict per written file: ``input``,
+    ``output``, the source's ``mode``, ``width``, ``height``, the measured ``linf_levels``,
+    and the written file's ``bytes`` and ``sha256``), ``skipped`` (input, reason), ``resumed``
+    (inputs an earlier batch had protected) and the time it took."""
 
     protected: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
