@@ -242,3 +242,33 @@ def test_fifos_and_devices_in_the_input_are_listed_never_opened(
     assert all("not a regular file" in reason for reason in reasons.values())
     batch = json.loads((tmp_path / "out" / MANIFEST).read_text())["batches"][0]
     assert {s["input"] for s in batch["skipped"]} == {"pipe.png", "zero.png"}
+
+
+def test_a_journal_left_by_a_kill_is_folded_once_and_its_temporaries_removed(
+    tmp_path: Path,
+) -> None:
+    """A kill between journaling an output and renaming it in leaves the temporary file and
+    an entry for an output that does not exist: the next run removes the one and drops the
+    other, and folds the batch only once."""
+    from stackelberg.unlearnable.ledger import OutputLedger
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "done.png").write_bytes(b"written")
+    (out / ".late.png.abc.tmp").write_bytes(b"half")
+    events = [
+        {"batch": {"id": "b1", "pid": 1, "created": "then"}},
+        {"pending": "done.png.tmp"},
+        {"protected": {"output": "done.png", "sha256": file_sha256(out / "done.png")}},
+        {"pending": ".late.png.abc.tmp"},
+        {"protected": {"output": "late.png", "sha256": "0" * 64}},
+    ]
+    journal = "".join(json.dumps(event) + "\n" for event in events) + '{"skipped": {"inp'
+    (out / JOURNAL).write_text(journal)
+    with OutputLedger(out) as ledger:
+        assert [len(b["protected"]) for b in ledger.batches] == [1]
+        assert ledger.recorded_hashes() == {"done.png": {file_sha256(out / "done.png")}}
+    assert sorted(p.name for p in out.iterdir()) == ["done.png", MANIFEST]
+    (out / JOURNAL).write_text(journal)  # as if the kill came again before the journal's removal
+    with OutputLedger(out) as ledger:
+        assert len(ledger.batches) == 1  # the same batch id is not added twice
