@@ -114,7 +114,9 @@ def test_a_stopped_run_leaves_every_output_recorded_and_resume_completes_it(
     process.send_signal(stop)
     _, err = process.communicate(timeout=60)
     written = assert_accounted_for(out)
-    assert 5 <= len(written) < IMAGES
+    # the stop may fall between journaling the fifth output and renaming it in: then its
+    # temporary is removed and the manifest does not list it (asserted below)
+    assert 4 <= len(written) < IMAGES
     if stop == signal.SIGKILL:
         assert process.returncode == -signal.SIGKILL
         assert (out / JOURNAL).is_file()  # nothing ran after the kill: the journal holds it
