@@ -16,6 +16,10 @@ import stackelberg as sg
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
+#: The timeout of a subprocess a test runs: a guard against a hang, not a speed limit (speed is
+#: measured in benchmarks/), so a loaded machine never fails a command that is still working.
+HANG_TIMEOUT = 3600
+
 SOLVERS = {
     "GDA": sg.GDA,
     "BOME": sg.BOME,

@@ -23,6 +23,7 @@ from stackelberg.unlearnable.diagnostics import (
     noise_only_accuracy,
 )
 from stackelberg.unlearnable.presets import build_classifier, build_generator
+from tests.conftest import HANG_TIMEOUT
 
 EPS = 8 / 255
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +144,7 @@ def test_every_scale_sizes_the_costly_attacks(tmp_path: Path) -> None:
 
 def run_table(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, str(ROOT / "experiments" / "unlearnable_tables.py"), *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=HANG_TIMEOUT)
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 import stackelberg as sg
 from stackelberg.utils import distributed
+from tests.conftest import HANG_TIMEOUT
 
 STEPS = 4
 
@@ -142,7 +143,7 @@ def test_cli_train_and_evaluate_run_under_torchrun(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=HANG_TIMEOUT,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads((run / "config.json").read_text())["processes"] == 2
@@ -165,7 +166,7 @@ def test_cli_train_and_evaluate_run_under_torchrun(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=HANG_TIMEOUT,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert evaluated.stdout.count("clean test accuracy") == 1  # printed by rank 0 only

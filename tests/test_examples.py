@@ -13,6 +13,8 @@ import pytest
 import torch
 from conftest import assert_png_figure
 
+from tests.conftest import HANG_TIMEOUT
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,7 +26,7 @@ def test_define_a_game_finds_the_stackelberg_point(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         check=True,
-        timeout=300,
+        timeout=HANG_TIMEOUT,
     )
     assert "seed=0" in completed.stdout
     results = json.loads(output.read_text())
@@ -50,7 +52,7 @@ def test_poisoning_example_smoke(tmp_path: Path) -> None:
             "--memory-steps", "5",
             "--output-dir", str(tmp_path),
         ],
-        capture_output=True, text=True, check=True, timeout=300,
+        capture_output=True, text=True, check=True, timeout=HANG_TIMEOUT,
     )  # fmt: skip
     results = json.loads((tmp_path / "results.json").read_text())
     cell = results["cells"]["breast_cancer/logreg"]
@@ -91,7 +93,11 @@ def test_adversarial_example_smoke_and_resume(tmp_path: Path) -> None:
         "--batch-size", "10", "--steps", "2", "--warmup-epochs", "1", "--width", "2",
     ]  # fmt: skip
     subprocess.run(
-        [*command, "--epochs", "2"], capture_output=True, text=True, check=True, timeout=300
+        [*command, "--epochs", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=HANG_TIMEOUT,
     )
     first = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert [row["epoch"] for row in first["history"]["beta"]] == [0, 1]
@@ -100,7 +106,7 @@ def test_adversarial_example_smoke_and_resume(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         check=True,
-        timeout=300,
+        timeout=HANG_TIMEOUT,
     )
     assert "resumed after epoch 1" in resumed.stdout
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -126,7 +132,7 @@ def _run_unlearnable(*args: str, same_threads: bool = False) -> subprocess.Compl
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=HANG_TIMEOUT,
         env=env,
     )
 
@@ -286,7 +292,7 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path: Path) -> None:
         ],
         check=True,
         capture_output=True,
-        timeout=300,
+        timeout=HANG_TIMEOUT,
     )  # fmt: skip
     report = json.loads(output.read_text())
     assert report["preset_steps"]["steps"] == 2

@@ -26,6 +26,7 @@ from stackelberg.unlearnable.cli import main
 from stackelberg.unlearnable.ledger import JOURNAL, MANIFEST
 from stackelberg.unlearnable.protect import protect_folder
 from stackelberg.utils.files import file_sha256
+from tests.conftest import HANG_TIMEOUT
 from tests.test_cli import saturated_generator
 
 EPS = 8 / 255
@@ -67,7 +68,7 @@ def journaled_outputs(out: Path) -> int:
 
 def wait_for_outputs(process: subprocess.Popen, out: Path, count: int) -> None:
     """Wait until the running process has journaled ``count`` outputs."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_TIMEOUT
     while journaled_outputs(out) < count:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the run never got going"
@@ -112,7 +113,7 @@ def test_a_stopped_run_leaves_every_output_recorded_and_resume_completes_it(
     process = protect_process(many_photos, out, generator)
     wait_for_outputs(process, out, 5)
     process.send_signal(stop)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=HANG_TIMEOUT)
     written = assert_accounted_for(out)
     # the stop may fall between journaling the fifth output and renaming it in: then its
     # temporary is removed and the manifest does not list it (asserted below)
@@ -150,7 +151,7 @@ def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(
     err = capsys.readouterr().err
     assert f"another protect run (process {first.pid}" in err
     assert len(err.strip().splitlines()) == 1
-    assert first.wait(timeout=300) == 0
+    assert first.wait(timeout=HANG_TIMEOUT) == 0
     assert main([*args, "--resume"]) == 0  # the lock died with its holder
     assert f"{IMAGES} image(s) already protected" in capsys.readouterr().out
     batches = json.loads((out / MANIFEST).read_text())["batches"]
