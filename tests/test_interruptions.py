@@ -75,6 +75,20 @@ def wait_for_outputs(process: subprocess.Popen, out: Path, count: int) -> None:
         time.sleep(0.02)
 
 
+def journal_events(out: Path) -> list[dict]:
+    """The journal's events; a last line a kill cut short is dropped, as the ledger does."""
+    if not (out / JOURNAL).is_file():
+        return []
+    lines = (out / JOURNAL).read_text().splitlines()
+    events = []
+    for number, line in enumerate(lines, 1):
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            assert number == len(lines), "only the last line may be cut short"
+    return events
+
+
 def recorded(out: Path) -> dict[str, set[str]]:
     """Every output the manifest (and a journal a killed run left) records, with hashes."""
     hashes: dict[str, set[str]] = {}
@@ -82,24 +96,27 @@ def recorded(out: Path) -> dict[str, set[str]]:
         for batch in json.loads((out / MANIFEST).read_text())["batches"]:
             for entry in batch["protected"]:
                 hashes.setdefault(entry["output"], set()).add(entry["sha256"])
-    if (out / JOURNAL).is_file():
-        for line in (out / JOURNAL).read_text().splitlines():
-            event = json.loads(line)
-            if "protected" in event:
-                entry = event["protected"]
-                hashes.setdefault(entry["output"], set()).add(entry["sha256"])
+    for event in journal_events(out):
+        if "protected" in event:
+            entry = event["protected"]
+            hashes.setdefault(entry["output"], set()).add(entry["sha256"])
     return hashes
 
 
 def assert_accounted_for(out: Path) -> list[str]:
-    """Every image file in ``out`` is recorded with the hash of its bytes; returns them."""
+    """Every image file in ``out`` is recorded with the hash of its bytes, and every
+    temporary file is one a journal lists as pending; returns the image files."""
     hashes = recorded(out)
     files = sorted(
         str(p.relative_to(out))
         for p in out.rglob("*")
         if p.is_file() and p.name not in (MANIFEST, JOURNAL)
     )
-    assert not [f for f in files if f.endswith(".tmp")], files
+    # a killed run's temporaries are listed in its journal before they exist
+    pending = {event["pending"] for event in journal_events(out) if "pending" in event}
+    temporaries = {f for f in files if f.endswith(".tmp")}
+    assert temporaries <= pending, temporaries
+    files = [f for f in files if f not in temporaries]
     for name in files:
         assert file_sha256(out / name) in hashes.get(name, set()), name
     return files
