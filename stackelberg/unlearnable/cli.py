@@ -18,9 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from stackelberg.utils import distributed
+from stackelberg.unlearnable import choices as names
 
 __all__ = ["main", "run"]
 
@@ -38,11 +36,9 @@ _USER_ERRORS = (
 
 
 def _add_data_options(parser: argparse.ArgumentParser, dataset_default: str = "cifar10") -> None:
-    from stackelberg.data import DATASETS
-
     parser.add_argument(
         "--dataset",
-        choices=DATASETS,
+        choices=names.DATASETS,
         default=dataset_default,
         help="cifar10/cifar100 (official python archive), folder (split/class/image folder "
         "or .tar.gz) or digits (scikit-learn's, no download); default %(default)s",
@@ -57,8 +53,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda if available, else cpu)",
+        default="auto",
+        help="torch device: cpu, cuda, cuda:1, ... (default auto: cuda if available, else cpu)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -99,12 +95,6 @@ def _tile(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stackelberg.solvers import SOLVERS
-    from stackelberg.unlearnable import VARIANTS
-    from stackelberg.unlearnable.defenses import DEFENSES
-    from stackelberg.unlearnable.presets import CLASSIFIERS, PRESETS
-    from stackelberg.unlearnable.protect import DEFAULT_MAX_PIXELS
-
     parser = argparse.ArgumentParser(
         prog="stackelberg",
         description="Game Unlearnable Examples: train a poison generator, poison or protect "
@@ -121,14 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder")
     train.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=sorted(names.PRESETS),
         default="cpu-em",
         help="model sizes, schedule and data budget (default %(default)s)",
     )
-    train.add_argument("--variant", choices=VARIANTS, help="game variant (default: the preset's)")
+    train.add_argument(
+        "--variant", choices=names.VARIANTS, help="game variant (default: the preset's)"
+    )
     train.add_argument(
         "--solver",
-        choices=sorted(SOLVERS),
+        choices=sorted(names.SOLVERS),
         help="bilevel solver (default: the preset's); keeps the preset's solver options that "
         "this solver has, and says which it drops",
     )
@@ -160,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     poison.add_argument("--split", choices=("train", "test"), default="train")
     poison.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=sorted(names.PRESETS),
         help="poison only this preset's training subset (the images `train --preset` trained "
         "on, for the same --seed), as the results of the docs do; default: the whole split",
     )
@@ -182,15 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=sorted(names.PRESETS),
         help="the preset's victim protocol: its victim and schedule, and without --poisoned "
         "its clean training subset (default: convnet-lite, 15 epochs at lr 0.02, the whole "
         "training split)",
     )
     evaluate.add_argument(
-        "--victim", choices=CLASSIFIERS, help="victim architecture (overrides the preset's)"
+        "--victim", choices=names.CLASSIFIERS, help="victim architecture (overrides the preset's)"
     )
-    evaluate.add_argument("--defense", choices=sorted(DEFENSES), default="none")
+    evaluate.add_argument("--defense", choices=sorted(names.DEFENSES), default="none")
     evaluate.add_argument("--epochs", type=_positive, help="victim epochs (overrides the preset's)")
     evaluate.add_argument("--lr", type=float, help="SGD learning rate (overrides the preset's)")
     evaluate.add_argument("--output", type=Path, help="write the result as JSON here")
@@ -230,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument(
         "--max-pixels",
         type=_positive,
-        default=DEFAULT_MAX_PIXELS,
+        default=names.DEFAULT_MAX_PIXELS,
         help="skip (and list) images with more pixels than this (default %(default)s; besides "
         "one tile's work, protecting takes about 8 bytes per pixel)",
     )
@@ -282,6 +274,7 @@ def _solver_change(preset: str, solver: str, kept: dict[str, Any], dropped: list
 def _train(args: argparse.Namespace) -> int:
     from stackelberg.unlearnable.driver import train_preset_generator
     from stackelberg.unlearnable.presets import PRESETS, split_preset_data
+    from stackelberg.utils import distributed
     from stackelberg.utils.io import write_json
 
     parallel = distributed.setup()
@@ -435,6 +428,8 @@ def _check_same_run(path: Path, config: dict[str, Any]) -> None:
 
 def _rank_device(device: str) -> str:
     """Under torchrun on GPUs each rank uses its own (``LOCAL_RANK``) device."""
+    import torch
+
     if device == "cuda":
         return f"cuda:{torch.cuda.current_device()}"
     return device
@@ -537,6 +532,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from stackelberg.unlearnable.export import read_npz
     from stackelberg.unlearnable.presets import PRESETS, split_preset_data
     from stackelberg.unlearnable.victim import VictimSchedule, train_fresh_victim
+    from stackelberg.utils import distributed
     from stackelberg.utils.io import write_json
     from stackelberg.utils.ownership import check_disjoint, owned_json
 
@@ -726,8 +722,12 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse exits with 2 on bad usage)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch
     handler: Callable[[argparse.Namespace], int] = args.handler
+    import torch
+
+    if getattr(args, "device", None) == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = getattr(args, "device", "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         print(

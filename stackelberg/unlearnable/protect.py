@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from stackelberg.checks import check_epsilon
 from stackelberg.models.generators import generate, is_conditional
 from stackelberg.unlearnable.budget import BudgetError, budget_levels, enforce_budget
+from stackelberg.unlearnable.choices import DEFAULT_MAX_PIXELS
 from stackelberg.unlearnable.game import apply_perturbation
 from stackelberg.unlearnable.ledger import MANIFEST, OutputLedger
 from stackelberg.utils.files import file_sha256
@@ -209,11 +210,6 @@ def _label_needed(info: dict[str, Any]) -> str:
         "(preset cpu-paper-game or paper)."
     )
 
-
-#: Images with more pixels than this are skipped (and listed) unless ``max_pixels`` is raised;
-#: besides one tile's work, protecting takes a few bytes per pixel (``SECURITY.md`` gives the
-#: measured figure).
-DEFAULT_MAX_PIXELS = 40_000_000
 
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _GRAY_MODES = {"1", "L", "LA", "La"}
