@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(names.PRESETS),
         default="cpu-em",
-        help="model sizes, schedule and data budget (default %(default)s)",
+        help="model sizes, schedule and data budget (default %(default)s); smoke runs in "
+        "seconds and checks the plumbing only: it protects nothing",
     )
     train.add_argument(
         "--variant", choices=names.VARIANTS, help="game variant (default: the preset's)"
@@ -207,10 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument(
         "--label",
         type=int,
-        help="the images' class index in the generator's training data (0 to K-1; "
-        "`stackelberg inspect` lists the classes). Needed only by a label-conditioned "
-        "generator (the cpu-em preset's), which adds one learned pattern per class; an x-only "
-        "generator (presets cpu-paper-game, paper) protects any photo without a label",
+        help="a class index of the generator's training data (0 to K-1; `stackelberg "
+        "inspect` lists the classes), needed by a label-conditioned generator (the cpu-em "
+        "preset's), which adds one learned pattern per class. For photos of your own that "
+        "belong to no such class, pass any one index and keep it for the whole folder: that "
+        "is what was measured to protect (docs/cli.md); x-only generators (cpu-paper-game, "
+        "paper) were measured to protect nothing at CPU scale",
     )
     protect.add_argument(
         "--tile",

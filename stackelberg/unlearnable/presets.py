@@ -22,7 +22,8 @@ Each preset's name says which game it plays:
   Carlini–Wagner margin). See ``accuracy_preset``.
 - ``cpu-robust``: ``cpu-em``'s game played through the victim's pipeline (grayscale, JPEG at
   quality 10–90, or nothing, drawn per outer step). See ``defense_aware_preset``.
-- ``smoke``: seconds; for tests.
+- ``smoke``: seconds; it checks the plumbing only (every stage runs end to end) and protects
+  nothing: its victims sit at chance, clean or poisoned.
 
 Each GUE hyperparameter as the paper's text gives it, as the official code runs it and as
 each preset sets it, with the reason wherever they differ, is tabulated in

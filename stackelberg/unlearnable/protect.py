@@ -205,9 +205,9 @@ def _label_needed(info: dict[str, Any]) -> str:
     )
     return (
         "this generator is label-conditioned: it adds one learned pattern per class of its "
-        f"training data, so it needs the images' class. Pass --label with its index{listed}. "
-        "To protect photos that have no such class, train an x-only generator instead "
-        "(preset cpu-paper-game or paper)."
+        f"training data, so it needs a class. Pass --label with an index{listed}. For photos "
+        "of your own that belong to none of these classes, pass any one index and keep it for "
+        "the whole folder: one consistent pattern is what was measured to protect (docs/cli.md)"
     )
 
 
