@@ -11,38 +11,61 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SNIPPETS = ROOT / "docs" / "snippets"
+DOCS = ROOT / "docs"
 README = ROOT / "README.md"
+#: Which page shows each example: ``<!-- example: NAME -->`` right above its code block.
+EXAMPLES = {
+    "quickstart": "index.md",
+    "duopoly": "tutorial.md",
+    "make_and_resume": "solvers.md",
+    "hyper_cleaning": "problems.md",
+    "train_and_export": "unlearnable.md",
+    "comparison_suite": "unlearnable.md",
+}
+_BLOCK = re.compile(r"(?:<!-- example: (\w+) -->\n)?```python\n(.*?)```", re.DOTALL)
 
 
-def run_snippet(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
-    monkeypatch.chdir(tmp_path)  # snippets that write do so under results/
-    return runpy.run_path(str(SNIPPETS / name), run_name="__main__")
+def page_examples(path: Path) -> dict[str | None, str]:
+    """The Python code blocks of a page by the name of the marker above each (``None``: a
+    block without one)."""
+    return {name or None: code for name, code in _BLOCK.findall(path.read_text())}
 
 
-def test_every_snippet_is_included_by_a_page_and_every_include_exists() -> None:
-    included = set()
-    for page in (ROOT / "docs").glob("*.md"):
-        for target in re.findall(r'--8<-- "([^"]+)"', page.read_text()):
-            assert (ROOT / target).is_file(), f"{page.name} includes a missing {target}"
-            included.add(Path(target).name)
-    assert {p.name for p in SNIPPETS.glob("*.py")} <= included | {"quickstart.py"}
+def run_example(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
+    """Run the page's code block exactly as a reader copies it."""
+    monkeypatch.chdir(tmp_path)  # examples that write do so under results/
+    script = tmp_path / f"{name}.py"
+    script.write_text(page_examples(DOCS / EXAMPLES[name])[name])
+    return runpy.run_path(str(script), run_name="__main__")
+
+
+def test_every_code_block_of_the_docs_is_a_tested_example() -> None:
+    """What a reader copies from a page (here, or on a forge that does not expand includes)
+    is the code the tests run: no page includes code from elsewhere."""
+    shown = {}
+    for page in [*DOCS.glob("*.md"), README]:
+        assert '--8<-- "docs/' not in page.read_text(), f"{page.name} includes code"
+        for name in page_examples(page):
+            assert name is not None or page == README, f"{page.name}: a block without a marker"
+            if name is not None:
+                shown[name] = page.name
+    assert shown == EXAMPLES
 
 
 def test_quickstart_reaches_the_stackelberg_duopoly_and_is_the_readme_snippet(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    namespace = run_snippet("quickstart.py", monkeypatch, tmp_path)
+    namespace = run_example("quickstart", monkeypatch, tmp_path)
     game = namespace["game"]
     assert float(game.leader.value.detach()) == pytest.approx(4.5, rel=1e-3)
     assert float(game.follower.value.detach()) == pytest.approx(2.25, rel=1e-3)
-    assert (SNIPPETS / "quickstart.py").read_text() in README.read_text()
+    assert page_examples(README)[None] == page_examples(DOCS / "index.md")["quickstart"]
 
 
 def test_tutorial_duopoly_lands_on_the_stackelberg_point(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    game = run_snippet("duopoly.py", monkeypatch, tmp_path)["game"]
+    game = run_example("duopoly", monkeypatch, tmp_path)["game"]
     assert float(game.leader.value.detach()) == pytest.approx(4.5, rel=1e-3)
     assert float(game.follower.value.detach()) == pytest.approx(2.25, rel=1e-3)
 
@@ -50,7 +73,7 @@ def test_tutorial_duopoly_lands_on_the_stackelberg_point(
 def test_solvers_snippet_reaches_the_closed_form_and_saves_its_state(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    namespace = run_snippet("make_and_resume.py", monkeypatch, tmp_path)
+    namespace = run_example("make_and_resume", monkeypatch, tmp_path)
     game = namespace["game"]
     expected = game.solution().leader
     assert float((game.leader.value.detach() - expected).abs().max()) < 1e-3
@@ -61,7 +84,7 @@ def test_solvers_snippet_reaches_the_closed_form_and_saves_its_state(
 def test_unlearnable_snippet_trains_poisons_and_exports(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    namespace = run_snippet("train_and_export.py", monkeypatch, tmp_path)
+    namespace = run_example("train_and_export", monkeypatch, tmp_path)
     assert namespace["training"].epoch == 2
     assert (tmp_path / "results" / "my-run" / "checkpoint.pt").is_file()
     exported = np.load(tmp_path / "results" / "my-run" / "poisoned.npz")
@@ -73,7 +96,7 @@ def test_unlearnable_snippet_trains_poisons_and_exports(
 def test_comparison_suite_snippet_crafts_em_and_trains_a_defended_victim(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    namespace = run_snippet("comparison_suite.py", monkeypatch, tmp_path)
+    namespace = run_example("comparison_suite", monkeypatch, tmp_path)
     assert namespace["poison"].info["converged"]
     assert 0.0 <= namespace["result"].final <= 1.0
 
@@ -93,7 +116,7 @@ def test_readme_is_short_and_links_only_inside_the_repository() -> None:
 def test_hyper_cleaning_snippet_cleans_far_better_than_chance(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    history = run_snippet("hyper_cleaning.py", monkeypatch, tmp_path)["history"]
+    history = run_example("hyper_cleaning", monkeypatch, tmp_path)["history"]
     first, last = history.evaluations[0], history.evaluations[-1]
     assert [row["step"] for row in history.evaluations] == [0, 10, 20, 30, 40]
     assert last["test_accuracy"] > first["test_accuracy"] + 0.5
