@@ -16,7 +16,10 @@ README = ROOT / "README.md"
 #: Which page shows each example: ``<!-- example: NAME -->`` right above its code block.
 EXAMPLES = {
     "quickstart": "index.md",
-    "duopoly": "tutorial.md",
+    **{
+        name: "tutorial.md"
+        for name in ("duopoly", "duopoly_solve", "duopoly_nash", "duopoly_capacity")
+    },
     "make_and_resume": "solvers.md",
     "hyper_cleaning": "problems.md",
     "train_and_export": "unlearnable.md",
@@ -62,10 +65,23 @@ def test_quickstart_reaches_the_stackelberg_duopoly_and_is_the_readme_snippet(
     assert page_examples(README)[None] == page_examples(DOCS / "index.md")["quickstart"]
 
 
-def test_tutorial_duopoly_lands_on_the_stackelberg_point(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+_OUTPUT = re.compile(r"<!-- output: (\w+) -->\n```text\n(.*?)```", re.DOTALL)
+
+
+def test_the_tutorial_runs_in_order_and_prints_what_it_shows(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    game = run_example("duopoly", monkeypatch, tmp_path)["game"]
+    """Each block of the tutorial, run in order in one namespace as a reader's session
+    would, prints exactly the output the page shows under it."""
+    page = DOCS / "tutorial.md"
+    shown = dict(_OUTPUT.findall(page.read_text()))
+    namespace: dict = {"__name__": "__main__"}
+    for name, code in page_examples(page).items():
+        exec(compile(code, f"tutorial.md:{name}", "exec"), namespace)
+        printed = capsys.readouterr().out
+        assert printed == shown.get(name, ""), name
+    assert set(shown) <= set(page_examples(page))
+    game = namespace["game"]
     assert float(game.leader.value.detach()) == pytest.approx(4.5, rel=1e-3)
     assert float(game.follower.value.detach()) == pytest.approx(2.25, rel=1e-3)
 
