@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_png_figure
 
-from tests.conftest import HANG_TIMEOUT
+from tests.conftest import HANG_TIMEOUT, assert_png_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -472,3 +471,20 @@ def test_study_diagnose_measures_each_snapshot_once_and_the_report_shows_it(
     row = f"| `official` | 1287 | {100 * before['same_sign']:.1f} ({before['cosine']:.2f}) | "
     assert row in text and "| 100.0 | 25.0 | — |" in text  # no victim of the saved snapshot
     assert json.loads((out / "official.json").read_text())["diagnostics"]["1287"] == second
+
+
+@pytest.mark.slow
+def test_the_demo_preset_runs_end_to_end_at_its_budget(tmp_path: Path) -> None:
+    """The demo's pipeline on digits, shortened (its figures need MNIST: docs/results/demo/):
+    a label-conditioned generator at ε = 32/255, exported within that budget, and the
+    picture of clean, perturbation and protected images."""
+    out = tmp_path / "demo"
+    result = _run_unlearnable(
+        "--preset", "demo", "--dataset", "digits", "--output-dir", str(out),
+        "--epochs", "1", "--victim-epochs", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epsilon"] == pytest.approx(32 / 255) and metrics["measured_linf_levels"] <= 32
+    assert json.loads((out / "generator.json").read_text())["label_conditioned"] is True
+    assert_png_figure(out / "examples.png")

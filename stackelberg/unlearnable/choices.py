@@ -29,6 +29,7 @@ PRESETS = (
     "cpu-em-at4",
     "cpu-paper-game",
     "cpu-robust",
+    "demo",
     "paper",
     "smoke",
 )

@@ -22,6 +22,10 @@ Each preset's name says which game it plays:
   Carlini–Wagner margin). See ``accuracy_preset``.
 - ``cpu-robust``: ``cpu-em``'s game played through the victim's pipeline (grayscale, JPEG at
   quality 10–90, or nothing, drawn per outer step). See ``defense_aware_preset``.
+- ``demo``: protection you can see in minutes, on MNIST (``--dataset folder --data-dir
+  ../shared/data/mnist-png.tar.gz``): ``cpu-em``'s game on 6 000 digits for 3 epochs at
+  **ε = 32/255**, four times the photo budget, so that a victim trained briefly on the
+  protected digits fails on clean ones (docs/unlearnable.md gives the measured figures).
 - ``smoke``: seconds; it checks the plumbing only (every stage runs end to end) and protects
   nothing: its victims sit at chance, clean or poisoned.
 
@@ -160,6 +164,27 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
     "cpu-paper-game": _CPU_PAPER_GAME,
+    "demo": _CPU_PAPER_GAME.with_changes(
+        name="demo",
+        epsilon=32 / 255,
+        train_size=6000,
+        validation_size=500,
+        label_conditioned=True,
+        victim="convnet-lite",
+        game_options={"error_minimizing_weight": 1.0},
+        training=dataclasses.replace(
+            _CPU_PAPER_GAME.training,
+            epochs=5,
+            solver="backgradient",
+            solver_options={"inner_steps": 1, "inner_lr": 0.1},
+            generator_optimizer="adam",
+            generator_lr=1e-2,
+            classifier_lr=0.05,
+            quick_test_every=1,
+            quick_test=VictimSchedule.scaled(2, lr=0.05),
+        ),
+        victim_schedule=VictimSchedule.scaled(5, lr=0.05),
+    ),
     "smoke": Preset(
         name="smoke",
         train_size=256,
