@@ -40,11 +40,13 @@ class Variable(nn.Module):
     """A player whose strategy is a plain tensor.
 
     ``Variable(t)`` holds one parameter, ``value``, initialised with a copy of ``t``; calling the
-    module returns it. Use it for games whose players are vectors rather than networks::
+    module returns it. Use it for games whose players are vectors rather than networks:
 
-        leader = sg.Variable(torch.zeros(2))
-        leader.value      # the parameter
-        leader()          # the same tensor, as the losses see it
+    ```python
+    leader = sg.Variable(torch.zeros(2))
+    leader.value      # the parameter
+    leader()          # the same tensor, as the losses see it
+    ```
     """
 
     def __init__(self, value: Tensor | Sequence[float] | float) -> None:

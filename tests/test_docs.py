@@ -137,3 +137,13 @@ def test_hyper_cleaning_snippet_cleans_far_better_than_chance(
     assert [row["step"] for row in history.evaluations] == [0, 10, 20, 30, 40]
     assert last["test_accuracy"] > first["test_accuracy"] + 0.5
     assert last["precision"] > 0.8  # keeping samples at random: 0.55
+
+
+def test_every_results_figure_is_shown_on_a_page() -> None:
+    """Each PNG under docs/results is displayed (``![caption](path)``) by some page."""
+    shown = set()
+    for page in [*DOCS.rglob("*.md"), README]:
+        for target in re.findall(r"!\[[^\]]+\]\(([^)\s]+)\)", page.read_text()):
+            shown.add((page.parent / target.split("#")[0]).resolve())
+    figures = {p.resolve() for p in (DOCS / "results").rglob("*.png")}
+    assert sorted(str(p.relative_to(DOCS)) for p in figures - shown) == []
