@@ -19,7 +19,11 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from stackelberg.checks import check_choice, check_int, check_positive
+# The `name as name` imports: names that lived here in 0.1 (now in stackelberg.checks,
+# solvers.tree and solvers.autograd) stay importable from here, outside this module's API.
+from stackelberg.checks import check_choice as check_choice
+from stackelberg.checks import check_int as check_int
+from stackelberg.checks import check_positive as check_positive
 from stackelberg.game import (
     Game,
     batch_for,
@@ -28,12 +32,14 @@ from stackelberg.game import (
     functional_view,
     trainable_parameters,
 )
-from stackelberg.solvers.autograd import detached, gradients, host_read, preserved_buffers
+from stackelberg.solvers.autograd import detached as detached
+from stackelberg.solvers.autograd import gradients, host_read, preserved_buffers
 from stackelberg.solvers.options import HypergradientOptions, SolverOptions
-from stackelberg.solvers.tree import TensorTuple, tree_add, tree_dot, tree_norm, tree_scale
+from stackelberg.solvers.tree import TensorTuple, tree_norm
+from stackelberg.solvers.tree import tree_add as tree_add
+from stackelberg.solvers.tree import tree_dot as tree_dot
+from stackelberg.solvers.tree import tree_scale as tree_scale
 
-# Beside its own classes, the names that lived here in 0.1 (now in stackelberg.checks,
-# solvers.tree, solvers.autograd and solvers.options) stay importable from here.
 __all__ = [
     "HypergradientSolver",
     "ImplicitTerms",
@@ -41,17 +47,6 @@ __all__ = [
     "SolverOptions",
     "StepInfo",
     "TensorTuple",
-    "check_choice",
-    "check_int",
-    "check_positive",
-    "detached",
-    "gradients",
-    "host_read",
-    "preserved_buffers",
-    "tree_add",
-    "tree_dot",
-    "tree_norm",
-    "tree_scale",
 ]
 
 StepInfo = dict[str, float]
