@@ -47,6 +47,7 @@ from comparison_suite import (
     Benchmark,
     defense_spec,
 )
+from table_plots import draw
 
 from stackelberg.data import DATASETS, load_dataset
 from stackelberg.unlearnable.diagnostics import (
@@ -54,7 +55,6 @@ from stackelberg.unlearnable.diagnostics import (
     linear_separability,
     noise_only_accuracy,
 )
-from stackelberg.unlearnable.losses import DEFAULT_CE_CLIP
 from stackelberg.unlearnable.presets import PRESETS, build_classifier, build_generator
 from stackelberg.utils.io import write_json, write_text
 
@@ -412,16 +412,7 @@ def table5(bench: Benchmark, attacks: tuple[str, ...]) -> None:
         markdown_table(["attack", *(f"epoch {e}" for e in marks)], rows),
         {"curves": curves},
     )
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for attack, curve in curves.items():
-        style = "k-" if attack == "clean" else "-"
-        ax.plot(range(1, len(curve) + 1), [_percent(v) for v in curve], style, label=attack)
-    ax.set_xlabel("victim epoch")
-    ax.set_ylabel("clean test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=2)
-    _save(fig, bench.out / "table5.png")
+    draw("table5", {"curves": curves}, bench.out / "table5.png")
 
 
 def table4_adversarial(bench: Benchmark, rows: tuple[str, ...]) -> None:
@@ -554,23 +545,7 @@ def survival(bench: Benchmark, rows: tuple[str, ...]) -> None:
         + _partial(grid, "`--rows NAME` makes a row"),
         {"rows": table, "transforms": list(SURVIVAL_TRANSFORMS), "goal_met": goal},
     )
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for attack, made in table.items():
-        qualities = [q for q in SURVIVAL_QUALITIES if f"jpeg-{q}" in made]
-        style = "k-" if attack == "clean" else "-"
-        (line,) = ax.plot(
-            qualities, [_percent(made[f"jpeg-{q}"]) for q in qualities], style, marker="o",
-            label=attack,
-        )  # fmt: skip
-        for transform, x, marker in (("none", 100, "s"), ("grayscale", 5, "^")):
-            if transform in made:
-                ax.plot(x, _percent(made[transform]), marker, color=line.get_color())
-    ax.set_xlabel("JPEG quality of the victim's pipeline (square: none; triangle: grayscale)")
-    ax.set_ylabel("victim clean test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7)
-    _save(fig, bench.out / "survival.png")
+    draw("survival", {"rows": table}, bench.out / "survival.png")
 
 
 def accuracy_variant(bench: Benchmark) -> None:
@@ -609,26 +584,7 @@ def accuracy_variant(bench: Benchmark) -> None:
         + f"\nClean victim: {_percent(clean):.1f} %.\n",
         {"clean": clean, **payload},
     )
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for attack, info in payload.items():
-        curve = info["training_curve"]
-        if curve:
-            steps = [h["step"] for h in curve]
-            left.plot(
-                steps, [h["poisoned_accuracy"] - h["clean_accuracy"] for h in curve], label=attack
-            )
-        epochs = range(1, len(info["test_curve"]) + 1)
-        right.plot(epochs, [_percent(v) for v in info["test_curve"]], label=attack)
-    left.set_xlabel("outer step")
-    left.set_ylabel("follower: poisoned − clean accuracy")
-    right.axhline(_percent(clean), color="gray", ls="--", label="clean")
-    right.set_xlabel("victim epoch")
-    right.set_ylabel("clean test accuracy (%)")
-    right.set_ylim(0, 100)
-    for ax in (left, right):
-        ax.legend(fontsize=7)
-    _save(fig, bench.out / "accuracy.png")
+    draw("accuracy", {"clean": clean, **payload}, bench.out / "accuracy.png")
 
 
 def _training_history(path: Path) -> list[dict[str, Any]]:
@@ -693,24 +649,7 @@ def diagnostics(bench: Benchmark, attacks: tuple[str, ...]) -> None:
         + "\nThe attacker-loss ablation (GUE paper, Figure 5) is in diagnostics.png.\n",
         {"rows": payload, "attacker_loss_ablation": curves},
     )
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for loss_name, curve in curves.items():
-        axes[0].plot(curve["attacker_grad_norm"], label=loss_name)
-        axes[1].plot(curve["poisoned_loss"], label=loss_name)
-        (line,) = axes[2].plot(curve["clean_loss"], label=f"{loss_name}: mean")
-        axes[2].plot(
-            curve["max_clean_loss"], ":", color=line.get_color(), label=f"{loss_name}: max"
-        )
-    axes[2].axhline(DEFAULT_CE_CLIP, color="gray", ls="--", label="ce_clip level")
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("generator gradient norm")
-    axes[1].set_ylabel("follower loss on poisoned batch")
-    axes[2].set_ylabel("follower cross-entropy on clean batch")
-    for ax in axes:
-        ax.set_xlabel("batch")
-        ax.legend()
-    _save(fig, bench.out / "diagnostics.png")
+    draw("diagnostics", {"attacker_loss_ablation": curves}, bench.out / "diagnostics.png")
 
 
 def main(argv: list[str] | None = None) -> None:

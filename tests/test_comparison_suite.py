@@ -281,3 +281,30 @@ def test_table_command_rejects_unknown_attacks(tmp_path: Path) -> None:
         str(tmp_path),
     )
     assert result.returncode == 1 and "error:" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("table", "source"),
+    [
+        ("table5", "tables-cpu/table5.json"),
+        ("diagnostics", "tables-cpu/diagnostics.json"),
+        ("accuracy", "tables-cpu-at/accuracy.json"),
+        ("survival", "defense-survival/results.json"),
+    ],
+)
+def test_each_table_figure_redraws_from_its_committed_json(
+    table: str, source: str, tmp_path: Path
+) -> None:
+    import table_plots
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    output = tmp_path / f"{table}.png"
+    table_plots.main([str(results / source), "--table", table, "--output", str(output)])
+    assert_png_figure(output)
+
+
+def test_twelve_curves_never_share_a_colour_and_a_line_style() -> None:
+    import table_plots
+
+    looks = [(look["color"], look["linestyle"]) for look in table_plots.styles(12)]
+    assert len(set(looks)) == 12
