@@ -543,12 +543,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         check_disjoint(
             {"--poisoned": args.poisoned, "--data-dir": args.data_dir}, {"--output": args.output}
         )
-        ours = owned_json(
+        earlier = owned_json(
             args.output,
             lambda r: r.get("command") == "evaluate",
             "a report written by `stackelberg evaluate`",
         )
-        if ours and not args.overwrite:
+        if earlier is not None and not args.overwrite:
             raise FileExistsError(f"{args.output} exists: pass --overwrite to replace it")
     parallel = distributed.setup()
     device = _rank_device(args.device) if parallel else args.device

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -29,7 +28,6 @@ from stackelberg.unlearnable.budget import budget_levels, enforce_budget, measur
 from stackelberg.utils.files import (
     FileFormatError,
     file_sha256,
-    read_json_object,
     read_npz_arrays,
 )
 from stackelberg.utils.io import atomic_directory, atomic_path, write_json
@@ -114,7 +112,7 @@ def export_npz(
     if path.suffix != ".npz":
         raise ValueError(f"the poisoned dataset's file name must end in .npz, got {path}")
     manifest_path = path.with_suffix(".json")
-    ours = owned_json(
+    earlier = owned_json(
         manifest_path,
         lambda r: r.get("format") == "npz" and r.get("file") == path.name,
         f"the manifest of {path.name} written by `stackelberg poison`",
@@ -122,12 +120,12 @@ def export_npz(
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{path} exists: pass --overwrite to replace it")
-        if not ours or not path.is_file() or path.is_symlink():
+        if earlier is None or not path.is_file() or path.is_symlink():
             raise OwnershipError(
                 f"{path} exists without the manifest {manifest_path.name} that `poison` "
                 "writes beside its exports: it is not replaced, even with --overwrite"
             )
-        recorded = json.loads(manifest_path.read_text()).get("sha256")
+        recorded = earlier.get("sha256")
         if recorded is not None and file_sha256(path) != recorded:
             raise OwnershipError(
                 f"{path} changed since `poison` wrote it (its SHA-256 is not the one "
@@ -264,24 +262,19 @@ def check_png_folder_replaceable(root: Path, overwrite: bool) -> None:
 
 def _png_manifest(root: Path) -> dict[str, Any]:
     """The ``manifest.json`` of an earlier PNG export in ``root``; anything else is refused."""
-    path = root / "manifest.json"
-    if not path.is_file() or path.is_symlink():
+    manifest = owned_json(
+        root / "manifest.json",
+        lambda r: (
+            r.get("format") == "png"
+            and isinstance(r.get("files"), list)
+            and isinstance(r.get("classes"), list)
+            and isinstance(r.get("sha256", {}), dict)
+        ),
+        "the manifest of a PNG export written by `stackelberg poison`",
+    )
+    if manifest is None:
         raise OwnershipError(
             f"{root} holds files that `poison` did not write (no manifest.json of an export): "
             "the folder is not replaced, even with --overwrite; choose another output folder"
         )
-    try:
-        return read_json_object(
-            path,
-            "the manifest of a PNG export written by `stackelberg poison`",
-            is_valid=lambda r: (
-                None
-                if r.get("format") == "png"
-                and isinstance(r.get("files"), list)
-                and isinstance(r.get("classes"), list)
-                and isinstance(r.get("sha256", {}), dict)
-                else "its format, files, classes or sha256 fields are not an export's"
-            ),
-        )
-    except FileFormatError as error:
-        raise OwnershipError(f"{error}; the folder is never replaced") from None
+    return manifest

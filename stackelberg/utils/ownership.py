@@ -12,10 +12,11 @@ checks before its first byte:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from stackelberg.utils.files import read_json_object
 
 __all__ = ["OwnershipError", "check_disjoint", "owned_json"]
 
@@ -48,22 +49,24 @@ def check_disjoint(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Non
                 )
 
 
-def owned_json(path: Path, is_ours: Callable[[dict[str, Any]], bool], what: str) -> bool:
-    """Whether ``path`` exists and is a JSON record this tool wrote (``is_ours`` says so).
+def owned_json(
+    path: Path, is_ours: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any] | None:
+    """The record at ``path`` if it exists and is a JSON record this tool wrote (``is_ours``
+    says so), read once through the one loader; ``None`` if nothing is there.
 
-    Returns ``False`` if it does not exist; raises ``OwnershipError`` if it exists but is
-    not ours (not JSON, or JSON of another kind): ``what`` names the command's record in the
-    message.
+    Raises ``OwnershipError`` if something is there but is not ours (not a file, not JSON, or
+    JSON of another kind): ``what`` names the command's record in the message.
     """
     if not path.exists() and not path.is_symlink():
-        return False
+        return None
     try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = read_json_object(path, what)
+    except (OSError, ValueError):  # a folder, a dangling link, not UTF-8 JSON, not an object
         record = None
-    if not isinstance(record, dict) or not is_ours(record):
+    if record is None or path.is_symlink() or not is_ours(record):
         raise OwnershipError(
             f"{path} exists and is not {what}: it was not written by this command, so it is "
             "never replaced (not even with --overwrite); choose another output"
         )
-    return True
+    return record
