@@ -198,6 +198,16 @@ _SURROGATE_ATTACKS = ("em", "em-classwise", "rem", "tap")
 _GENERATOR_ATTACKS = ("deepconfuse", "deepconfuse-ls", "shortcutgen")
 
 
+@torch.no_grad()
+def predictions(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``model``'s predicted class for each uint8 image, in eval mode, on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = [model(chunk.to(device).float() / 255.0).argmax(1).cpu() for chunk in images.split(500)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
 class Benchmark:
     """One results folder of poisons and victim results at one scale.
 
@@ -440,6 +450,75 @@ class Benchmark:
         write_json(self._cells_path, self.cells)
         if self.progress:
             tqdm.write(f"{key}: clean test accuracy {result.final:.4f}")
+        return cell
+
+    def one_class_images(self, protected: int, label: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The training subset with the images of class ``protected`` (only those) through
+        the GUE generator under ``label``, and the generator's metadata."""
+        generator, metadata = self.gue_generator()
+        chosen = self.train.labels == protected
+        poison = craft_poison(
+            "gue",
+            self.train.images[chosen],
+            torch.full_like(self.train.labels[chosen], label),
+            self.epsilon,
+            num_classes=self.num_classes,
+            seed=self.seed,
+            generator=generator,
+        )
+        images = self.train.images.clone()
+        images[chosen] = poison.images
+        return images, metadata
+
+    @keeps_global_rng
+    def one_class_result(self, protected: int, label: int | None) -> dict[str, Any]:
+        """The scenario of a person who protects only their own photos: the training
+        subset's images of class ``protected`` (and no others) go through the GUE generator,
+        conditioned on ``label`` for all of them (a label-conditioned generator; ``None``:
+        the clean victim, or an x-only generator's poisons if ``label`` is ignored), and the
+        scale's victim trains on the result. Returns (and caches) its accuracy on each class
+        of the clean test split and what it calls the protected class's test images."""
+        name = "clean" if label is None else f"label-{label}"
+        key = self._key(f"one-class/{protected}/{name}", "none", None)
+        if key in self.cells:
+            return self.cells[key]
+        images, generator_info = self.train.images, {}
+        if label is not None:
+            images, generator_info = self.one_class_images(protected, label)
+        model, result = train_fresh_victim(
+            self.scale.victim,
+            self.num_classes,
+            images,
+            self.train.labels,
+            self.test.images,
+            self.test.labels,
+            self.scale.victim_schedule,
+            init_seed=self.seed,
+            seed=self.seed,
+            device=self.device,
+            test_every_epoch=False,
+            progress=self.progress,
+            description=f"one-class {protected}/{name}",
+        )
+        predicted = predictions(model, self.test.images, self.device)
+        truth = self.test.labels
+        per_class = [
+            float((predicted[truth == c] == c).float().mean()) for c in range(self.num_classes)
+        ]
+        called = torch.bincount(predicted[truth == protected], minlength=self.num_classes)
+        cell = {
+            "protected_class": protected,
+            "label": label,
+            "victim": self.scale.victim,
+            "accuracy": result.final,
+            "per_class_accuracy": per_class,
+            "protected_called": called.tolist(),
+            "protected_train_images": int((self.train.labels == protected).sum()),
+            "seconds": result.seconds,
+            "generator": generator_info,
+        }
+        self.cells[key] = cell
+        write_json(self._cells_path, self.cells)
         return cell
 
     def generalization_result(self, fraction: float) -> dict[str, Any]:

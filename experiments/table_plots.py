@@ -3,9 +3,9 @@ figure can be redrawn without recomputing its table:
 
     python experiments/table_plots.py docs/results/tables-cpu/table5.json [...]
 
-Each ``NAME.json`` (``table5``, ``survival``, ``accuracy``, ``diagnostics``) becomes
-``NAME.png`` beside it. Every figure has a title; lines that would share a colour differ in
-style; accuracies are in % everywhere.
+Each table's ``NAME.json`` (every table of the suite) becomes ``NAME.png`` beside it. Every
+figure has a title; lines that would share a colour differ in style; accuracies are in %
+everywhere.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PLOTS", "main", "styles"]
+__all__ = ["DRAWN", "PLOTS", "ROBUST_LABELS", "draw", "epsilon_a", "main", "styles"]
 
 _STYLES = ("-", "--", ":", "-.")
 #: Where the survival figure puts the pipelines that are not a JPEG quality.
@@ -35,6 +35,121 @@ def styles(count: int) -> Iterator[dict[str, Any]]:
 
 def _percent(value: float) -> float:
     return 100.0 * value
+
+
+def _scale(payload: dict[str, Any]) -> str:
+    scale = payload.get("config", {}).get("scale", {}).get("name")
+    return f" ({scale} scale)" if scale else ""
+
+
+def plot_table1(payload: dict[str, Any], ax: Any) -> None:
+    rows = payload["rows"]
+    names = list(rows)
+    colours = ["tab:gray" if name == "clean" else "tab:red" for name in names]
+    ax.bar(names, [_percent(rows[name]["accuracy"]) for name in names], color=colours)
+    ax.set_ylabel("victim clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.tick_params(axis="x", rotation=45)
+    ax.set_title(f"Table 1{_scale(payload)}: victim accuracy after training on each attack")
+
+
+def plot_table2(payload: dict[str, Any], ax: Any) -> None:
+    rows = payload["rows"]
+    positions = range(len(rows))
+    ax.bar([p - 0.2 for p in positions], [_percent(r["clean"]) for r in rows.values()], 0.4,
+           label="clean", color="tab:gray")  # fmt: skip
+    ax.bar([p + 0.2 for p in positions], [_percent(r["gue"]) for r in rows.values()], 0.4,
+           label="GUE", color="tab:red")  # fmt: skip
+    ax.set_xticks(list(positions), list(rows))
+    ax.set_xlabel("victim architecture")
+    ax.set_ylabel("victim clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Table 2{_scale(payload)}: GUE's poisons against each victim")
+    ax.legend()
+
+
+def plot_table3(payload: dict[str, Any], ax: Any) -> None:
+    attacks, defenses, grid = payload["attacks"], payload["defenses"], payload["accuracy"]
+    values = [[float("nan") if v is None else _percent(v) for v in row] for row in grid]
+    image = ax.imshow(values, vmin=0, vmax=100, cmap="RdYlGn")
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            text = "—" if value != value else f"{value:.0f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(defenses)), defenses, rotation=45)
+    ax.set_yticks(range(len(attacks)), attacks)
+    ax.set_xlabel("the victim's defense")
+    ax.set_title(f"Table 3{_scale(payload)}: victim accuracy (%), attack × defense")
+    ax.figure.colorbar(image, ax=ax, label="victim clean test accuracy (%)")
+
+
+def plot_table4(payload: dict[str, Any], ax: Any) -> None:
+    fractions = [100 * f for f in payload["fractions"]]
+    ax.plot(fractions, [_percent(v) for v in payload["accuracy"]], "o-", color="tab:red",
+            label="GUE")  # fmt: skip
+    ax.axhline(_percent(payload["clean"]), color="gray", ls="--", label="clean victim")
+    ax.set_xlabel("share of the training set the generator saw (%)")
+    ax.set_ylabel("victim clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Table 4{_scale(payload)}: a generator trained on part of the data")
+    ax.legend()
+
+
+def plot_one_class(payload: dict[str, Any], ax: Any) -> None:
+    classes, protected = payload["classes"], payload["protected_class"]
+    rows = payload["rows"]
+    width = 0.8 / len(rows)
+    looks = styles(len(rows))
+    for i, row in enumerate(rows):
+        label = row["label"]
+        positions = [c + (i - len(rows) / 2 + 0.5) * width for c in range(len(classes))]
+        name = (
+            "clean victim"
+            if label is None
+            else f"{classes[protected]} protected, --label {classes[label]}"
+        )
+        colour = "tab:gray" if label is None else next(looks)["color"]
+        ax.bar(positions, [_percent(a) for a in row["per_class_accuracy"]], width, label=name,
+               color=colour)  # fmt: skip
+    ax.set_xticks(range(len(classes)), classes, rotation=45)
+    ax.get_xticklabels()[protected].set_fontweight("bold")
+    ax.set_xlabel("test class")
+    ax.set_ylabel("victim clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Protecting only the {classes[protected]} images{_scale(payload)}")
+    ax.legend(fontsize=7)
+
+
+#: How the adversarial-training table names its rows.
+ROBUST_LABELS = {
+    "rem-2": "REM(8-2)",
+    "rem-4": "REM(8-4)",
+    "gue-at-2": "GUE-AT(8-2)",
+    "gue-at-4": "GUE-AT(8-4)",
+    "gue": "GUE (standard)",
+}
+
+
+def epsilon_a(defense: str) -> str:
+    """``at-2`` → ``ε_a = 2/255``; ``none`` → ``ε_a = 0``."""
+    return "ε_a = 0" if defense == "none" else f"ε_a = {defense[3:]}/255"
+
+
+def plot_table4_at(payload: dict[str, Any], ax: Any) -> None:
+    rows, defenses, grid = payload["rows"], payload["defenses"], payload["accuracy"]
+    width = 0.8 / len(rows)
+    looks = styles(len(rows))
+    for i, (attack, row) in enumerate(zip(rows, grid, strict=True)):
+        positions = [j + (i - len(rows) / 2 + 0.5) * width for j in range(len(row))]
+        values = [float("nan") if v is None else _percent(v) for v in row]
+        colour = "tab:gray" if attack == "clean" else next(looks)["color"]
+        ax.bar(positions, values, width, label=ROBUST_LABELS.get(attack, attack), color=colour)
+    ax.set_xticks(range(len(defenses)), [epsilon_a(d) for d in defenses])
+    ax.set_xlabel("the victim's adversarial-training radius")
+    ax.set_ylabel("victim clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Table 4 of the paper{_scale(payload)}: under adversarial training")
+    ax.legend(fontsize=7, ncol=3)
 
 
 def plot_table5(payload: dict[str, Any], ax: Any) -> None:
@@ -141,8 +256,12 @@ def draw(name: str, payload: dict[str, Any], path: Path) -> None:
     elif name == "accuracy":
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         plot_accuracy(payload, axes)
+    elif name == "table3":
+        shape = (len(payload["attacks"]), len(payload["defenses"]))
+        fig, ax = plt.subplots(figsize=(2.6 + 0.55 * shape[1], 1.4 + 0.45 * shape[0]))
+        plot_table3(payload, ax)
     else:
-        fig, ax = plt.subplots(figsize=(7, 4.2))
+        fig, ax = plt.subplots(figsize=(8, 4.2) if name == "table1" else (7, 4.2))
         PLOTS[name](payload, ax)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -150,8 +269,16 @@ def draw(name: str, payload: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-PLOTS = {"table5": plot_table5, "survival": plot_survival}
-DRAWN = ("table5", "survival", "accuracy", "diagnostics")
+PLOTS = {
+    "table1": plot_table1,
+    "table2": plot_table2,
+    "table4": plot_table4,
+    "table4-at": plot_table4_at,
+    "table5": plot_table5,
+    "survival": plot_survival,
+    "one-class": plot_one_class,
+}
+DRAWN = (*PLOTS, "table3", "accuracy", "diagnostics")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,11 @@ Commands (each writes ``NAME.md``, ``NAME.json`` and ``NAME.png`` into ``--outpu
   ``--rows`` as for ``table4-at``; JSON ``rows``: ``{ATTACK: {TRANSFORM: accuracy}}``;
 - ``accuracy``: the accuracy variant's GUE (the leader maximizes the CW margin) against the
   standard one, trained on the same budget: victim accuracy and both generators' curves;
+- ``one-class``: a person who protects only their own photos: the images of one class
+  (``--protected-class``, default ``cat``) go through the GUE generator under one label for
+  all of them (``--labels``: their own class, and the first other one, by default), the rest
+  stay clean; the victim's accuracy on that class and on the others, against the clean
+  victim's, and what it calls the protected class;
 - ``diagnostics``: noise-only accuracy and linear separability of each attack's
   perturbations, and the attacker-loss ablation (Figure 5).
 
@@ -47,9 +52,10 @@ from comparison_suite import (
     Benchmark,
     defense_spec,
 )
-from table_plots import draw
+from table_plots import ROBUST_LABELS, draw, epsilon_a
 
 from stackelberg.data import DATASETS, load_dataset
+from stackelberg.models.generators import is_conditional
 from stackelberg.unlearnable.diagnostics import (
     attacker_loss_ablation,
     linear_separability,
@@ -67,6 +73,7 @@ TABLES = (
     "table4-at",
     "accuracy",
     "survival",
+    "one-class",
     "diagnostics",
 )
 #: The rows and columns of the paper's Table 4 (robustness to adversarial training).
@@ -152,6 +159,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="table3 only: write the table from the victims already trained, train none",
     )
+    parser.add_argument(
+        "--protected-class",
+        default="cat",
+        help="one-class only: the class whose training images are protected (name or index; "
+        "default: cat)",
+    )
+    parser.add_argument(
+        "--labels",
+        help="one-class only: comma-separated labels (names or indices) the protected images "
+        "are generated under, one row each (default: their own class and the first other one)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     args.attacks = _choices(args.attacks, TABLE_ATTACKS, "attack", parser)
@@ -197,7 +215,8 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def write_outputs(
     bench: Benchmark, name: str, title: str, markdown: str, payload: dict[str, Any]
-) -> None:
+) -> dict[str, Any]:
+    """Write ``NAME.md`` and ``NAME.json``; returns the JSON record (what ``draw`` reads)."""
     config = bench.config()
     note = (
         f"\n{config['train_images']} training images, {config['test_images']} test images, "
@@ -205,26 +224,10 @@ def write_outputs(
         f"ε = {round(255 * bench.epsilon)}/255, seed {bench.seed}, scale `{bench.scale.name}`.\n"
     )
     write_text(bench.out / f"{name}.md", f"# {title}\n\n{markdown}{note}")
-    write_json(bench.out / f"{name}.json", {"title": title, "config": config, **payload})
+    record = {"title": title, "config": config, **payload}
+    write_json(bench.out / f"{name}.json", record)
     print(f"wrote {bench.out / name}.md, .json, .png", flush=True)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> None:
-    from stackelberg.utils.io import atomic_path
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    _pyplot().close(fig)
+    return record
 
 
 def _partial(grid: list[list[float | None]], hint: str) -> str:
@@ -262,22 +265,14 @@ def table1(bench: Benchmark, attacks: tuple[str, ...]) -> None:
         )
         payload[attack] = {**cell, "craft_seconds": poison.seconds, "report": report}
     header = ["attack", "victim test acc. (%)", "Δ vs clean", "craft time (s)", "images/s", "notes"]
-    write_outputs(
+    record = write_outputs(
         bench,
         "table1",
         "Table 1: victim clean test accuracy per attack",
         markdown_table(header, rows),
         {"rows": payload},
     )
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    names = [r[0] for r in rows]
-    ax.bar(names, [r[1] for r in rows], color=["tab:gray"] + ["tab:red"] * (len(rows) - 1))
-    ax.set_ylabel("victim clean test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.tick_params(axis="x", rotation=45)
-    ax.set_title(f"Table 1 ({bench.scale.name} scale)")
-    _save(fig, bench.out / "table1.png")
+    draw("table1", record, bench.out / "table1.png")
 
 
 def _report(bench: Benchmark, attack: str) -> dict[str, Any]:
@@ -312,7 +307,7 @@ def table2(bench: Benchmark) -> None:
         rows.append([victim, _percent(clean), _percent(poisoned), _percent(poisoned - clean)])
         payload[victim] = {"clean": clean, "gue": poisoned}
     header = ["victim", "clean (%)", "GUE (%)", "Δ"]
-    write_outputs(
+    record = write_outputs(
         bench,
         "table2",
         "Table 2: transfer of GUE poisons across victim architectures",
@@ -321,16 +316,7 @@ def table2(bench: Benchmark) -> None:
         "same set of GUE poisons.\n",
         {"rows": payload},
     )
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    positions = range(len(rows))
-    ax.bar([p - 0.2 for p in positions], [r[1] for r in rows], 0.4, label="clean")
-    ax.bar([p + 0.2 for p in positions], [r[2] for r in rows], 0.4, label="GUE")
-    ax.set_xticks(list(positions), [r[0] for r in rows])
-    ax.set_ylabel("victim clean test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    _save(fig, bench.out / "table2.png")
+    draw("table2", record, bench.out / "table2.png")
 
 
 def table3(
@@ -350,25 +336,14 @@ def table3(
         for a, row in zip(attacks, grid, strict=True)
     ]
     status = _partial(grid, "rerun the command to continue")
-    write_outputs(
+    record = write_outputs(
         bench,
         "table3",
         "Table 3: victim clean test accuracy (%) under each defense",
         markdown_table(["attack \\ defense", *defenses], rows) + status,
         {"attacks": list(attacks), "defenses": list(defenses), "accuracy": grid},
     )
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(defenses), 0.8 + 0.45 * len(attacks)))
-    values = [[float("nan") if v is None else _percent(v) for v in row] for row in grid]
-    image = ax.imshow(values, vmin=0, vmax=100, cmap="RdYlGn")
-    for i, row in enumerate(grid):
-        for j, value in enumerate(row):
-            text = "—" if value is None else f"{_percent(value):.0f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(defenses)), defenses, rotation=45)
-    ax.set_yticks(range(len(attacks)), attacks)
-    fig.colorbar(image, ax=ax, label="victim clean test accuracy (%)")
-    _save(fig, bench.out / "table3.png")
+    draw("table3", record, bench.out / "table3.png")
 
 
 def table4(bench: Benchmark) -> None:
@@ -379,7 +354,7 @@ def table4(bench: Benchmark) -> None:
         [f"{round(100 * f)} %", _percent(c["accuracy"])]
         for f, c in zip(fractions, cells, strict=True)
     ]
-    write_outputs(
+    record = write_outputs(
         bench,
         "table4",
         "Table 4: a GUE generator trained on part of the training set poisons all of it",
@@ -387,17 +362,7 @@ def table4(bench: Benchmark) -> None:
         + f"\nClean victim: {_percent(clean):.1f} %.\n",
         {"fractions": list(fractions), "accuracy": [c["accuracy"] for c in cells], "clean": clean},
     )
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(
-        [100 * f for f in fractions], [_percent(c["accuracy"]) for c in cells], "o-", label="GUE"
-    )
-    ax.axhline(_percent(clean), color="gray", ls="--", label="clean")
-    ax.set_xlabel("share of the training set the generator saw (%)")
-    ax.set_ylabel("victim clean test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    _save(fig, bench.out / "table4.png")
+    draw("table4", record, bench.out / "table4.png")
 
 
 def table5(bench: Benchmark, attacks: tuple[str, ...]) -> None:
@@ -434,11 +399,11 @@ def table4_adversarial(bench: Benchmark, rows: tuple[str, ...]) -> None:
             cell = bench.cached_result(attack, key)
             row.append(None if cell is None else cell["accuracy"])
         grid.append(row)
-    header = ["poison \\ victim's ε_a", *(f"{_epsilon_a(d)} (ours)" for d in ROBUST_DEFENSES)]
-    header += [f"{_epsilon_a(d)} (paper)" for d in ROBUST_DEFENSES]
+    header = ["poison \\ victim's ε_a", *(f"{epsilon_a(d)} (ours)" for d in ROBUST_DEFENSES)]
+    header += [f"{epsilon_a(d)} (paper)" for d in ROBUST_DEFENSES]
     table_rows = [
         [
-            _robust_label(attack),
+            ROBUST_LABELS.get(attack, attack),
             *("—" if v is None else _percent(v) for v in row),
             *(_paper_cell(attack, d) for d in ROBUST_DEFENSES),
         ]
@@ -450,7 +415,7 @@ def table4_adversarial(bench: Benchmark, rows: tuple[str, ...]) -> None:
         for attack in ROBUST_ROWS
         if attack != "clean" and (bench.out / "poisons" / f"{attack}.json").is_file()
     }
-    write_outputs(
+    record = write_outputs(
         bench,
         "table4-at",
         "Table 4 (GUE paper): victim clean test accuracy (%) under adversarial training",
@@ -467,34 +432,12 @@ def table4_adversarial(bench: Benchmark, rows: tuple[str, ...]) -> None:
             "poisons": poisons,
         },
     )
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    width = 0.8 / len(ROBUST_ROWS)
-    for i, (attack, row) in enumerate(zip(ROBUST_ROWS, grid, strict=True)):
-        positions = [j + (i - len(ROBUST_ROWS) / 2 + 0.5) * width for j in range(len(row))]
-        values = [float("nan") if v is None else _percent(v) for v in row]
-        ax.bar(positions, values, width, label=_robust_label(attack))
-    ax.set_xticks(range(len(ROBUST_DEFENSES)), [_epsilon_a(d) for d in ROBUST_DEFENSES])
-    ax.set_xlabel("the victim's adversarial-training radius")
-    ax.set_ylabel("victim clean test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=3)
-    _save(fig, bench.out / "table4-at.png")
+    draw("table4-at", record, bench.out / "table4-at.png")
 
 
 def _paper_cell(attack: str, defense: str) -> str:
     value = PAPER_ROBUST.get((attack, defense))
     return "—" if value is None else f"{value:.2f}"
-
-
-def _epsilon_a(defense: str) -> str:
-    return "ε_a = 0" if defense == "none" else f"ε_a = {defense[3:]}/255"
-
-
-def _robust_label(attack: str) -> str:
-    labels = {"rem-2": "REM(8-2)", "rem-4": "REM(8-4)", "gue-at-2": "GUE-AT(8-2)"}
-    labels |= {"gue-at-4": "GUE-AT(8-4)", "gue": "GUE (standard)"}
-    return labels.get(attack, attack)
 
 
 def survival(bench: Benchmark, rows: tuple[str, ...]) -> None:
@@ -585,6 +528,66 @@ def accuracy_variant(bench: Benchmark) -> None:
         {"clean": clean, **payload},
     )
     draw("accuracy", {"clean": clean, **payload}, bench.out / "accuracy.png")
+
+
+def class_index(value: str, classes: list[str], option: str) -> int:
+    """The index of the class named ``value`` (or numbered ``value``) among ``classes``."""
+    if value in classes:
+        return classes.index(value)
+    if value.isdigit() and int(value) < len(classes):
+        return int(value)
+    raise ValueError(f"{option}: no class {value!r}; the classes are {', '.join(classes)}")
+
+
+def one_class(bench: Benchmark, protected: int, labels: tuple[int, ...]) -> None:
+    """The one-class scenario: only class ``protected`` is protected, under each of
+    ``labels``; the clean victim beside. An x-only generator ignores the label: one row."""
+    classes = list(bench.train.classes)
+    generator, _ = bench.gue_generator()
+    rows_labels: tuple[int | None, ...] = (
+        None,
+        *(labels if is_conditional(generator) else labels[:1]),
+    )
+    cells = [bench.one_class_result(protected, label) for label in rows_labels]
+    name = classes[protected]
+    rows = []
+    for label, cell in zip(rows_labels, cells, strict=True):
+        others = [a for c, a in enumerate(cell["per_class_accuracy"]) if c != protected]
+        called = cell["protected_called"]
+        top = max((c for c in range(len(classes)) if c != protected), key=called.__getitem__)
+        rows.append(
+            [
+                "clean (nothing protected)" if label is None else f"`--label {classes[label]}`",
+                _percent(cell["per_class_accuracy"][protected]),
+                _percent(sum(others) / len(others)),
+                _percent(cell["accuracy"]),
+                f"{classes[top]} ({called[top]} of {sum(called)})",
+            ]
+        )
+    header = [
+        f"{name} images protected under",
+        f"victim on clean {name} (%)",
+        "on the other classes (%)",
+        "on all (%)",
+        f"{name} most often called",
+    ]
+    count = cells[0]["protected_train_images"]
+    record = write_outputs(
+        bench,
+        "one-class",
+        f"Protecting only the {name} images: one label for all of them",
+        markdown_table(header, rows)
+        + f"\nOnly the {count} training images of class {name} are protected; the other "
+        "classes stay clean. Each row trains the victim afresh.\n",
+        {
+            "classes": classes,
+            "protected_class": protected,
+            "rows": [
+                {"label": label, **cell} for label, cell in zip(rows_labels, cells, strict=True)
+            ],
+        },
+    )
+    draw("one-class", record, bench.out / "one-class.png")
 
 
 def _training_history(path: Path) -> list[dict[str, Any]]:
@@ -692,6 +695,18 @@ def main(argv: list[str] | None = None) -> None:
         accuracy_variant(bench)
     elif args.table == "survival":
         survival(bench, args.rows)
+    elif args.table == "one-class":
+        classes = list(bench.train.classes)
+        try:
+            protected = class_index(args.protected_class, classes, "--protected-class")
+            labels = (
+                tuple(class_index(v.strip(), classes, "--labels") for v in args.labels.split(","))
+                if args.labels
+                else (protected, 1 if protected == 0 else 0)
+            )
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+        one_class(bench, protected, labels)
     else:
         diagnostics(bench, args.attacks)
 

@@ -166,6 +166,7 @@ def test_every_table_command_writes_markdown_json_and_png(tmp_path: Path) -> Non
         ("table4", []),
         ("table5", attacks),
         ("diagnostics", attacks),
+        ("one-class", ["--protected-class", "3"]),
     ]:
         result = run_table(table, *common, *extra)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -182,6 +183,41 @@ def test_every_table_command_writes_markdown_json_and_png(tmp_path: Path) -> Non
     table4 = json.loads((tmp_path / "table4.json").read_text())
     assert table4["fractions"] == [1.0, 0.5] and len(table4["accuracy"]) == 2
     assert (tmp_path / "gue-50" / "generator.pt").is_file()
+
+
+def test_one_class_protects_only_that_class_under_the_label_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-class scenario changes the images of the protected class and no others,
+    within the budget, and a label-conditioned generator's label changes the poison."""
+    from stackelberg.models import LabelConditionedGenerator, UNetGenerator
+
+    splits = load_digits()
+    bench = Benchmark("smoke", splits["train"], splits["test"], tmp_path, progress=False)
+    torch.manual_seed(0)
+    generator = LabelConditionedGenerator(
+        UNetGenerator(8 / 255, in_channels=1, widths=(8, 16)), num_classes=10
+    )
+    with torch.no_grad():  # a generator that perturbs (its patterns start at zero)
+        for parameter in generator.parameters():
+            parameter.normal_()
+    monkeypatch.setattr(bench, "gue_generator", lambda: (generator, {"name": "random"}))
+    chosen = bench.train.labels == 3
+    as_itself, info = bench.one_class_images(3, 3)
+    as_zero, _ = bench.one_class_images(3, 0)
+    change = (as_itself.int() - bench.train.images.int()).abs()
+    assert info == {"name": "random"}
+    assert int(change[~chosen].max()) == 0
+    assert 0 < int(change[chosen].max()) <= 8  # ⌊255 · ε⌋ levels at most
+    assert not torch.equal(as_itself[chosen], as_zero[chosen])
+
+
+def test_one_class_names_the_classes_when_the_class_is_unknown(tmp_path: Path) -> None:
+    result = run_table(
+        "one-class", "--scale", "smoke", "--dataset", "digits", "--output-dir", str(tmp_path)
+    )
+    assert result.returncode == 1
+    assert "--protected-class: no class 'cat'; the classes are 0, 1, 2" in result.stderr
 
 
 @pytest.mark.slow
@@ -286,6 +322,8 @@ def test_table_command_rejects_unknown_attacks(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("table", "source"),
     [
+        *((name, f"tables-cpu/{name}.json") for name in ("table1", "table2", "table3", "table4")),
+        ("table4-at", "tables-cpu-at/table4-at.json"),
         ("table5", "tables-cpu/table5.json"),
         ("diagnostics", "tables-cpu/diagnostics.json"),
         ("accuracy", "tables-cpu-at/accuracy.json"),

@@ -20,6 +20,10 @@ EXAMPLES = {
         name: "tutorial.md"
         for name in ("duopoly", "duopoly_solve", "duopoly_nash", "duopoly_capacity")
     },
+    **{
+        name: "choose-a-solver.md"
+        for name in ("choose_data", "choose_run", "choose_steps", "choose_budget")
+    },
     "make_and_resume": "solvers.md",
     "hyper_cleaning": "problems.md",
     "train_and_export": "unlearnable.md",
@@ -68,22 +72,37 @@ def test_quickstart_reaches_the_stackelberg_duopoly_and_is_the_readme_snippet(
 _OUTPUT = re.compile(r"<!-- output: (\w+) -->\n```text\n(.*?)```", re.DOTALL)
 
 
-def test_the_tutorial_runs_in_order_and_prints_what_it_shows(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Each block of the tutorial, run in order in one namespace as a reader's session
-    would, prints exactly the output the page shows under it."""
-    page = DOCS / "tutorial.md"
+def run_page_in_order(page: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    """Run each block of ``page`` in order in one namespace, as a reader's session would,
+    and check that it prints exactly the output the page shows under it."""
     shown = dict(_OUTPUT.findall(page.read_text()))
     namespace: dict = {"__name__": "__main__"}
     for name, code in page_examples(page).items():
-        exec(compile(code, f"tutorial.md:{name}", "exec"), namespace)
+        exec(compile(code, f"{page.name}:{name}", "exec"), namespace)
         printed = capsys.readouterr().out
         assert printed == shown.get(name, ""), name
     assert set(shown) <= set(page_examples(page))
+    return namespace
+
+
+def test_the_tutorial_runs_in_order_and_prints_what_it_shows(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace = run_page_in_order(DOCS / "tutorial.md", capsys)
     game = namespace["game"]
     assert float(game.leader.value.detach()) == pytest.approx(4.5, rel=1e-3)
     assert float(game.follower.value.detach()) == pytest.approx(2.25, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_the_solver_tutorial_runs_in_order_and_prints_what_it_shows(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every solver on hyper-cleaning, twice (about 40 s): the table each block prints."""
+    monkeypatch.chdir(tmp_path)
+    namespace = run_page_in_order(DOCS / "choose-a-solver.md", capsys)
+    assert set(namespace["calls_per_step"]) == set(namespace["SOLVERS"])
 
 
 def test_solvers_snippet_reaches_the_closed_form_and_saves_its_state(
