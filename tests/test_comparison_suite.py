@@ -324,6 +324,7 @@ def test_table_command_rejects_unknown_attacks(tmp_path: Path) -> None:
     [
         *((name, f"tables-cpu/{name}.json") for name in ("table1", "table2", "table3", "table4")),
         ("table4-at", "tables-cpu-at/table4-at.json"),
+        ("one-class", "tables-cpu-one-class/one-class.json"),
         ("table5", "tables-cpu/table5.json"),
         ("diagnostics", "tables-cpu/diagnostics.json"),
         ("accuracy", "tables-cpu-at/accuracy.json"),
