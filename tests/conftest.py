@@ -68,3 +68,18 @@ def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def fake_mnist(root: Path, per_class: int = 3) -> Path:
+    """A tiny MNIST-shaped image folder: 28×28 grayscale PNGs, ten digit classes."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for digit in range(10):
+            folder = root / "mnist-png" / split / str(digit)
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                array = (torch.rand(28, 28, generator=generator) * 255).to(torch.uint8).numpy()
+                Image.fromarray(array).save(folder / f"{i}.png")
+    return root / "mnist-png"

@@ -3,12 +3,18 @@ the README stays a five-minute read that never points outside the repository."""
 
 from __future__ import annotations
 
+import os
 import re
 import runpy
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import HANG_TIMEOUT, fake_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -24,6 +30,12 @@ EXAMPLES = {
         name: "choose-a-solver.md"
         for name in ("choose_data", "choose_run", "choose_steps", "choose_budget")
     },
+    **{
+        name: "howto-solver.md"
+        for name in ("custom_options", "custom_step", "custom_use", "custom_register")
+    },
+    "resume_run": "howto-resume.md",
+    "gpu_solve": "howto-gpu.md",
     "make_and_resume": "solvers.md",
     "hyper_cleaning": "problems.md",
     "train_and_export": "unlearnable.md",
@@ -60,9 +72,10 @@ def test_every_code_block_of_the_docs_is_a_tested_example() -> None:
 
 
 def test_quickstart_reaches_the_stackelberg_duopoly_and_is_the_readme_snippet(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    namespace = run_example("quickstart", monkeypatch, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    namespace = run_page_in_order(DOCS / "index.md", capsys)
     game = namespace["game"]
     assert float(game.leader.value.detach()) == pytest.approx(4.5, rel=1e-3)
     assert float(game.follower.value.detach()) == pytest.approx(2.25, rel=1e-3)
@@ -103,6 +116,40 @@ def test_the_solver_tutorial_runs_in_order_and_prints_what_it_shows(
     monkeypatch.chdir(tmp_path)
     namespace = run_page_in_order(DOCS / "choose-a-solver.md", capsys)
     assert set(namespace["calls_per_step"]) == set(namespace["SOLVERS"])
+
+
+def test_the_solver_of_your_own_reaches_the_closed_form_and_registers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stackelberg.solvers import SOLVERS
+
+    monkeypatch.chdir(tmp_path)
+    registered = dict(SOLVERS)
+    try:
+        namespace = run_page_in_order(DOCS / "howto-solver.md", capsys)
+    finally:  # the page registers its solver: leave the registry as the other tests know it
+        SOLVERS.clear()
+        SOLVERS.update(registered)
+    assert len(namespace["history"]) == 500
+    assert type(namespace["solver"]).__name__ == "DenseImplicit"  # built by make
+
+
+def test_the_resume_recipe_continues_a_run_exactly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace = run_page_in_order(DOCS / "howto-resume.md", capsys)
+    assert namespace["gap"] == 0.0 and (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_the_gpu_recipe_runs_where_torch_can(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On the CPU here; on a GPU machine, on the GPU (``benchmarks/gpu_check.sh``)."""
+    namespace = run_example("gpu_solve", monkeypatch, tmp_path)
+    device = namespace["device"]
+    assert all(p.device.type == device.type for p in namespace["game"].parameters())
+    assert namespace["history"].evaluations[-1]["test_accuracy"] > 0.5
 
 
 def test_solvers_snippet_reaches_the_closed_form_and_saves_its_state(
@@ -166,3 +213,49 @@ def test_every_results_figure_is_shown_on_a_page() -> None:
             shown.add((page.parent / target.split("#")[0]).resolve())
     figures = {p.resolve() for p in (DOCS / "results").rglob("*.png")}
     assert sorted(str(p.relative_to(DOCS)) for p in figures - shown) == []
+
+
+_COMMAND = re.compile(r"<!-- command: (\w+) -->\n```bash\n(.*?)```", re.DOTALL)
+
+
+def test_every_shell_block_of_the_tutorials_is_a_tested_command() -> None:
+    """The protection tutorial's shell blocks are all marked, so the test below runs them."""
+    text = (DOCS / "protect-images.md").read_text()
+    assert text.count("```bash") == len(_COMMAND.findall(text)) == 4
+
+
+@pytest.mark.slow
+def test_the_protection_tutorial_runs_every_command_as_written(tmp_path: Path) -> None:
+    """Each command of docs/protect-images.md, verbatim and in order, from a working folder
+    whose ``../shared/data/mnist-png.tar.gz`` is a small stand-in for MNIST (60 images a
+    class): every one succeeds and leaves what the page says it leaves."""
+    data = fake_mnist(tmp_path / "source", per_class=60)
+    archive = tmp_path / "shared" / "data" / "mnist-png.tar.gz"
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(data, arcname="mnist-png")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for name, commands in _COMMAND.findall((DOCS / "protect-images.md").read_text()):
+        result = subprocess.run(
+            ["bash", "-e", "-c", commands],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HANG_TIMEOUT,
+        )
+        assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
+    for path in ("runs/demo/generator.pt", "runs/demo/protected.npz",
+                 "runs/demo/clean-victim.json", "runs/demo/protected-victim.json",
+                 "my-images-protected/protect_manifest.json"):  # fmt: skip
+        assert (work / path).is_file(), path
+    assert len(list((work / "my-images-protected").glob("*.png"))) == 60
+
+
+def test_the_site_fetches_nothing_from_a_third_party_and_has_an_address() -> None:
+    """No web fonts from Google; a site_url (from SITE_URL) so sitemap.xml lists pages."""
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert re.search(r"^  font: false", config, re.MULTILINE)
+    assert re.search(r"^site_url: !ENV \[SITE_URL, \"http", config, re.MULTILINE)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import HANG_TIMEOUT, assert_png_figure
+from tests.conftest import HANG_TIMEOUT, assert_png_figure, fake_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,21 +63,6 @@ def test_poisoning_example_smoke(tmp_path: Path) -> None:
     assert set(results["memory_mib"]) == {"store", "checkpoint", "reverse"}
     assert_png_figure(tmp_path / "test_error.png")
     assert "label flip" in (tmp_path / "results.md").read_text()
-
-
-def fake_mnist(root: Path, per_class: int = 3) -> Path:
-    """A tiny MNIST-shaped image folder: 28×28 grayscale PNGs, ten digit classes."""
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(0)
-    for split in ("train", "test"):
-        for digit in range(10):
-            folder = root / "mnist-png" / split / str(digit)
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                array = (torch.rand(28, 28, generator=generator) * 255).to(torch.uint8).numpy()
-                Image.fromarray(array).save(folder / f"{i}.png")
-    return root / "mnist-png"
 
 
 @pytest.mark.slow

@@ -23,9 +23,9 @@ Each preset's name says which game it plays:
 - ``cpu-robust``: ``cpu-em``'s game played through the victim's pipeline (grayscale, JPEG at
   quality 10–90, or nothing, drawn per outer step). See ``defense_aware_preset``.
 - ``demo``: protection you can see in minutes, on MNIST (``--dataset folder --data-dir
-  ../shared/data/mnist-png.tar.gz``): ``cpu-em``'s game on 6 000 digits for 3 epochs at
+  ../shared/data/mnist-png.tar.gz``): ``cpu-em``'s game on 6 000 digits for 5 epochs at
   **ε = 32/255**, four times the photo budget, so that a victim trained briefly on the
-  protected digits fails on clean ones (docs/unlearnable.md gives the measured figures).
+  protected digits fails on clean ones (docs/results/demo/ gives the measured figures).
 - ``smoke``: seconds; it checks the plumbing only (every stage runs end to end) and protects
   nothing: its victims sit at chance, clean or poisoned.
 
