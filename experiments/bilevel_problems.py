@@ -512,6 +512,8 @@ def compare(paths: Sequence[Path], output: Path, target: float | None) -> str:
     if middle == "f1":
         axes[1].set_ylim(0.8, 1.0)
     axes[-1].legend(fontsize=7, loc="lower right")
+    problems = sorted({r.get("config", {}).get("problem", "hyper-cleaning") for _, r in records})
+    figure.suptitle(f"{', '.join(problems)}: test accuracy against time, calls and steps")
     figure.tight_layout()
     figure.savefig(output.with_suffix(".png"), dpi=120)
     plt.close(figure)

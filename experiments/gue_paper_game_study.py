@@ -834,6 +834,9 @@ def _plot(path: Path, results: dict[str, dict[str, Any]], clean: dict | None) ->
     victim_ax.set_ylim(0, 100)
     victim_ax.grid(alpha=0.3)
     victim_ax.legend(fontsize=8)
+    gap_ax.set_title("The attack's progress signal during training")
+    victim_ax.set_title("Victims trained on each snapshot's poisons")
+    noise_ax.set_title("Is the perturbation a shortcut? (learned from δ alone)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -78,6 +78,7 @@ def plot_generator_training(
         )
     ax.set_xlabel("generator training step")
     ax.set_ylabel("accuracy (%)")
+    ax.set_title("Generator training: the follower, and the quick-test victims")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
