@@ -42,7 +42,7 @@ from stackelberg.unlearnable.presets import (
     defense_aware_preset,
 )
 from stackelberg.unlearnable.transforms import FollowerTransforms
-from stackelberg.unlearnable.victim import VictimSchedule, train_fresh_victim
+from stackelberg.unlearnable.victim import VictimResult, VictimSchedule, train_fresh_victim
 from stackelberg.utils.io import atomic_path, write_json
 from stackelberg.utils.rng import keeps_global_rng
 
@@ -381,6 +381,27 @@ class Benchmark:
 
     # -- victims ----------------------------------------------------------------------------
 
+    def _train_victim(
+        self, victim: str, images: torch.Tensor, **options: Any
+    ) -> tuple[nn.Module, VictimResult]:
+        """A fresh ``victim`` trained on ``images`` (the subset's labels) with the scale's
+        schedule and this benchmark's seed and device, scored on the clean test subset;
+        ``options`` go to ``train_fresh_victim`` (``defense``, ``test_every_epoch``, ...)."""
+        return train_fresh_victim(
+            victim,
+            self.num_classes,
+            images,
+            self.train.labels,
+            self.test.images,
+            self.test.labels,
+            self.scale.victim_schedule,
+            init_seed=self.seed,
+            seed=self.seed,
+            device=self.device,
+            progress=self.progress,
+            **options,
+        )
+
     def _key(self, attack: str, defense: str, victim: str | None) -> str:
         return f"{attack}|{defense}|{victim or self.scale.victim}"
 
@@ -420,20 +441,11 @@ class Benchmark:
         images = self.poison(attack).images if train_images is None else train_images
         if defense.startswith("at-"):
             options = {"steps": steps}
-        _, result = train_fresh_victim(
+        _, result = self._train_victim(
             victim,
-            self.num_classes,
             images,
-            self.train.labels,
-            self.test.images,
-            self.test.labels,
-            self.scale.victim_schedule,
-            init_seed=self.seed,
-            seed=self.seed,
-            device=self.device,
             defense=make_defense(defense_name, self.num_classes, **options),
             test_every_epoch=defense == "none",
-            progress=self.progress,
             description=f"{attack}/{defense}/{victim}",
         )
         cell = {
@@ -485,19 +497,10 @@ class Benchmark:
         images, generator_info = self.train.images, {}
         if label is not None:
             images, generator_info = self.one_class_images(protected, label)
-        model, result = train_fresh_victim(
+        model, result = self._train_victim(
             self.scale.victim,
-            self.num_classes,
             images,
-            self.train.labels,
-            self.test.images,
-            self.test.labels,
-            self.scale.victim_schedule,
-            init_seed=self.seed,
-            seed=self.seed,
-            device=self.device,
             test_every_epoch=False,
-            progress=self.progress,
             description=f"one-class {protected}/{name}",
         )
         predicted = predictions(model, self.test.images, self.device)
