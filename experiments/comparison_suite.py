@@ -251,6 +251,7 @@ class Benchmark:
         self.out = Path(out_dir)
         (self.out / "poisons").mkdir(parents=True, exist_ok=True)
         self.gue_generator_path = None if gue_generator is None else Path(gue_generator)
+        self._gue: tuple[nn.Module, dict[str, Any]] | None = None
         self.variant_generator_paths = {
             name: Path(path) for name, path in (variant_generators or {}).items()
         }
@@ -283,10 +284,13 @@ class Benchmark:
 
     def gue_generator(self) -> tuple[nn.Module, dict[str, Any]]:
         """The GUE generator: the given checkpoint, or one trained with the scale's preset on
-        the training subset (resumed from ``out_dir/gue`` if interrupted)."""
-        if self.gue_generator_path is not None:
-            return load_generator(self.gue_generator_path, self.device)
-        return self._train_generator(PRESETS[self.scale.gue_preset], "gue")
+        the training subset (resumed from ``out_dir/gue`` if interrupted); loaded once."""
+        if self._gue is None:
+            if self.gue_generator_path is not None:
+                self._gue = load_generator(self.gue_generator_path, self.device)
+            else:
+                self._gue = self._train_generator(PRESETS[self.scale.gue_preset], "gue")
+        return self._gue
 
     def variant_generator(self, name: str) -> tuple[nn.Module, dict[str, Any]]:
         """The generator of the variant poison ``name`` (``gue-at-2``, ``gue-at-4``,
